@@ -1,0 +1,1 @@
+"""kd_modules: knowledge distillation for audio, on SpeechBrain (task-agnostic library)."""

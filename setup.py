@@ -1,0 +1,28 @@
+"""Install the audio knowledge-distillation library ``kd_modules``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kd_modules",
+    version="0.1.0",
+    description="Knowledge distillation for audio models, on SpeechBrain",
+    packages=find_packages(include=["kd_modules", "kd_modules.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "speechbrain==1.1.2",
+        "hyperpyyaml>=1.2",
+        "soundfile>=0.12",
+        "sox>=1.4",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"dev": ["pytest", "ruff"]},
+    entry_points={
+        "console_scripts": [
+            "kd-collect-results=kd_modules.results:main",
+        ]
+    },
+)
