@@ -1,0 +1,85 @@
+"""Single-label classification (sound classification, digits): cross-entropy + KD terms.
+
+Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``label_id``
+(``(B, 1)`` class ids), and hparams ``compute_features`` (waveforms -> ``(B, T, F)``) and
+``normalize`` (``(feats, lens) -> feats``). Validation accuracy selects the checkpoint.
+"""
+
+from __future__ import annotations
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+
+from kd_modules.brains.distill import DistillBrain
+from kd_modules.metrics import AccuracyStats
+
+
+class ClassificationBrain(DistillBrain):
+    """Train a classifier alone, or a student from a teacher, and report accuracy."""
+
+    def compute_features(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative lengths ``(B,)``."""
+        wavs, lens = batch.sig
+        feats = self.hparams.compute_features(wavs)
+        return self.hparams.normalize(feats, lens), lens
+
+    def compute_forward(self, batch, stage: sb.Stage):
+        """Student outputs, teacher outputs (KD training only) and lengths."""
+        if batch is None:
+            return None
+        batch = batch.to(self.device)
+        self.count_skipped(batch)
+        feats, lens = self.compute_features(batch)
+        student = self.student_forward(feats, lens)
+        teacher = None
+        if stage == sb.Stage.TRAIN and self.distilling:
+            teacher = self.teacher_forward(batch.id, feats, lens)
+        return student, teacher, lens
+
+    def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
+        """Cross-entropy (+ weighted KD terms in training); accuracy outside training."""
+        if predictions is None:
+            return self.zero_loss()
+        student, teacher, lens = predictions
+        targets = batch.label_id.data.squeeze(-1)
+        smoothing = getattr(self.hparams, "label_smoothing", 0.0)
+        loss = F.cross_entropy(student["logits"], targets, label_smoothing=smoothing)
+        self.log_terms(ce=loss)
+        if teacher is not None:
+            loss = loss + self.distill_loss(student, teacher, lens, targets)
+        if stage != sb.Stage.TRAIN:
+            self.accuracy.append(batch.id, student["logits"].detach(), targets)
+        return loss
+
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
+        """Reset the term accumulators and the accuracy counter."""
+        super().on_stage_start(stage, epoch)
+        self.accuracy = AccuracyStats()
+
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
+        """Log the epoch, anneal the learning rate, keep the best-accuracy checkpoint."""
+        stats = {"loss": stage_loss, **self.term_means()}
+        if stage != sb.Stage.TRAIN:
+            stats["accuracy"] = self.accuracy.summarize()
+        elapsed = self.finish_epoch(stage, epoch, stats)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {**stats, "epoch_time_s": elapsed}
+            if self.skipped_clips:
+                self.train_stats["skipped_clips"] = self.skipped_clips
+        elif stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_annealing(stats["loss"])
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr": old_lr}, train_stats=self.train_stats, valid_stats=stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"accuracy": stats["accuracy"], "epoch": epoch},
+                max_keys=["accuracy"],
+                num_to_keep=1,
+            )
+        else:
+            self.test_stats = stats
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )

@@ -1,0 +1,65 @@
+"""Multi-level logit distillation (MLKD, Jin et al., CVPR 2023), as IML-KD uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import KDLoss, as_2d, projection
+
+
+class MultiLevelKD(KDLoss):
+    """Instance, class and batch alignment of ``p = softmax(z/tau)``, each summed over ``taus``.
+
+    Logits (B, C) (or (B, 1, C)), p (B, C):
+
+    - instance: ``tau² · KL(p_t ‖ p_s)`` (batch mean), plus, when ``embedding_key`` is given, the
+      squared L2 distance between the projected student and the teacher embeddings (batch mean;
+      added once, it does not depend on tau). The projection is linear when ``student_dim`` and
+      ``teacher_dim`` differ, identity otherwise;
+    - class: ``‖p_tᵀp_t − p_sᵀp_s‖²_F / C`` (C×C class correlations);
+    - batch: ``‖p_t p_tᵀ − p_s p_sᵀ‖²_F / B`` (B×B sample correlations).
+    """
+
+    def __init__(
+        self,
+        taus: Sequence[float] = (2, 3, 4, 5, 6),
+        key: str = "logits",
+        embedding_key: str | None = None,
+        student_dim: int | None = None,
+        teacher_dim: int | None = None,
+    ):
+        super().__init__()
+        self.taus, self.key, self.embedding_key = tuple(taus), key, embedding_key
+        self.proj = projection(student_dim, teacher_dim) if embedding_key else None
+
+    def forward_terms(
+        self,
+        student_out: dict[str, Tensor],
+        teacher_out: dict[str, Tensor],
+        lens: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The three terms separately (for logging): ``{"instance", "class", "batch"}``."""
+        z_s, z_t = (as_2d(z, self.key) for z in self.fetch(student_out, teacher_out))
+        B, C = z_s.shape
+        inst = cls = bat = z_s.new_zeros(())
+        for tau in self.taus:
+            log_p_s = F.log_softmax(z_s / tau, dim=-1)
+            log_p_t = F.log_softmax(z_t / tau, dim=-1)
+            inst = inst + tau**2 * F.kl_div(
+                log_p_s, log_p_t, reduction="batchmean", log_target=True
+            )
+            p_s, p_t = log_p_s.exp(), log_p_t.exp()
+            cls = cls + (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / C
+            bat = bat + (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / B
+        if self.embedding_key is not None:
+            pair = self.fetch(student_out, teacher_out, self.embedding_key)
+            e_s, e_t = (as_2d(e, self.embedding_key) for e in pair)
+            inst = inst + (self.proj(e_s) - e_t).pow(2).sum(-1).mean()
+        return {"instance": inst, "class": cls, "batch": bat}
+
+    def forward(self, student_out, teacher_out, lens=None, targets=None) -> Tensor:
+        return sum(self.forward_terms(student_out, teacher_out, lens, targets).values())

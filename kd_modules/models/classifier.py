@@ -1,0 +1,38 @@
+"""A pooled-embedding classifier: frame encoder -> utterance embedding -> linear head.
+
+The encoder is any SpeechBrain lobe that maps features ``(B, T, F)`` and relative lengths
+``(B,)`` to an embedding ``(B, 1, E)`` or ``(B, E)`` (Xvector, ECAPA_TDNN, ...). Teachers and
+students of a recipe share this wrapper, so KD losses always find ``logits`` and ``embedding``
+under the same names, and feature taps address inner layers as ``encoder.<path>``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EmbeddingClassifier(nn.Module):
+    """Statistics-pooling classifier (TDNN / ECAPA style), as FRAMI's teachers and students.
+
+    Arguments
+    ---------
+    encoder : nn.Module
+        ``encoder(feats (B, T, F), lens (B,)) -> (B, 1, E) or (B, E)``.
+    embedding_dim : int
+        E, the size of the encoder's embedding.
+    n_classes : int
+        C, the number of output classes.
+    """
+
+    def __init__(self, encoder: nn.Module, embedding_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.LeakyReLU(), nn.Linear(embedding_dim, n_classes))
+
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:
+        """Return ``{"logits": (B, C), "embedding": (B, E)}`` for features ``(B, T, F)``."""
+        embedding = self.encoder(feats, lens)
+        if embedding.dim() == 3:
+            embedding = embedding.squeeze(1)
+        return {"logits": self.head(embedding), "embedding": embedding}

@@ -1,0 +1,102 @@
+"""The frozen teacher: loaded from a finished experiment, always in eval mode, never trained.
+
+The teacher is deliberately *not* an ``nn.Module`` attribute of a Brain's ``modules``: SpeechBrain
+therefore never switches it to train mode, never hands its parameters to the optimiser, never
+wraps it in DDP and never writes it into the student's checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.checkpoints import Checkpointer
+from torch import nn
+
+from kd_modules.taps import FeatureTaps
+
+logger = logging.getLogger(__name__)
+
+
+def fingerprint_module(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's state: parameter/buffer names, shapes and bytes.
+
+    Two teachers with the same fingerprint produce the same outputs, so cached outputs keyed by it
+    are valid exactly as long as the weights are unchanged.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Teacher:
+    """A frozen model plus optional feature taps; calling it returns detached outputs.
+
+    Arguments
+    ---------
+    model : nn.Module
+        Returns a dict of named outputs (``logits``, ``embedding``, ...) for ``(feats, lens)``.
+    taps : dict, optional
+        Output name -> dotted module path inside ``model`` (see ``FeatureTaps``).
+    """
+
+    def __init__(self, model: nn.Module, taps: dict[str, str] | None = None) -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.taps = FeatureTaps(model, dict(taps or {}))
+        self.fingerprint = fingerprint_module(model)
+
+    def to(self, device: str | torch.device) -> Teacher:
+        """Move the teacher's weights to ``device``."""
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:
+        """Teacher outputs for features ``(B, T, F)``, tapped features included, all detached."""
+        self.model.eval()  # whatever happened to it, the teacher runs with running statistics
+        outputs = dict(self.model(feats, lens))
+        outputs.update(self.taps.features)
+        return {name: value.detach() for name, value in outputs.items()}
+
+    @classmethod
+    def from_experiment(
+        cls,
+        exp_dir: str | Path,
+        taps: dict[str, str] | None = None,
+        max_key: str | None = None,
+        min_key: str | None = None,
+        model_key: str = "model",
+    ) -> Teacher:
+        """Load the teacher trained in ``exp_dir`` (its ``hyperparams.yaml`` and best checkpoint).
+
+        The architecture is rebuilt from the experiment's own saved hyperparameters, so a teacher
+        can never be loaded into the wrong architecture silently; the checkpoint is chosen by
+        ``max_key``/``min_key`` from the metadata written at validation (e.g. ``accuracy``).
+        """
+        exp_dir = Path(exp_dir)
+        hparams_file = exp_dir / "hyperparams.yaml"
+        if not hparams_file.is_file():
+            raise FileNotFoundError(
+                f"No teacher at {exp_dir}: {hparams_file.name} is missing (train it first, stage 2)"
+            )
+        with open(hparams_file) as stream:
+            hparams = load_hyperpyyaml(stream)
+        model = hparams[model_key]
+        checkpointer = Checkpointer(exp_dir / "save", recoverables={model_key: model})
+        checkpoint = checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
+        if checkpoint is None:
+            raise FileNotFoundError(f"No checkpoint of the teacher under {exp_dir / 'save'}")
+        state = torch.load(checkpoint.paramfiles[model_key], map_location="cpu")
+        model.load_state_dict(state)
+        logger.info("Teacher loaded from %s", checkpoint.path)
+        teacher = cls(model, taps)
+        teacher.checkpoint = str(checkpoint.path)
+        return teacher

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Train and/or evaluate one sound classifier: a teacher, a student alone, or a KD student.
+
+    python train.py hparams/common.yaml hparams/student/xvector_small.yaml hparams/kd/kd.yaml \
+        --data_folder data/fsdd/fold1 --output_folder exp/... --n_classes 10 \
+        --teacher_folder exp/.../teacher/xvector_large/none/seed1
+
+The YAML files are composed (kd_modules.hparams); the Brain is the library's ClassificationBrain,
+which owns all teacher plumbing. After training, the best-validation checkpoint is evaluated on
+the test split and ``results.json`` is written (skip with ``--skip_test True``; evaluate a finished
+run with ``--test_only True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.data_pipeline import provides, takes
+from speechbrain.utils.distributed import if_main_process
+
+from kd_modules.brains import ClassificationBrain
+from kd_modules.brains.distill import unwrap_module
+from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
+from kd_modules.dataio import audio_pipeline
+from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
+from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
+from kd_modules.results import git_commit, versions, write_json_atomic, write_results
+from kd_modules.teacher import Teacher
+
+logger = logging.getLogger(__name__)
+
+
+def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
+    """Train/valid/test datasets from the stage-1 manifests: ``sig`` (cut/cropped) and ``label_id``.
+
+    Clips are cut to ``max_duration_s`` from their start (deterministic, so the teacher cache is
+    valid); with ``train_random_crop`` training clips are random ``crop_s`` windows instead.
+    """
+    read = audio_pipeline(hparams["sample_rate"])
+    max_samples = int(hparams["max_duration_s"] * hparams["sample_rate"])
+    crop_samples = int(hparams["crop_s"] * hparams["sample_rate"])
+
+    def signal_item(random_crop: bool):
+        @takes("wav")
+        @provides("sig")
+        def read_and_cut(wav: str) -> torch.Tensor:
+            sig = read(wav)
+            if random_crop and sig.numel() > crop_samples:
+                start = random.randint(0, sig.numel() - crop_samples)
+                return sig[start : start + crop_samples]
+            return sig[:max_samples]
+
+        return read_and_cut
+
+    @takes("label_id")
+    @provides("label_id")
+    def label_item(label_id: int) -> torch.Tensor:
+        return torch.LongTensor([label_id])
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        random_crop = split == "train" and hparams["train_random_crop"]
+        datasets[split] = DynamicItemDataset.from_json(
+            hparams[f"{split}_annotation"],
+            dynamic_items=[signal_item(random_crop), label_item],
+            output_keys=["id", "sig", "label_id"],
+        )
+    return datasets
+
+
+def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
+    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run."""
+    if hparams["method"] == "none":
+        return None, None
+    teacher = Teacher.from_experiment(
+        hparams["teacher_folder"], taps=hparams["teacher_taps"], max_key="accuracy"
+    )
+    if not hparams["use_teacher_cache"]:
+        return teacher, None
+    check_deterministic_inputs({"train_random_crop": hparams["train_random_crop"]})
+    key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
+    return teacher, TeacherCache(Path(hparams["exp_root"]) / "cache" / key)
+
+
+def example_features(brain: ClassificationBrain, dataset: DynamicItemDataset) -> tuple:
+    """Features of the first test clip, on the CPU, for MACs and latency figures."""
+    loader = sb.dataio.dataloader.make_dataloader(
+        dataset, batch_size=1, collate_fn=brain.hparams.eval_dataloader_options["collate_fn"]
+    )
+    batch = next(iter(loader))
+    feats, lens = brain.compute_features(batch.to(brain.device))
+    return feats.cpu(), lens.cpu()
+
+
+def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint) -> None:
+    """Evaluate the best-validation checkpoint on the test split and write results.json."""
+    start = time.time()
+    brain.evaluate(
+        datasets["test"], max_key="accuracy", test_loader_kwargs=hparams["eval_dataloader_options"]
+    )
+    if not if_main_process():
+        return
+    best = brain.checkpointer.find_checkpoint(max_key="accuracy")
+    model = copy.deepcopy(unwrap_module(brain.modules.model)).cpu()
+    feats, lens = example_features(brain, datasets["test"])
+    history_file = Path(hparams["history_file"])
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    epoch_times = [h["time_s"] for h in history if h["stage"] == "train"]
+    train_info = json.loads((Path(hparams["output_folder"]) / "train_info.json").read_text())
+    results = {
+        "task": "sound_classification",
+        "dataset": hparams["dataset"],
+        "role": hparams["role"],
+        "method": hparams["method"],
+        "arch": hparams["arch"],
+        "seed": hparams["seed"],
+        "fold": hparams["fold"],
+        "metrics": {"accuracy": brain.test_stats["accuracy"]},
+        "params": count_params(model),
+        "macs": count_macs(model, feats, lens),
+        "latency_ms": cpu_latency_ms(model, feats, lens),
+        "latency_input_s": feats.shape[1] * hparams["hop_length"] / 1000.0,
+        "checkpoint": str(best.path),
+        "selection": (
+            f"best validation accuracy {best.meta['accuracy']:.4f} at epoch {best.meta['epoch']} "
+            f"of {hparams['number_of_epochs']} (the test split is never used for selection)"
+        ),
+        "teacher_fingerprint": teacher_fingerprint,
+        "versions": versions(),
+        "git_commit": git_commit(Path(__file__).parent),
+        "wall_time_s": train_info["wall_time_s"] + (time.time() - start),
+        "epoch_time_s": sum(epoch_times) / len(epoch_times) if epoch_times else None,
+        "epochs": len(epoch_times),
+        "skipped_clips": brain.skipped_clips,
+    }
+    write_results(Path(hparams["output_folder"]) / "results.json", results)
+    logger.info("Test accuracy %.4f -> %s", results["metrics"]["accuracy"], hparams["output_folder"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    files, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_composed(files, overrides)
+    composed = write_composed(files, Path(hparams["output_folder"]) / "composed.yaml")
+    sb.create_experiment_directory(
+        hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
+    )
+    random.seed(hparams["seed"])
+    torch.manual_seed(hparams["seed"])
+    datasets = dataio_prepare(hparams)
+    teacher, cache = (None, None) if hparams["test_only"] else load_teacher_side(hparams)
+    info_file = Path(hparams["output_folder"]) / "train_info.json"
+
+    brain = ClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+        teacher=None if cache is not None else teacher,
+        kd_losses=hparams["kd_losses"],
+        kd_weights=hparams["kd_weights"],
+        student_taps=hparams["student_taps"],
+        teacher_cache=cache,
+        history_file=hparams["history_file"],
+    )
+    if not hparams["test_only"]:
+        start = time.time()
+        brain.fit(
+            brain.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=hparams["train_dataloader_options"],
+            valid_loader_kwargs=hparams["eval_dataloader_options"],
+        )
+        if if_main_process():
+            previous = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            write_json_atomic(info_file, {
+                "wall_time_s": previous.get("wall_time_s", 0.0) + time.time() - start,
+                "teacher_fingerprint": teacher.fingerprint if teacher else None,
+                "teacher_checkpoint": getattr(teacher, "checkpoint", None),
+                "teacher_cache": str(cache.folder) if cache else None,
+            })  # fmt: skip
+    if not hparams["skip_test"]:
+        fingerprint = json.loads(info_file.read_text())["teacher_fingerprint"]
+        write_run_results(brain, hparams, datasets, fingerprint)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
