@@ -91,8 +91,6 @@ class DistillBrain(sb.Brain):
         if "model" not in modules:
             raise ValueError("DistillBrain trains modules['model']: no 'model' in modules")
         kd_objective = KDObjective(kd_losses or {}, kd_weights or {})
-        if kd_objective.losses and teacher is None and teacher_cache is None:
-            raise ValueError("KD losses are configured but neither a teacher nor a cache is given")
         modules["kd_objective"] = kd_objective
         if checkpointer is not None and any(True for _ in kd_objective.parameters()):
             checkpointer.add_recoverable("kd_objective", kd_objective)
@@ -107,6 +105,12 @@ class DistillBrain(sb.Brain):
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
         self._stage_start = time.perf_counter()
+
+    def on_fit_start(self) -> None:
+        """Refuse to train KD terms without a teacher (evaluation alone needs none)."""
+        if self.distilling and self.teacher is None and self.teacher_cache is None:
+            raise ValueError("KD losses are configured but neither a teacher nor a cache is given")
+        super().on_fit_start()
 
     # ----- forward passes -------------------------------------------------------------------
     def student_forward(self, feats: torch.Tensor, lens: torch.Tensor) -> dict:

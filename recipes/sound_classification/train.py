@@ -149,7 +149,9 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
 def main(argv: list[str] | None = None) -> None:
     files, run_opts, overrides = parse_recipe_arguments(argv)
     hparams = load_composed(files, overrides)
-    composed = write_composed(files, Path(hparams["output_folder"]) / "composed.yaml")
+    sb.utils.distributed.ddp_init_group(run_opts)
+    composed = Path(hparams["output_folder"]) / "composed.yaml"
+    sb.utils.distributed.run_on_main(write_composed, args=[files, composed])
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
     )
