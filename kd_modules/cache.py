@@ -48,7 +48,7 @@ def check_deterministic_inputs(random_settings: dict) -> None:
 
 
 def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack per-utterance tensors, zero-padding every dim to the batch maximum (time for frames)."""
+    """Stack per-utterance tensors, zero-padding every dim to the batch maximum."""
     shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
     padded = []
     for tensor in tensors:
@@ -131,4 +131,3 @@ def build_teacher_cache(
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     os.replace(tmp, folder / "meta.json")
     return folder
-

@@ -110,7 +110,9 @@ def results_table(runs: list[dict]) -> str:
     header = ["dataset", "role", "arch", "method", "runs", *metric_names, "params", "MACs",
               "CPU ms/clip", "epoch s"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    order = sorted(groups, key=lambda k: (k[0], ROLE_ORDER.get(k[1], 9), k[2], k[3] != "none", k[3]))
+    order = sorted(
+        groups, key=lambda k: (k[0], ROLE_ORDER.get(k[1], 9), k[2], k[3] != "none", k[3])
+    )
     for key in order:
         group = groups[key]
         cells = [*key, str(len(group))]

@@ -45,7 +45,9 @@ class KDObjective(nn.Module):
         missing = sorted(set(losses) - set(weights))
         unused = sorted(set(weights) - set(losses))
         if missing or unused:
-            raise ValueError(f"kd_weights must name each KD loss: missing {missing}, extra {unused}")
+            raise ValueError(
+                f"kd_weights must name each KD loss: missing {missing}, extra {unused}"
+            )
         self.losses = nn.ModuleDict(losses)
         self.weights = {name: float(weights[name]) for name in losses}
 
@@ -173,7 +175,7 @@ class DistillBrain(sb.Brain):
         self.epoch = epoch
 
     def finish_epoch(self, stage: sb.Stage, epoch: int | None, stats: dict) -> float:
-        """Append the stage's statistics (and its wall time) to the history file; return the time."""
+        """Append the stage's statistics and wall time to the history file; return the time."""
         elapsed = time.perf_counter() - self._stage_start
         if self.history_file is None or stage == sb.Stage.TEST or not if_main_process():
             return elapsed

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
+from train import dataio_prepare
 
 from kd_modules.cache import build_teacher_cache, cache_key, check_deterministic_inputs
 from kd_modules.dataio import SkipBadCollate
 from kd_modules.hparams import load_composed, parse_recipe_arguments
 from kd_modules.teacher import Teacher
-from train import dataio_prepare
 
 logger = logging.getLogger(__name__)
 

@@ -143,7 +143,9 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
         "skipped_clips": brain.skipped_clips,
     }
     write_results(Path(hparams["output_folder"]) / "results.json", results)
-    logger.info("Test accuracy %.4f -> %s", results["metrics"]["accuracy"], hparams["output_folder"])
+    logger.info(
+        "Test accuracy %.4f -> %s", results["metrics"]["accuracy"], hparams["output_folder"]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
