@@ -1,0 +1,184 @@
+"""The DistillBrain contract, on real FSDD clips: the teacher is frozen, in eval mode, outside the
+optimiser and the checkpoints; adapters of KD losses are trained and checkpointed; the teacher
+cache reproduces the live teacher; non-finite loss terms stop the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import speechbrain as sb
+import torch
+from conftest import RECIPE, write_fsdd_manifests
+
+from kd_modules.brains import ClassificationBrain
+from kd_modules.cache import (
+    TeacherCache,
+    build_teacher_cache,
+    cache_key,
+    check_deterministic_inputs,
+)
+from kd_modules.dataio import SkipBadCollate
+from kd_modules.hparams import load_composed
+from kd_modules.teacher import Teacher
+
+HP = RECIPE / "hparams"
+
+
+def compose(arch: str, method: str, data, out, **overrides) -> dict:
+    """Load the recipe's composed YAML for a tiny CPU run."""
+    values = {
+        "data_folder": str(data),
+        "output_folder": str(out),
+        "exp_root": str(out.parent),
+        "n_classes": 10,
+        "number_of_epochs": 1,
+        "batch_size": 8,
+        "num_workers": 0,
+        **overrides,
+    }
+    files = [HP / "common.yaml", HP / arch, HP / "kd" / f"{method}.yaml"]
+    return load_composed(files, values)
+
+
+def make_brain(hparams: dict, teacher=None, cache=None) -> ClassificationBrain:
+    return ClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": "cpu", "noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+        teacher=teacher,
+        kd_losses=hparams["kd_losses"],
+        kd_weights=hparams["kd_weights"],
+        student_taps=hparams["student_taps"],
+        teacher_cache=cache,
+        history_file=hparams["history_file"],
+    )
+
+
+def fit(brain: ClassificationBrain, hparams: dict, datasets: dict) -> None:
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_options"],
+        valid_loader_kwargs=hparams["eval_dataloader_options"],
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, recipe_train):
+    """A teacher trained for one epoch by the recipe's own train.py, and the task's manifests."""
+    root = tmp_path_factory.mktemp("brain")
+    data = write_fsdd_manifests(root / "data", {"train": 3, "valid": 1, "test": 1})
+    teacher_dir = root / "exp" / "teacher"
+    recipe_train.main([
+        str(HP / "common.yaml"), str(HP / "teacher" / "xvector_large.yaml"),
+        str(HP / "kd" / "none.yaml"), "--data_folder", str(data), "--output_folder",
+        str(teacher_dir), "--n_classes", "10", "--number_of_epochs", "1", "--num_workers", "0",
+        "--role", "teacher", "--device", "cpu", "--noprogressbar",
+    ])  # fmt: skip
+    return {"root": root, "data": data, "teacher_dir": teacher_dir, "train": recipe_train}
+
+
+def test_teacher_run_writes_results_schema(setup):
+    results = json.loads((setup["teacher_dir"] / "results.json").read_text())
+    assert results["role"] == "teacher" and results["method"] == "none"
+    assert results["params"] > 1_000_000 and results["macs"] > 0 and results["latency_ms"] > 0
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
+    assert "validation accuracy" in results["selection"]
+    assert (setup["teacher_dir"] / "history.json").is_file()
+
+
+def test_kd_epoch_leaves_teacher_untouched_and_checkpoints_adapters(setup):
+    out = setup["root"] / "exp" / "fitnets"
+    hparams = compose(
+        "student/xvector_small.yaml", "fitnets", setup["data"], out,
+        teacher_folder=str(setup["teacher_dir"]),
+    )  # fmt: skip
+    teacher = Teacher.from_experiment(setup["teacher_dir"], taps=hparams["teacher_taps"])
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    teacher.model.train()  # even if someone flips it, the teacher must run in eval mode
+    brain = make_brain(hparams, teacher=teacher)
+    regressor_before = brain.modules.kd_objective.losses["fitnets"].regressor.weight.clone()
+    fit(brain, hparams, setup["train"].dataio_prepare(hparams))
+
+    after = teacher.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights changed"
+    assert not teacher.model.training, "teacher left in train mode"
+    assert all(not p.requires_grad for p in teacher.model.parameters())
+    optimised = {id(p) for group in brain.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in teacher.model.parameters()}
+    regressor = brain.modules.kd_objective.losses["fitnets"].regressor.weight
+    assert not torch.equal(regressor_before, regressor), "the FitNets regressor was not trained"
+
+    checkpoint = brain.checkpointer.find_checkpoint()
+    assert set(checkpoint.paramfiles) >= {"model", "kd_objective"}
+    saved = torch.load(checkpoint.paramfiles["kd_objective"])
+    assert torch.equal(saved["losses.fitnets.regressor.weight"], regressor.detach())
+    for path in checkpoint.paramfiles.values():
+        if str(path).endswith(".ckpt") and "model" in str(path):
+            state = torch.load(path)
+            assert not any("teacher" in key for key in state)
+    history = json.loads(Path(hparams["history_file"]).read_text())
+    train_stats = [h["stats"] for h in history if h["stage"] == "train"][0]
+    assert {"ce", "kd_fitnets", "loss"} <= set(train_stats), "loss terms are logged by name"
+
+
+def test_cache_reproduces_live_teacher(setup):
+    out = setup["root"] / "exp" / "kd_cache"
+    hparams = compose(
+        "student/xvector_small.yaml", "sp", setup["data"], out,
+        teacher_folder=str(setup["teacher_dir"]),
+    )  # fmt: skip
+    teacher = Teacher.from_experiment(setup["teacher_dir"], taps=hparams["teacher_taps"])
+    datasets = setup["train"].dataio_prepare(hparams)
+    loader = sb.dataio.dataloader.make_dataloader(
+        datasets["train"], batch_size=1, collate_fn=SkipBadCollate()
+    )
+
+    def features(batch):
+        wavs, lens = batch.sig
+        return hparams["normalize"](hparams["compute_features"](wavs), lens), lens
+
+    key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
+    folder = build_teacher_cache(teacher, {"train": loader}, features, out / key, {})
+    cache = TeacherCache(folder)
+    assert len(cache.entries) == len(datasets["train"])
+    for batch in list(loader)[:3]:
+        live = teacher(*features(batch))
+        cached = cache.lookup(batch.id)
+        assert set(live) == set(cached) == {"logits", "embedding", "frames"}
+        for name in live:
+            torch.testing.assert_close(cached[name], live[name], atol=1e-4, rtol=1e-3)
+
+    other = dict(hparams["feature_settings"], n_mels=64)
+    assert cache_key(teacher.fingerprint, other, hparams["teacher_taps"]) != key
+    with pytest.raises(ValueError, match="train_random_crop"):
+        check_deterministic_inputs({"train_random_crop": True})
+    with pytest.raises(KeyError, match="not in the teacher cache"):
+        cache.lookup(["no_such_clip"])
+
+    brain = make_brain(hparams, cache=cache)  # a KD epoch reading only the cache
+    fit(brain, hparams, datasets)
+    assert brain.train_stats["kd_sp"] >= 0.0
+
+
+def test_nonfinite_term_stops_with_its_name(setup):
+    out = setup["root"] / "exp" / "nan"
+    hparams = compose("student/xvector_small.yaml", "none", setup["data"], out)
+    brain = make_brain(hparams)
+    with pytest.raises(FloatingPointError, match="'kd_sp' is nan"):
+        brain.log_terms(kd_sp=torch.tensor(float("nan")))
+
+
+def test_kd_losses_without_teacher_refuse_to_train(setup):
+    out = setup["root"] / "exp" / "noteacher"
+    hparams = compose(
+        "student/xvector_small.yaml", "kd", setup["data"], out, teacher_folder="unused"
+    )
+    brain = make_brain(hparams)
+    with pytest.raises(ValueError, match="neither a teacher nor a cache"):
+        fit(brain, hparams, setup["train"].dataio_prepare(hparams))
