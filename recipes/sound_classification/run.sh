@@ -157,7 +157,7 @@ evaluate() {
     fi
     [ -f "$dir/train_info.json" ] || { echo "$0: $dir is not trained (stages 2/4/5)" >&2; exit 1; }
     log "stage 7: evaluating $dir"
-    $python train.py "$@" --output_folder "$dir" --test_only True
+    $python train.py "$@" --output_folder "$dir" --test_only
 }
 
 if want 7; then

@@ -8,7 +8,7 @@
 The YAML files are composed (kd_modules.hparams); the Brain is the library's ClassificationBrain,
 which owns all teacher plumbing. After training, the best-validation checkpoint is evaluated on
 the test split and ``results.json`` is written (skip with ``--skip_test True``; evaluate a finished
-run with ``--test_only True``).
+run with SpeechBrain's ``--test_only`` flag).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(hparams["seed"])
     torch.manual_seed(hparams["seed"])
     datasets = dataio_prepare(hparams)
-    teacher, cache = (None, None) if hparams["test_only"] else load_teacher_side(hparams)
+    teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
     info_file = Path(hparams["output_folder"]) / "train_info.json"
 
     brain = ClassificationBrain(
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_cache=cache,
         history_file=hparams["history_file"],
     )
-    if not hparams["test_only"]:
+    if not run_opts["test_only"]:
         start = time.time()
         brain.fit(
             brain.hparams.epoch_counter,

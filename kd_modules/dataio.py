@@ -1,0 +1,242 @@
+"""The one place audio is read, down-mixed, resampled, converted and manifests are written.
+
+Everything reads audio through :func:`read_audio` (soundfile + ``torchaudio.functional.resample``),
+so a bad file always fails the same way: :class:`AudioReadError`, naming the file and what is
+wrong. Training never crashes on such a file: :func:`audio_pipeline` turns it into an empty
+signal and :class:`SkipBadCollate` drops it from the batch and counts it.
+Nothing here knows a dataset.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.data_pipeline import provides, takes
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+_PCM16_MAX = 1.0 - 1.0 / 32768
+
+
+class AudioReadError(RuntimeError):
+    """An audio file is missing, empty, corrupt or has no samples; ``.path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read audio file {self.path}: {reason}")
+
+    def __reduce__(self):
+        # Keeps the exception picklable across multiprocessing workers.
+        return (AudioReadError, (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file."""
+
+    sample_rate: int
+    num_frames: int
+    channels: int
+    duration: float
+
+
+def _check_file(path: Path) -> None:
+    """Raise AudioReadError when the file is missing or empty (before libsndfile sees it)."""
+    if not path.is_file():
+        raise AudioReadError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioReadError(path, "empty file (0 bytes)")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of ``path``; raise AudioReadError if it is unreadable or has 0 frames."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.SoundFileError) as err:
+        raise AudioReadError(path, f"corrupt or unreadable audio ({err})") from err
+    if info.frames <= 0:
+        raise AudioReadError(path, "no samples (0 frames)")
+    return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch.Tensor:
+    """Return the file as a float32 mono waveform ``(samples,)``, resampled to ``sample_rate``.
+
+    Channels are averaged; ``sample_rate=None`` keeps the file's rate.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.SoundFileError) as err:
+        raise AudioReadError(path, f"corrupt or unreadable audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioReadError(path, "no samples (0 frames)")
+    wav = torch.from_numpy(data.mean(axis=1))
+    if sample_rate is not None and sample_rate != file_rate:
+        wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
+    return wav
+
+
+def resolve_audio_path(path: str | os.PathLike) -> Path | None:
+    """Return ``path`` if it exists, else the same stem with another audio extension, else None.
+
+    Copies of datasets often ship ``.flac`` where the metadata says ``.wav`` (and vice versa).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    for ext in AUDIO_EXTENSIONS:
+        candidate = path.with_suffix(ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sox_available() -> bool:
+    """True when the ``sox`` Python package is installed and the SoX binary is on PATH."""
+    return importlib.util.find_spec("sox") is not None and shutil.which("sox") is not None
+
+
+def _import_sox():
+    """Import ``sox`` only when needed: importing it logs a warning if the binary is missing."""
+    import sox
+
+    logging.getLogger("sox").setLevel(logging.WARNING)  # it logs every file it writes at INFO
+    return sox
+
+
+def _temp_sibling(dst: Path) -> Path:
+    """A not-yet-existing temporary name next to ``dst`` with the same extension."""
+    return dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp{dst.suffix}")
+
+
+def _convert_with_sox(src: Path, tmp: Path, sample_rate: int, channels: int) -> None:
+    sox = _import_sox()
+    tfm = sox.Transformer()
+    tfm.set_input_format(channels=channels)  # spares a soxi call per file
+    tfm.set_output_format(file_type=tmp.suffix[1:], rate=sample_rate, bits=16, channels=1)
+    try:
+        tfm.build_file(str(src), str(tmp))
+    except (sox.SoxError, OSError) as err:
+        raise AudioReadError(src, f"SoX could not convert it ({err})") from err
+
+
+def _convert_with_soundfile(src: Path, tmp: Path, sample_rate: int) -> None:
+    wav = read_audio(src, sample_rate).numpy()
+    soundfile.write(str(tmp), np.clip(wav, -1.0, _PCM16_MAX), sample_rate, subtype="PCM_16")
+
+
+def convert_audio(
+    src: str | os.PathLike, dst: str | os.PathLike, sample_rate: int, backend: str = "auto"
+) -> str:
+    """Write ``src`` to ``dst`` as mono 16-bit audio at ``sample_rate``; return the backend used.
+
+    The format follows ``dst``'s extension (.wav or .flac). ``backend`` is "sox", "soundfile"
+    (read_audio + soundfile.write) or "auto" (SoX when available). The file appears atomically.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.suffix.lower() not in AUDIO_EXTENSIONS:
+        raise ValueError(f"convert_audio writes {AUDIO_EXTENSIONS}, not {dst.name}")
+    if backend == "auto":
+        backend = "sox" if sox_available() else "soundfile"
+    if backend == "sox" and not sox_available():
+        raise RuntimeError("backend 'sox' needs the sox Python package and the SoX binary")
+    if backend not in ("sox", "soundfile"):
+        raise ValueError(f"unknown conversion backend {backend!r}")
+    info = audio_info(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(dst)
+    try:
+        if backend == "sox":
+            _convert_with_sox(src, tmp, sample_rate, info.channels)
+        else:
+            _convert_with_soundfile(src, tmp, sample_rate)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return backend
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def audio_pipeline(sample_rate: int) -> Callable[[str], torch.Tensor]:
+    """A DynamicItemDataset item ``wav -> sig`` that never raises on a bad file.
+
+    A missing or corrupt file gives an empty tensor (and a warning naming it), so an epoch goes
+    on; pair it with :class:`SkipBadCollate`, which drops such examples from the batch.
+    """
+
+    @takes("wav")
+    @provides("sig")
+    def read_sig(wav: str) -> torch.Tensor:
+        try:
+            return read_audio(wav, sample_rate)
+        except AudioReadError as err:
+            logger.warning("skipping example: %s", err)
+            return torch.zeros(0)
+
+    return read_sig
+
+
+class SkipBadCollate:
+    """collate_fn that drops examples whose ``sig`` is empty, then pads with PaddedBatch.
+
+    The batch records ``skipped`` (how many were dropped) and ``skipped_ids``. When every example
+    of a batch is bad it returns ``None``: a Brain using it must skip ``None`` batches (e.g. in
+    ``fit_batch`` / ``evaluate_batch``) instead of failing mid-epoch.
+    """
+
+    def __init__(self, signal_key: str = "sig", id_key: str = "id", **padded_batch_kwargs):
+        self.signal_key = signal_key
+        self.id_key = id_key
+        self.padded_batch_kwargs = padded_batch_kwargs
+
+    def __call__(self, examples: list[dict]) -> PaddedBatch | None:
+        good = [ex for ex in examples if ex[self.signal_key].numel() > 0]
+        bad_ids = [ex.get(self.id_key) for ex in examples if ex[self.signal_key].numel() == 0]
+        if bad_ids:
+            logger.warning("dropped %d unreadable example(s): %s", len(bad_ids), bad_ids)
+        if not good:
+            return None
+        batch = PaddedBatch(good, **self.padded_batch_kwargs)
+        batch.skipped = len(bad_ids)
+        batch.skipped_ids = bad_ids
+        return batch

@@ -1,0 +1,359 @@
+"""Stage 1 of sound classification: an official dataset layout -> SpeechBrain JSON manifests.
+
+    python local/prepare.py --dataset esc50 --data_root /data/ESC-50-master --out_dir data/esc50
+
+Writes ``out_dir/fold<k>/{train,valid,test}.json`` ({utt_id: {wav, duration, label, label_id,
+group}}), ``labels.json``, ``prepare_report.json`` and ``.done`` (the arguments, so a rerun with
+the same ones is skipped). Works on the full release or any part of it: rows whose audio is
+absent are counted as missing, unreadable clips are skipped with a warning and counted.
+
+``--split official`` follows each dataset's protocol (local/<dataset>.py); validation comes from
+the training side only. ``--split seeded`` makes one fold ``1`` by a seeded group-disjoint
+stratified split of the clips present, for partial copies. Unless ``--convert none``, each clip
+is converted once to ``out_dir/audio/`` (mono, ``--sample_rate``, 16-bit WAV) and the manifests
+point there; otherwise they point at the original files and read_audio resamples at load time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tqdm import tqdm
+
+from kd_modules.dataio import (
+    AudioReadError,
+    audio_info,
+    convert_audio,
+    read_json,
+    resolve_audio_path,
+    sox_available,
+    write_json_atomic,
+)
+from kd_modules.splits import stratified_group_split
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("esc50", "urbansound8k", "audiomnist", "fsdd")
+ROLES = ("train", "valid", "test")
+
+
+class PrepareError(RuntimeError):
+    """The data cannot give what was asked for (no metadata, an empty protocol split, ...)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data_root", required=True, type=Path, help="the official layout")
+    parser.add_argument("--out_dir", required=True, type=Path, help="e.g. data/<dataset>")
+    parser.add_argument("--split", default="official", choices=("official", "seeded"))
+    parser.add_argument("--folds", type=int, nargs="+", help="official folds (default: all)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--valid_fraction", type=float, default=0.1)
+    parser.add_argument("--test_fraction", type=float, default=0.2, help="seeded split only")
+    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    return parser.parse_args(argv)
+
+
+def load_dataset(name: str) -> ModuleType:
+    """Import local/<name>.py by path, so no two recipes' local/ modules clash in sys.modules."""
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"sound_classification_local_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prepare one dataset as the arguments say; raise PrepareError when it cannot."""
+    args = parse_args(argv)
+    dataset = load_dataset(args.dataset)
+    folds = _folds(args, dataset)
+    settings = _settings(args, folds)
+    if _is_done(args.out_dir, settings, folds):
+        logger.info(
+            "%s already prepared with these arguments in %s: skipping", dataset.TITLE, args.out_dir
+        )
+        return
+    try:
+        root = dataset.find_root(args.data_root)
+    except FileNotFoundError as err:
+        raise PrepareError(str(err)) from err
+    (args.out_dir / ".done").unlink(missing_ok=True)
+    rows, labels = dataset.read_rows(root)
+    _check_labels(rows, labels, dataset.TITLE)
+    present = _locate(rows, dataset.audio_dir(root), dataset.TITLE)
+    if args.split == "official":
+        for fold in folds:
+            _check_protocol(dataset, rows, present, fold)
+    usable, corrupt = _check_and_convert(present, args)
+    manifests = {}
+    for fold in folds:
+        if args.split == "official":
+            _check_protocol(dataset, rows, usable, fold)
+            manifests[fold] = _official_split(dataset, rows, usable, fold, args)
+        else:
+            manifests[fold] = _seeded_split(usable, args)
+    _write_outputs(args, dataset, labels, rows, present, corrupt, manifests, settings)
+
+
+def _folds(args: argparse.Namespace, dataset: ModuleType) -> list[int]:
+    if args.split == "seeded":
+        if args.folds not in (None, [1]):
+            raise PrepareError("--split seeded makes one fold, 1: drop --folds")
+        return [1]
+    folds = sorted(set(args.folds or dataset.FOLDS))
+    unknown = [k for k in folds if k not in dataset.FOLDS]
+    if unknown:
+        raise PrepareError(f"{dataset.TITLE} has folds {list(dataset.FOLDS)}, not {unknown}")
+    return folds
+
+
+def _settings(args: argparse.Namespace, folds: list[int]) -> dict:
+    """The arguments that decide the output, as recorded in ``.done``."""
+    return {
+        "dataset": args.dataset,
+        "data_root": str(args.data_root.resolve()),
+        "split": args.split,
+        "folds": folds,
+        "seed": args.seed,
+        "valid_fraction": args.valid_fraction,
+        "test_fraction": args.test_fraction,
+        "sample_rate": args.sample_rate,
+        "convert": args.convert,
+    }
+
+
+def _is_done(out_dir: Path, settings: dict, folds: list[int]) -> bool:
+    needed = [out_dir / "labels.json", out_dir / "prepare_report.json"] + [
+        out_dir / f"fold{k}" / f"{role}.json" for k in folds for role in ROLES
+    ]
+    done = out_dir / ".done"
+    return done.is_file() and read_json(done) == settings and all(p.is_file() for p in needed)
+
+
+def _check_labels(rows: list[dict], labels: list[str], title: str) -> None:
+    for row in rows:
+        if labels[row["label_id"]] != row["label"]:
+            raise PrepareError(
+                f"{title}: {row['id']} is labelled {row['label']!r} but its "
+                f"label_id {row['label_id']} is {labels[row['label_id']]!r}"
+            )
+
+
+def _locate(rows: list[dict], audio_dir: Path, title: str) -> list[dict]:
+    """Set ``row['src']`` (the file, .wav or .flac) on the rows whose audio exists; return those."""
+    present = []
+    for row in rows:
+        row["expected"] = audio_dir / row["rel"]
+        row["src"] = resolve_audio_path(row["expected"])
+        if row["src"] is not None:
+            present.append(row)
+    logger.info(
+        "%s: %d metadata rows, %d with audio, %d missing (under %s)",
+        title,
+        len(rows),
+        len(present),
+        len(rows) - len(present),
+        audio_dir,
+    )
+    return present
+
+
+def _check_protocol(
+    dataset: ModuleType, rows: list[dict], available: list[dict], fold: int
+) -> None:
+    """Stop when the fold's test split, or its whole training side, has no audio."""
+    have = {row["id"] for row in available}
+    for wanted in ("test", "train"):
+        members = [row for row in rows if dataset.role(row, fold) == wanted]
+        if members and not any(row["id"] in have for row in members):
+            where = os.path.commonpath([str(row["expected"].parent) for row in members])
+            raise PrepareError(
+                f"{dataset.TITLE} fold {fold}: the {wanted} split has no audio under {where} "
+                f"(0 of {len(members)} rows present and readable); use --split seeded for a "
+                "partial copy, or --folds to choose folds whose audio is there"
+            )
+
+
+def _backend(choice: str) -> str | None:
+    """The conversion backend to use (None for no conversion), logged once."""
+    if choice == "none":
+        logger.info("no conversion: manifests point at the original files")
+        return None
+    available = sox_available()
+    if choice == "sox" and not available:
+        raise PrepareError("--convert sox needs the SoX binary on PATH and the sox package")
+    backend = choice if choice != "auto" else ("sox" if available else "soundfile")
+    if backend == "sox":
+        logger.info("converting with SoX")
+    elif choice == "auto":
+        logger.info("SoX binary not found: converting with soundfile + torchaudio resampler")
+    else:
+        logger.info("converting with soundfile + torchaudio resampler")
+    return backend
+
+
+def _check_and_convert(present: list[dict], args) -> tuple[list[dict], list[dict]]:
+    """Check every present clip (and convert it); set ``wav`` and ``duration``.
+
+    Returns (usable rows, corrupt rows). Runs in a pool of min(4, cpus) workers.
+    """
+    backend = _backend(args.convert)
+    out_audio = args.out_dir.resolve() / "audio"
+    jobs = [
+        (
+            str(row["src"]),
+            None if backend is None else str((out_audio / row["rel"]).with_suffix(".wav")),
+            args.sample_rate,
+            backend,
+        )
+        for row in present
+    ]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
+        results = list(
+            tqdm(
+                pool.imap(_process_clip, jobs, chunksize=8),
+                total=len(jobs),
+                desc="checking" if backend is None else "converting",
+                disable=None,
+            )
+        )
+    usable, corrupt = [], []
+    for row, job, (duration, error) in zip(present, jobs, results):
+        if error is not None:
+            logger.warning("skipping %s: %s", row["src"], error)
+            corrupt.append(row)
+            continue
+        row["wav"] = str(Path(job[1] or job[0]).resolve())
+        row["duration"] = round(duration, 4)
+        usable.append(row)
+    logger.info("%d clips usable, %d unreadable skipped", len(usable), len(corrupt))
+    return usable, corrupt
+
+
+def _init_worker() -> None:
+    """One torch thread per worker: 4 workers x N threads would oversubscribe the CPUs."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _process_clip(job: tuple[str, str | None, int, str | None]) -> tuple[float | None, str | None]:
+    """(duration, None) for a good clip, converted first if asked; (None, reason) for a bad one."""
+    src, dst, sample_rate, backend = job
+    try:
+        if dst is None:
+            return audio_info(src).duration, None
+        if not _up_to_date(src, dst, sample_rate):
+            convert_audio(src, dst, sample_rate, backend)
+        return audio_info(dst).duration, None
+    except AudioReadError as err:
+        return None, err.reason
+
+
+def _up_to_date(src: str, dst: str, sample_rate: int) -> bool:
+    """A converted copy newer than its source, mono, at the wanted rate."""
+    if not os.path.isfile(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+        return False
+    try:
+        info = audio_info(dst)
+    except AudioReadError:
+        return False
+    return info.sample_rate == sample_rate and info.channels == 1
+
+
+def _official_split(dataset, rows, usable, fold, args) -> dict[str, dict]:
+    """The protocol's test (and, where it has one, validation) split; else valid is carved."""
+    split = {role: [r for r in usable if dataset.role(r, fold) == role] for role in ROLES}
+    if any(dataset.role(r, fold) == "valid" for r in rows):
+        logger.info("%s fold %d: validation set by the protocol", dataset.TITLE, fold)
+    else:
+        train = split["train"]
+        fractions = {"train": 1.0 - args.valid_fraction, "valid": args.valid_fraction}
+        carved = stratified_group_split(
+            [r["label"] for r in train],
+            [r["group"] for r in train],
+            fractions,
+            args.seed,
+            cover=("train",),
+        )
+        split = {
+            "train": [train[i] for i in carved["train"]],
+            "valid": [train[i] for i in carved["valid"]],
+            "test": split["test"],
+        }
+    return {role: _manifest(split[role], "group") for role in ROLES}
+
+
+def _seeded_split(usable: list[dict], args) -> dict[str, dict]:
+    """train/valid/test by a seeded stratified split of the clips present, grouped."""
+    train_fraction = 1.0 - args.valid_fraction - args.test_fraction
+    if train_fraction <= 0:
+        raise PrepareError("--valid_fraction + --test_fraction must be below 1")
+    fractions = {"train": train_fraction, "valid": args.valid_fraction, "test": args.test_fraction}
+    assigned = stratified_group_split(
+        [r["label"] for r in usable],
+        [r["seeded_group"] for r in usable],
+        fractions,
+        args.seed,
+        cover=("train", "test"),
+    )
+    return {role: _manifest([usable[i] for i in assigned[role]], "seeded_group") for role in ROLES}
+
+
+def _manifest(rows: list[dict], group_key: str) -> dict[str, dict]:
+    return {
+        r["id"]: {
+            "wav": r["wav"],
+            "duration": r["duration"],
+            "label": r["label"],
+            "label_id": r["label_id"],
+            "group": r[group_key],
+        }
+        for r in rows
+    }
+
+
+def _write_outputs(args, dataset, labels, rows, present, corrupt, manifests, settings) -> None:
+    out = args.out_dir
+    sizes = {}
+    for fold, manifest in manifests.items():
+        sizes[f"fold{fold}"] = {role: len(manifest[role]) for role in ROLES}
+        for role in ROLES:
+            if not manifest[role]:
+                logger.warning("%s fold %d: the %s split is empty", dataset.TITLE, fold, role)
+            write_json_atomic(out / f"fold{fold}" / f"{role}.json", manifest[role])
+        logger.info("%s fold %d: %s", dataset.TITLE, fold, sizes[f"fold{fold}"])
+    write_json_atomic(out / "labels.json", labels)
+    report = {
+        **settings,
+        "rows": len(rows),
+        "present": len(present),
+        "missing": len(rows) - len(present),
+        "corrupt": len(corrupt),
+        "corrupt_files": [str(r["src"]) for r in corrupt],
+        "used": len(present) - len(corrupt),
+        "splits": sizes,
+    }
+    write_json_atomic(out / "prepare_report.json", report)
+    write_json_atomic(out / ".done", settings)
+    logger.info("wrote manifests, labels.json and prepare_report.json to %s", out)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        main()
+    except PrepareError as error:
+        logger.error("%s", error)
+        sys.exit(1)

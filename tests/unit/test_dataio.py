@@ -1,0 +1,171 @@
+"""kd_modules.dataio: reading, down-mixing, resampling, errors, conversion, the skip-bad loader."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from kd_modules.dataio import (
+    AudioReadError,
+    SkipBadCollate,
+    audio_info,
+    audio_pipeline,
+    convert_audio,
+    read_audio,
+    read_json,
+    resolve_audio_path,
+    sox_available,
+    write_json_atomic,
+)
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+CLIP = SAMPLES / "esc50" / "ESC-50-master" / "audio" / "4-183992-A-0.flac"  # 5 s, 16 kHz
+
+
+@pytest.fixture
+def wav_clip(tmp_path):
+    """The FLAC clip re-encoded as 16-bit WAV."""
+    path = tmp_path / "clip.wav"
+    data, rate = soundfile.read(CLIP, dtype="int16")
+    soundfile.write(path, data, rate, subtype="PCM_16")
+    return path
+
+
+def test_read_flac_and_wav_agree(wav_clip):
+    flac = read_audio(CLIP)
+    wav = read_audio(wav_clip)
+    assert flac.dtype == torch.float32 and flac.ndim == 1 and flac.numel() == 80000
+    assert torch.allclose(flac, wav)
+    info = audio_info(wav_clip)
+    assert (info.sample_rate, info.num_frames, info.channels) == (16000, 80000, 1)
+    assert info.duration == pytest.approx(5.0)
+
+
+def test_stereo_is_averaged(tmp_path):
+    mono = read_audio(CLIP).numpy()
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([mono, 0.5 * mono], axis=1), 16000, subtype="FLOAT")
+    assert torch.allclose(read_audio(path), torch.from_numpy(0.75 * mono), atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+def test_resampling_scales_length(rate):
+    assert read_audio(CLIP, rate).numel() == pytest.approx(80000 * rate / 16000, abs=1)
+    assert read_audio(CLIP, 16000).numel() == 80000
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(None, "not found"), (b"", "empty"), (b"RIFF garbage, not audio" * 20, "corrupt")],
+)
+def test_bad_files_raise_naming_the_file(tmp_path, content, reason):
+    path = tmp_path / "bad_clip.wav"
+    if content is not None:
+        path.write_bytes(content)
+    for read in (read_audio, audio_info):
+        with pytest.raises(AudioReadError, match=reason) as err:
+            read(path)
+        assert err.value.path == str(path) and "bad_clip.wav" in str(err.value)
+
+
+def test_zero_sample_file_raises(tmp_path):
+    path = tmp_path / "silent.wav"
+    soundfile.write(path, np.zeros(0, dtype="float32"), 16000)
+    with pytest.raises(AudioReadError, match="no samples"):
+        audio_info(path)
+    with pytest.raises(AudioReadError, match="no samples"):
+        read_audio(path)
+
+
+def test_error_survives_pickling():
+    err = pickle.loads(pickle.dumps(AudioReadError("/x/a.wav", "empty file")))
+    assert err.path == "/x/a.wav" and "empty file" in str(err)
+
+
+def test_resolve_audio_path_swaps_extension(tmp_path, wav_clip):
+    assert resolve_audio_path(CLIP) == CLIP
+    assert resolve_audio_path(CLIP.with_suffix(".wav")) == CLIP
+    assert resolve_audio_path(wav_clip.with_suffix(".flac")) == wav_clip
+    assert resolve_audio_path(tmp_path / "absent.wav") is None
+
+
+def _converted(tmp_path, backend, name):
+    dst = tmp_path / "out" / name
+    assert convert_audio(CLIP, dst, 8000, backend) == backend
+    return dst
+
+
+@pytest.mark.parametrize("name", ["a.wav", "a.flac"])
+def test_convert_soundfile_and_sox_agree(tmp_path, name):
+    if not sox_available():
+        pytest.skip("SoX binary or sox package not available")
+    by_sf = _converted(tmp_path / "sf", "soundfile", name)
+    by_sox = _converted(tmp_path / "sox", "sox", name)
+    for path in (by_sf, by_sox):
+        info = soundfile.info(path)
+        assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+    a, b = read_audio(by_sf), read_audio(by_sox)
+    assert abs(a.numel() - b.numel()) <= 1
+    n = min(a.numel(), b.numel())
+    assert torch.corrcoef(torch.stack([a[:n], b[:n]]))[0, 1] > 0.99
+    assert sorted(p.name for p in by_sox.parent.iterdir()) == [name]  # no temp file left
+
+
+def test_convert_soundfile_downmixes_stereo(tmp_path):
+    src = tmp_path / "stereo.wav"
+    mono = read_audio(CLIP, 44100).numpy()
+    soundfile.write(src, np.stack([mono, mono], axis=1), 44100)
+    dst = tmp_path / "mono.wav"
+    convert_audio(src, dst, 16000, "soundfile")
+    info = audio_info(dst)
+    assert (info.sample_rate, info.channels) == (16000, 1)
+    assert info.num_frames == pytest.approx(80000, abs=2)
+
+
+def test_convert_unreadable_source_raises_and_writes_nothing(tmp_path):
+    src = tmp_path / "bad.wav"
+    src.write_bytes(b"\x00\x01garbage" * 50)
+    with pytest.raises(AudioReadError, match="bad.wav"):
+        convert_audio(src, tmp_path / "out" / "bad.wav", 16000, "auto")
+    assert not list(tmp_path.glob("out/*"))
+
+
+def test_write_json_atomic_roundtrip_leaves_no_temp(tmp_path):
+    path = tmp_path / "sub" / "m.json"
+    write_json_atomic(path, {"a": [1, 2], "é": 1.5})
+    write_json_atomic(path, {"b": 2})
+    assert read_json(path) == {"b": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
+
+
+def _loader(tmp_path, bad_ids, batch_size):
+    """A DataLoader over real clips where ``bad_ids`` point at a corrupt file."""
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"not audio at all" * 10)
+    clips = sorted((SAMPLES / "esc50" / "ESC-50-master" / "audio").glob("*.flac"))[:5]
+    data = {
+        f"utt{i}": {"wav": str(corrupt if f"utt{i}" in bad_ids else c)} for i, c in enumerate(clips)
+    }
+    dataset = DynamicItemDataset(data)
+    dataset.add_dynamic_item(audio_pipeline(8000))
+    dataset.set_output_keys(["id", "sig"])
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=SkipBadCollate())
+
+
+def test_pipeline_and_collate_skip_a_corrupt_clip(tmp_path):
+    batches = list(_loader(tmp_path, {"utt1"}, batch_size=2))
+    ids = [i for b in batches for i in b.id]
+    assert ids == ["utt0", "utt2", "utt3", "utt4"]
+    assert sum(b.skipped for b in batches) == 1
+    assert [b.skipped_ids for b in batches] == [["utt1"], [], []]
+    assert batches[0].sig.data.shape == (1, 40000)
+
+
+def test_collate_returns_none_when_every_example_is_bad(tmp_path):
+    batches = list(_loader(tmp_path, {"utt0", "utt1"}, batch_size=2))
+    assert batches[0] is None
+    assert [b.id for b in batches[1:]] == [["utt2", "utt3"], ["utt4"]]

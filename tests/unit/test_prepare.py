@@ -1,0 +1,284 @@
+"""Sound-classification prepare (official layouts -> manifests) and kd_modules.splits."""
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from kd_modules.dataio import audio_info, read_audio, read_json
+from kd_modules.splits import stratified_group_split
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "tests" / "samples"
+RECIPE = REPO / "recipes" / "sound_classification"
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"{SHARED} (the shared real-audio folder) is absent"
+)
+
+
+def _load_prepare():
+    """Import local/prepare.py by path under a unique name (registered, so pool workers see it)."""
+    name = "sound_classification_prepare"
+    spec = importlib.util.spec_from_file_location(name, RECIPE / "local" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare = _load_prepare()
+
+
+def run(dataset, data_root, out_dir, *extra):
+    prepare.main(
+        ["--dataset", dataset, "--data_root", str(data_root), "--out_dir", str(out_dir), *extra]
+    )
+    return out_dir
+
+
+def splits_of(out_dir, fold):
+    return {r: read_json(out_dir / f"fold{fold}" / f"{r}.json") for r in ("train", "valid", "test")}
+
+
+def assert_disjoint(splits):
+    """No id and no group shared between two splits; every entry well formed."""
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert not set(splits[a]) & set(splits[b])
+        assert not {e["group"] for e in splits[a].values()} & {
+            e["group"] for e in splits[b].values()
+        }
+    for entries in splits.values():
+        for entry in entries.values():
+            assert Path(entry["wav"]).is_absolute() and Path(entry["wav"]).is_file()
+            assert entry["duration"] > 0 and isinstance(entry["label"], str)
+
+
+# --- splits -------------------------------------------------------------------------------
+
+
+def _toy(n=600, n_groups=120, n_classes=6, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, n_groups, n).tolist()
+    labels = [g % n_classes for g in groups]  # one class per group, as with source recordings
+    return labels, groups
+
+
+FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    labels, groups = _toy()
+    first = stratified_group_split(labels, groups, FRACTIONS, seed=3)
+    assert first == stratified_group_split(labels, groups, FRACTIONS, seed=3)
+    assert first != stratified_group_split(labels, groups, FRACTIONS, seed=4)
+    assert sorted(i for v in first.values() for i in v) == list(range(len(labels)))
+    owners = {s: {groups[i] for i in v} for s, v in first.items()}
+    assert not owners["train"] & owners["valid"] and not owners["train"] & owners["test"]
+    assert not owners["valid"] & owners["test"]
+
+
+def test_split_is_stratified():
+    labels, groups = _toy(n=3000, n_groups=600)
+    result = stratified_group_split(labels, groups, FRACTIONS, seed=1)
+    totals = Counter(labels)
+    for split, fraction in FRACTIONS.items():
+        per_class = Counter(labels[i] for i in result[split])
+        for c, total in totals.items():
+            assert per_class[c] / total == pytest.approx(fraction, abs=0.05)
+
+
+def test_small_classes_reach_test():
+    labels = ["a", "a", "b", "b", "b", "c"]
+    result = stratified_group_split(labels, list(range(6)), FRACTIONS, 0, cover=("train", "test"))
+    in_test = {labels[i] for i in result["test"]}
+    in_train = {labels[i] for i in result["train"]}
+    assert in_test == {"a", "b"} and in_train == {"a", "b", "c"}
+
+
+def test_multi_class_groups_stay_whole():
+    labels = [d for _ in range(20) for d in range(10)]  # 20 speakers x 10 digits
+    groups = [s for s in range(20) for _ in range(10)]
+    result = stratified_group_split(labels, groups, {"train": 0.8, "valid": 0.2}, seed=0)
+    assert len({groups[i] for i in result["valid"]}) == 4
+    assert {labels[i] for i in result["valid"]} == set(range(10))
+
+
+# --- prepare on the real clips ---------------------------------------------------------------
+
+
+@needs_shared
+def test_esc50_official_fold4(tmp_path):
+    out = run("esc50", SHARED / "esc50", tmp_path / "esc50", "--folds", "4", "--convert", "none")
+    splits = splits_of(out, 4)
+    assert_disjoint(splits)
+    assert len(splits["test"]) == 201 and all(i.startswith("4-") for i in splits["test"])
+    assert splits["valid"] and not any(i.startswith("4-") for i in splits["train"])
+    assert not any(i.startswith("4-") for i in splits["valid"])
+    labels = read_json(out / "labels.json")
+    assert len(labels) == 50 and labels[0] == "dog"
+    for entry in splits["test"].values():
+        assert labels[entry["label_id"]] == entry["label"]
+    report = read_json(out / "prepare_report.json")
+    assert (report["rows"], report["present"], report["missing"]) == (2000, 220, 1780)
+    assert not (out / "fold1").exists()
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "dataset, root, extra, message",
+    [
+        ("urbansound8k", "urbansound8k", ["--folds", "2"], "UrbanSound8K fold 2: the test split"),
+        ("urbansound8k", "urbansound8k", ["--folds", "1"], "UrbanSound8K fold 1: the train split"),
+        ("fsdd", "fsdd", [], "FSDD fold 1: the test split"),
+        ("audiomnist", "audiomnist", ["--folds", "4"], "AudioMNIST fold 4: the test split"),
+    ],
+)
+def test_official_fold_without_audio_is_an_error(tmp_path, dataset, root, extra, message):
+    with pytest.raises(prepare.PrepareError, match=message) as err:
+        run(dataset, SHARED / root, tmp_path / "out", "--convert", "none", *extra)
+    assert "--split seeded" in str(err.value)
+    if "fold 2" in message:
+        assert str(Path("audio") / "fold2") in str(err.value)
+    assert not (tmp_path / "out" / ".done").exists()
+
+
+@needs_shared
+def test_urbansound8k_seeded_on_fold1_subset(tmp_path):
+    out = run(
+        "urbansound8k",
+        SHARED / "urbansound8k",
+        tmp_path / "us8k",
+        "--split",
+        "seeded",
+        "--convert",
+        "none",
+    )
+    splits = splits_of(out, 1)
+    assert_disjoint(splits)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sum(sizes.values()) == 515
+    assert sizes["test"] == pytest.approx(0.2 * 515, rel=0.25)
+    assert {e["label"] for e in splits["test"].values()} == set(read_json(out / "labels.json"))
+
+
+@pytest.fixture
+def partial_us8k(tmp_path):
+    """30 real fold-1 clips in the official layout, a stereo 44.1 kHz WAV and a corrupt file."""
+    src = SHARED / "urbansound8k" / "UrbanSound8K"
+    root = tmp_path / "UrbanSound8K"
+    (root / "audio" / "fold1").mkdir(parents=True)
+    shutil.copytree(src / "metadata", root / "metadata")
+    clips = sorted((src / "audio" / "fold1").glob("*.flac"))
+    for clip in clips[:30]:
+        shutil.copyfile(clip, root / "audio" / "fold1" / clip.name)
+    stereo = read_audio(clips[30], 44100).numpy()
+    soundfile.write(
+        root / "audio" / "fold1" / f"{clips[30].stem}.wav",
+        np.stack([stereo, 0.5 * stereo], axis=1),
+        44100,
+    )
+    (root / "audio" / "fold1" / f"{clips[31].stem}.wav").write_bytes(b"\xffcorrupt" * 64)
+    return root, clips[30].stem, clips[31].stem
+
+
+@needs_shared
+def test_partial_copy_with_stereo_and_corrupt_clips(tmp_path, partial_us8k, caplog):
+    root, stereo_id, corrupt_id = partial_us8k
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "prepared"
+    run("urbansound8k", tmp_path, out, "--split", "seeded")  # the parent of UrbanSound8K/
+    report = read_json(out / "prepare_report.json")
+    assert (report["rows"], report["present"], report["missing"]) == (8732, 32, 8700)
+    assert report["corrupt"] == 1 and report["corrupt_files"][0].endswith(f"{corrupt_id}.wav")
+    assert corrupt_id in caplog.text
+    splits = splits_of(out, 1)
+    assert_disjoint(splits)
+    entries = {k: v for s in splits.values() for k, v in s.items()}
+    assert len(entries) == 31 and corrupt_id not in entries
+    for entry in entries.values():
+        assert entry["wav"].startswith(str((out / "audio").resolve()))
+        info = audio_info(entry["wav"])
+        assert (info.sample_rate, info.channels) == (16000, 1)
+    assert entries[stereo_id]["duration"] == pytest.approx(4.0, abs=1e-3)
+
+    converted = {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.wav")}
+    done = (out / ".done").stat().st_mtime_ns
+    caplog.clear()
+    run("urbansound8k", tmp_path, out, "--split", "seeded")
+    assert "already prepared" in caplog.text and (out / ".done").stat().st_mtime_ns == done
+    run("urbansound8k", tmp_path, out, "--split", "seeded", "--seed", "2")
+    assert read_json(out / ".done")["seed"] == 2
+    assert {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.wav")} == converted
+
+
+# --- prepare on the repository's samples -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["esc50", "urbansound8k", "fsdd"])
+def test_seeded_split_of_each_sample(tmp_path, dataset):
+    out = run(
+        dataset, SAMPLES / dataset, tmp_path / dataset, "--split", "seeded", "--convert", "none"
+    )
+    splits = splits_of(out, 1)
+    assert_disjoint(splits)
+    assert all(splits.values())
+    expected = {"esc50": 20, "urbansound8k": 20, "fsdd": 480}[dataset]
+    assert sum(len(s) for s in splits.values()) == expected
+    assert {e["label"] for e in splits["test"].values()} == {
+        e["label"] for e in splits["train"].values()
+    }
+
+
+def test_audiomnist_paper_folds_via_cli(tmp_path):
+    """The CLI as run.sh calls it: official speaker folds of the samples, soundfile conversion."""
+    out = tmp_path / "audiomnist"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "local/prepare.py",
+        "--dataset",
+        "audiomnist",
+        "--data_root",
+        str(SAMPLES / "audiomnist" / "AudioMNIST"),
+        "--out_dir",
+        str(out),
+        "--convert",
+        "soundfile",
+        "--folds",
+        "1",
+        "2",
+    ]
+    done = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "converting with soundfile" in done.stderr
+    fold1 = splits_of(out, 1)
+    assert sorted(fold1["test"]) == ["3_51_37", "9_42_10"]  # speakers 42 and 51: paper split 0
+    assert not fold1["valid"] and len(fold1["train"]) == 4
+    assert sorted(splits_of(out, 2)["test"]) == ["0_01_0", "6_56_49"]
+    assert audio_info(fold1["test"]["3_51_37"]["wav"]).sample_rate == 16000
+
+    failed = subprocess.run(
+        cmd[:-2] + ["4"], cwd=RECIPE, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert failed.returncode == 1 and "AudioMNIST fold 4: the test split" in failed.stderr
+
+
+def test_without_sox_converts_with_soundfile(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(prepare, "sox_available", lambda: False)
+    with pytest.raises(prepare.PrepareError, match="--convert sox needs the SoX binary"):
+        run(
+            "audiomnist", SAMPLES / "audiomnist", tmp_path / "a", "--folds", "1", "--convert", "sox"
+        )
+    out = run("audiomnist", SAMPLES / "audiomnist", tmp_path / "b", "--folds", "1")
+    assert "SoX binary not found: converting with soundfile" in caplog.text
+    assert len(list((out / "audio").rglob("*.wav"))) == 6
