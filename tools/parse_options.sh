@@ -34,7 +34,8 @@ while [ $# -gt 0 ]; do
             ;;
     esac
     _name="${_name//-/_}"
-    if [ -z "${options:-}" ] || [[ " $options " != *" $_name "* ]]; then
+    # shellcheck disable=SC2086
+    if [[ " $(echo ${options:-}) " != *" $_name "* ]]; then
         echo "$0: unknown option --$_name (see --help)" >&2
         exit 1
     fi

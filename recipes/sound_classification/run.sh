@@ -26,13 +26,14 @@ device=auto                   # auto | cpu | cuda | cuda:N
 use_cache=true                # KD students read stage 3's teacher cache
 sample_rate=16000
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+download=false                # stage 0 downloads the official release when --data_root is empty
 data_dir=data
 exp_dir=exp
 python=python3
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache sample_rate convert data_dir exp_dir python extra_args"
+seeds ngpu device use_cache sample_rate convert download data_dir exp_dir python extra_args"
 help_message="Usage: $0 [options]   (stages 0-8, see the header of this script and README.md)"
 . "$root/tools/parse_options.sh"
 
@@ -83,9 +84,12 @@ if want 0; then
     $python -c "import kd_modules, speechbrain, torch; print('torch', torch.__version__, \
 'speechbrain', speechbrain.__version__, 'cuda', torch.cuda.is_available())"
     if [ "$stop_stage" -ge 1 ] && [ ! -f "$data_dir/$dataset/.done" ]; then
+        if [ -z "$data_root" ] && [ "$download" = true ]; then
+            data_root=$(local/download.sh "$dataset" "$data_dir/downloads")
+        fi
         if [ -z "$data_root" ]; then
             echo "$0: --data_root is required (the $dataset official layout; see README.md)." >&2
-            echo "  Download: see README.md, section Datasets (no download happens here)." >&2
+            echo "  Or add --download true to fetch the official release (README.md, Datasets)." >&2
             exit 1
         fi
         [ -d "$data_root" ] || { echo "$0: --data_root $data_root does not exist" >&2; exit 1; }
