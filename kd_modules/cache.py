@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from kd_modules.teacher import Teacher
@@ -49,14 +48,14 @@ def check_deterministic_inputs(random_settings: dict) -> None:
 
 def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-utterance tensors, zero-padding every dim to the batch maximum."""
-    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
-    padded = []
-    for tensor in tensors:
-        pad = []
-        for dim in reversed(range(tensor.dim())):
-            pad.extend([0, shape[dim] - tensor.shape[dim]])
-        padded.append(F.pad(tensor, pad) if any(pad) else tensor)
-    return torch.stack(padded)
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) == 1:
+        return torch.stack(tensors)
+    shape = [max(sizes) for sizes in zip(*shapes)]
+    out = tensors[0].new_zeros(len(tensors), *shape)
+    for index, tensor in enumerate(tensors):
+        out[(index, *(slice(0, size) for size in tensor.shape))] = tensor
+    return out
 
 
 class TeacherCache:
@@ -121,7 +120,9 @@ def build_teacher_cache(
             if len(batch.id) != 1:
                 raise ValueError("build_teacher_cache needs batches of one utterance (no padding)")
             outputs = teacher(*features(batch))
-            entries[batch.id[0]] = {name: value[0].cpu().clone() for name, value in outputs.items()}
+            entries[batch.id[0]] = {
+                name: value[0].cpu().contiguous().clone() for name, value in outputs.items()
+            }
         tmp = target.with_suffix(".pt.tmp")
         torch.save(entries, tmp)
         os.replace(tmp, target)

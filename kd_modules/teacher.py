@@ -7,10 +7,14 @@ wraps it in DDP and never writes it into the student's checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import random
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer
@@ -36,6 +40,16 @@ def fingerprint_module(model: nn.Module) -> str:
             tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
         )
     return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's random states on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
 
 
 class Teacher:
@@ -89,8 +103,8 @@ class Teacher:
             raise FileNotFoundError(
                 f"No teacher at {exp_dir}: {hparams_file.name} is missing (train it first, stage 2)"
             )
-        with open(hparams_file) as stream:
-            hparams = load_hyperpyyaml(stream)
+        with open(hparams_file) as stream, preserved_random_state():
+            hparams = load_hyperpyyaml(stream)  # its own seeding must not reseed the caller
         model = hparams[model_key]
         checkpointer = Checkpointer(exp_dir / "save", recoverables={model_key: model})
         checkpoint = checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)

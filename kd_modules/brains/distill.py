@@ -104,6 +104,7 @@ class DistillBrain(sb.Brain):
         self._student_taps: FeatureTaps | None = None
         self.history_file = Path(history_file) if history_file else None
         self.skipped_clips = 0
+        self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
         self._stage_start = time.perf_counter()
@@ -177,6 +178,8 @@ class DistillBrain(sb.Brain):
     def finish_epoch(self, stage: sb.Stage, epoch: int | None, stats: dict) -> float:
         """Append the stage's statistics and wall time to the history file; return the time."""
         elapsed = time.perf_counter() - self._stage_start
+        if stage == sb.Stage.TRAIN:
+            self.train_epochs_run += 1
         if self.history_file is None or stage == sb.Stage.TEST or not if_main_process():
             return elapsed
         history = []

@@ -148,6 +148,18 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
     )
 
 
+def record_training(info_file: Path, seconds: float, teacher, cache) -> None:
+    """Add this session's training time to train_info.json, with the teacher it learnt from."""
+    previous = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = {
+        "wall_time_s": previous.get("wall_time_s", 0.0) + seconds,
+        "teacher_fingerprint": teacher.fingerprint if teacher else None,
+        "teacher_checkpoint": getattr(teacher, "checkpoint", None),
+        "teacher_cache": str(cache.folder) if cache else None,
+    }
+    write_json_atomic(info_file, info)
+
+
 def main(argv: list[str] | None = None) -> None:
     files, run_opts, overrides = parse_recipe_arguments(argv)
     hparams = load_composed(files, overrides)
@@ -157,8 +169,6 @@ def main(argv: list[str] | None = None) -> None:
     sb.create_experiment_directory(
         hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
     )
-    random.seed(hparams["seed"])
-    torch.manual_seed(hparams["seed"])
     datasets = dataio_prepare(hparams)
     teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
     info_file = Path(hparams["output_folder"]) / "train_info.json"
@@ -185,14 +195,10 @@ def main(argv: list[str] | None = None) -> None:
             train_loader_kwargs=hparams["train_dataloader_options"],
             valid_loader_kwargs=hparams["eval_dataloader_options"],
         )
-        if if_main_process():
-            previous = json.loads(info_file.read_text()) if info_file.is_file() else {}
-            write_json_atomic(info_file, {
-                "wall_time_s": previous.get("wall_time_s", 0.0) + time.time() - start,
-                "teacher_fingerprint": teacher.fingerprint if teacher else None,
-                "teacher_checkpoint": getattr(teacher, "checkpoint", None),
-                "teacher_cache": str(cache.folder) if cache else None,
-            })  # fmt: skip
+        if brain.train_epochs_run or not info_file.is_file():  # a finished run stays untouched
+            sb.utils.distributed.run_on_main(
+                record_training, args=[info_file, time.time() - start, teacher, cache]
+            )
     if not hparams["skip_test"]:
         fingerprint = json.loads(info_file.read_text())["teacher_fingerprint"]
         write_run_results(brain, hparams, datasets, fingerprint)

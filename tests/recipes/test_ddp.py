@@ -1,0 +1,154 @@
+"""DDP on CPU: run.sh's torchrun launcher (``--ngpu 2 --device cpu`` -> 2 gloo processes) trains a
+FitNets student, whose regressor is a trainable adapter, from a live teacher on real FSDD clips.
+
+The teacher is trained first in one process (stage 2); stages 4-5 then run under torchrun and
+stage 7 evaluates the DDP checkpoints in one process, as ``run.sh`` does for any experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import RECIPE, write_fsdd_manifests
+from hyperpyyaml import load_hyperpyyaml
+
+from kd_modules.brains.distill import KDObjective
+from kd_modules.teacher import Teacher
+
+pytestmark = pytest.mark.slow
+
+RUN_SH = RECIPE / "run.sh"
+TRAIN_PER_DIGIT = 3  # 30 training clips: 15 per rank, one batch of 16 per rank and epoch
+EPOCHS = 2
+TIMEOUT_S = 600
+
+
+def run_sh(tmp: Path, *args: str, epochs: int) -> subprocess.CompletedProcess:
+    command = [
+        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--device", "cpu",
+        "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
+        "--use_cache", "false", "--extra_args", f"--number_of_epochs {epochs} --num_workers 0",
+        *args,
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command,
+        cwd=RECIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(args)}: exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
+        f"\n--- stderr ---\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = tmp / "data" / "fsdd"
+    write_fsdd_manifests(data / "fold1", {"train": TRAIN_PER_DIGIT, "valid": 1, "test": 1})
+    (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
+    fold = tmp / "exp" / "fsdd" / "fold1"
+    teacher = fold / "teacher" / "xvector_large" / "none" / "seed1"
+    student = fold / "student" / "xvector_small" / "fitnets" / "seed1"
+
+    run_sh(tmp, "--stage", "2", "--stop_stage", "2", epochs=1)  # one process
+    ddp = run_sh(tmp, "--stage", "4", "--stop_stage", "5", "--ngpu", "2", epochs=EPOCHS)
+    assert not (student / "results.json").exists()  # stages 2/4/5 train only
+    checkpoints = sorted((student / "save").glob("CKPT+*"))
+    evaluation = run_sh(tmp, "--stage", "7", "--stop_stage", "7", epochs=EPOCHS)
+    return {
+        "teacher": teacher,
+        "student": student,
+        "checkpoints": checkpoints,
+        "ddp": ddp,
+        "evaluation": evaluation,
+    }
+
+
+def load_checkpoint(folder: Path, name: str) -> dict:
+    return torch.load(folder / f"{name}.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_main_process_alone_writes_one_checkpoint_and_one_log(ddp_run):
+    student = ddp_run["student"]
+    assert len(ddp_run["checkpoints"]) == 1, ddp_run["checkpoints"]
+    assert not list(student.glob(".*.tmp*")), "leftover temporary files: concurrent writers?"
+    log = (student / "train_log.txt").read_text().splitlines()
+    epoch_lines = [line.split(",")[0] for line in log if line.startswith("epoch:")]
+    assert epoch_lines == [f"epoch: {e}" for e in range(1, EPOCHS + 1)]  # once, not per rank
+    assert sum(line.startswith("Epoch loaded") for line in log) == 1  # stage 7, one process
+    history = json.loads((student / "history.json").read_text())
+    for stage in ("train", "valid"):
+        epochs = [entry["epoch"] for entry in history if entry["stage"] == stage]
+        assert epochs == list(range(1, EPOCHS + 1)), history
+    assert all("kd_fitnets" in e["stats"] for e in history if e["stage"] == "train")
+
+
+def test_checkpoint_holds_the_student_and_the_fitnets_regressor(ddp_run):
+    student = ddp_run["student"]
+    checkpoint = ddp_run["checkpoints"][0]
+    assert {"model.ckpt", "kd_objective.ckpt", "optimizer.ckpt", "counter.ckpt"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    with open(student / "hyperparams.yaml") as stream:
+        hparams = load_hyperpyyaml(stream)
+    model_state = load_checkpoint(checkpoint, "model")
+    kd_state = load_checkpoint(checkpoint, "kd_objective")
+    # saved from the modules inside the DDP wrappers: no "module." prefix, strict loads work
+    assert not any(key.startswith("module.") for key in [*model_state, *kd_state])
+    hparams["model"].load_state_dict(model_state)
+    objective = KDObjective(hparams["kd_losses"], hparams["kd_weights"])
+    objective.load_state_dict(kd_state)
+    assert {key: tuple(value.shape) for key, value in kd_state.items()} == {
+        "losses.fitnets.regressor.weight": (256, 128),
+        "losses.fitnets.regressor.bias": (256,),
+    }
+
+
+def test_both_ranks_trained_the_student_and_the_adapter(ddp_run):
+    """30 clips sharded over 2 ranks: one optimiser step per epoch (one process would take 2)."""
+    checkpoint = ddp_run["checkpoints"][0]
+    epoch = int((checkpoint / "counter.ckpt").read_text())
+    brain = yaml.safe_load((checkpoint / "brain.ckpt").read_text())
+    assert brain["optimizer_step"] == epoch, (brain, epoch)
+
+    with open(ddp_run["student"] / "hyperparams.yaml") as stream:
+        n_model = len(list(load_hyperpyyaml(stream)["model"].parameters()))
+    state = load_checkpoint(checkpoint, "optimizer")["state"]
+    assert len(state) == n_model + 2  # every student parameter + regressor weight and bias
+    assert all(int(s["step"]) == epoch for s in state.values())
+    regressor = [state[n_model], state[n_model + 1]]
+    assert [tuple(s["exp_avg"].shape) for s in regressor] == [(256, 128), (256,)]
+    assert all(s["exp_avg"].abs().sum() > 0 for s in regressor)  # gradients reached the adapter
+
+
+def test_ddp_run_records_the_live_teacher(ddp_run):
+    info = json.loads((ddp_run["student"] / "train_info.json").read_text())
+    teacher = Teacher.from_experiment(ddp_run["teacher"], max_key="accuracy")
+    assert info["teacher_fingerprint"] == teacher.fingerprint
+    assert info["teacher_cache"] is None  # --use_cache false: the teacher ran on each rank
+
+
+def test_stage_7_evaluates_the_ddp_checkpoint(ddp_run):
+    results = json.loads((ddp_run["student"] / "results.json").read_text())
+    assert (results["role"], results["method"], results["arch"]) == (
+        "student",
+        "fitnets",
+        "xvector_small",
+    )
+    assert Path(results["checkpoint"]) == ddp_run["checkpoints"][0]
+    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
+    info = json.loads((ddp_run["student"] / "train_info.json").read_text())
+    assert results["teacher_fingerprint"] == info["teacher_fingerprint"]
+    assert results["epochs"] == EPOCHS
