@@ -2,7 +2,9 @@
 
 Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``label_id``
 (``(B, 1)`` class ids), and hparams ``compute_features`` (waveforms -> ``(B, T, F)``) and
-``normalize`` (``(feats, lens) -> feats``). Validation accuracy selects the checkpoint.
+``normalize`` (``(feats, lens) -> feats``); with ``augment: True`` the training features also go
+through ``time_mask`` and ``freq_mask`` (SpecAugment-style). Validation accuracy selects the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from kd_modules.metrics import AccuracyStats
 class ClassificationBrain(DistillBrain):
     """Train a classifier alone, or a student from a teacher, and report accuracy."""
 
-    def compute_features(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_features(self, batch, stage: sb.Stage = sb.Stage.TEST):
         """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative lengths ``(B,)``."""
         wavs, lens = batch.sig
-        feats = self.hparams.compute_features(wavs)
-        return self.hparams.normalize(feats, lens), lens
+        feats = self.hparams.normalize(self.hparams.compute_features(wavs), lens)
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment", False):
+            feats = self.hparams.freq_mask(self.hparams.time_mask(feats))
+        return feats, lens
 
     def compute_forward(self, batch, stage: sb.Stage):
         """Student outputs, teacher outputs (KD training only) and lengths."""
@@ -30,7 +34,7 @@ class ClassificationBrain(DistillBrain):
             return None
         batch = batch.to(self.device)
         self.count_skipped(batch)
-        feats, lens = self.compute_features(batch)
+        feats, lens = self.compute_features(batch, stage)
         student = self.student_forward(feats, lens)
         teacher = None
         if stage == sb.Stage.TRAIN and self.distilling:

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> Path:
     hparams = load_composed(files, overrides)
     if hparams["method"] == "none":
         raise SystemExit("cache_teacher.py needs a KD composition (kd/*.yaml with a teacher)")
-    check_deterministic_inputs({"train_random_crop": hparams["train_random_crop"]})
+    check_deterministic_inputs(
+        {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
+    )
     device = run_opts["device"]
     teacher = Teacher.from_experiment(
         hparams["teacher_folder"], taps=hparams["teacher_taps"], max_key="accuracy"

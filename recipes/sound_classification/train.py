@@ -86,7 +86,9 @@ def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | Non
     )
     if not hparams["use_teacher_cache"]:
         return teacher, None
-    check_deterministic_inputs({"train_random_crop": hparams["train_random_crop"]})
+    check_deterministic_inputs(
+        {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
+    )
     key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
     return teacher, TeacherCache(Path(hparams["exp_root"]) / "cache" / key)
 

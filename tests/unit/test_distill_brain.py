@@ -182,3 +182,20 @@ def test_kd_losses_without_teacher_refuse_to_train(setup):
     brain = make_brain(hparams)
     with pytest.raises(ValueError, match="neither a teacher nor a cache"):
         fit(brain, hparams, setup["train"].dataio_prepare(hparams))
+
+
+def test_corrupt_clip_is_skipped_and_counted_not_fatal(setup, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.json").write_text((setup["data"] / f"{split}.json").read_text())
+    corrupt = tmp_path / "0_broken_99.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00garbage, not audio" * 10)
+    train = json.loads((data / "train.json").read_text())
+    train["0_broken_99"] = {"wav": str(corrupt), "duration": 1.0, "label": "0", "label_id": 0}
+    (data / "train.json").write_text(json.dumps(train))
+    hparams = compose("student/xvector_small.yaml", "none", data, tmp_path / "exp")
+    brain = make_brain(hparams)
+    fit(brain, hparams, setup["train"].dataio_prepare(hparams))
+    assert brain.skipped_clips == 1
+    assert brain.train_stats["skipped_clips"] == 1
