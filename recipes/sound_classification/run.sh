@@ -31,9 +31,11 @@ data_dir=data
 exp_dir=exp
 python=python3
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
+teacher_args="--augment True" # overrides for the teacher only (stage 2): SpecAugment-style masking
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache sample_rate convert download data_dir exp_dir python extra_args"
+seeds ngpu device use_cache sample_rate convert download data_dir exp_dir python extra_args
+teacher_args"
 help_message="Usage: $0 [options]   (stages 0-8, see the header of this script and README.md)"
 . "$root/tools/parse_options.sh"
 
@@ -114,7 +116,8 @@ for fold in $folds; do
     if want 2; then
         log "stage 2: teacher $teacher, fold $fold -> $tdir"
         launch train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
-            --role teacher --seed "$teacher_seed" --output_folder "$tdir" --skip_test True
+            --role teacher --seed "$teacher_seed" --output_folder "$tdir" --skip_test True \
+            $teacher_args
     fi
     first_student=${students%% *}
     if want 3 && [ "$use_cache" = true ]; then
@@ -169,7 +172,7 @@ if want 7; then
         tdir=$(teacher_folder "$fold")
         # shellcheck disable=SC2046
         evaluate "$tdir" $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
-            --role teacher --seed "$teacher_seed"
+            --role teacher --seed "$teacher_seed" $teacher_args
         for arch in $students; do
             for seed in $seeds; do
                 # shellcheck disable=SC2046
