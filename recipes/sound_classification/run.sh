@@ -27,6 +27,7 @@ use_cache=true                # KD students read stage 3's teacher cache
 sample_rate=16000
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
 download=false                # stage 0 downloads the official release when --data_root is empty
+update_readme=false           # stage 8 also writes the table into README.md's results section
 data_dir=data
 exp_dir=exp
 python=python3
@@ -34,7 +35,7 @@ extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--num
 teacher_args="--augment True" # overrides for the teacher only (stage 2): SpecAugment-style masking
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache sample_rate convert download data_dir exp_dir python extra_args
+seeds ngpu device use_cache sample_rate convert download update_readme data_dir exp_dir python extra_args
 teacher_args"
 help_message="Usage: $0 [options]   (stages 0-8, see the header of this script and README.md)"
 . "$root/tools/parse_options.sh"
@@ -191,7 +192,10 @@ fi
 
 if want 8; then
     log "stage 8: collecting results into $exp_dir/$dataset/RESULTS.md"
+    readme_flag=()
+    [ "$update_readme" = true ] && readme_flag=(--readme README.md)
     $python -m kd_modules.results "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
-        --title "Sound classification: $dataset ($split split, folds $folds, seeds $seeds)"
+        --title "Sound classification: $dataset ($split split, folds $folds, seeds $seeds)" \
+        "${readme_flag[@]}"
 fi
 log "done"
