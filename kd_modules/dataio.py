@@ -220,8 +220,9 @@ class SkipBadCollate:
     """collate_fn that drops examples whose ``sig`` is empty, then pads with PaddedBatch.
 
     The batch records ``skipped`` (how many were dropped) and ``skipped_ids``. When every example
-    of a batch is bad it returns ``None``: a Brain using it must skip ``None`` batches (e.g. in
-    ``fit_batch`` / ``evaluate_batch``) instead of failing mid-epoch.
+    of a batch is bad it returns ``None``: a Brain using it must treat ``None`` batches as empty
+    (DistillBrain's task brains return no outputs and a zero loss from ``compute_forward`` /
+    ``compute_objectives``) instead of failing mid-epoch.
     """
 
     def __init__(self, signal_key: str = "sig", id_key: str = "id", **padded_batch_kwargs):

@@ -8,6 +8,7 @@ top-level key can be overridden from the command line; a misspelt override is an
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,8 +42,25 @@ def parse_recipe_arguments(argv: list[str] | None = None) -> tuple[list[str], di
         files.append(argv.pop(0))
     if not files:
         raise SystemExit("usage: train.py common.yaml [arch.yaml kd.yaml ...] [--key value ...]")
-    _, run_opts, overrides = sb.parse_arguments([files[0], *argv])
+    _, run_opts, overrides = sb.parse_arguments([files[0], *_per_rank_device(argv)])
     return files, run_opts, overrides
+
+
+def _per_rank_device(argv: list[str]) -> list[str]:
+    """Under torchrun, turn ``--device cuda`` into ``--device cuda:<LOCAL_RANK>``.
+
+    SpeechBrain keeps an explicit device as given, so every rank would otherwise use GPU 0.
+    """
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return argv
+    argv = list(argv)
+    for index, arg in enumerate(argv):
+        if arg == "--device" and index + 1 < len(argv) and argv[index + 1] == "cuda":
+            argv[index + 1] = f"cuda:{local_rank}"
+        elif arg == "--device=cuda":
+            argv[index] = f"--device=cuda:{local_rank}"
+    return argv
 
 
 def load_composed(files: list[str | Path], overrides: str | dict | None = None) -> dict:

@@ -21,6 +21,7 @@ def _to_numpy(x) -> np.ndarray:
     """Tensors (any device, with or without grad), arrays and lists as a numpy array."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
+        x = x.float() if x.is_floating_point() else x  # numpy has no bfloat16
     return np.asarray(x)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +45,23 @@ def fingerprint_module(model: nn.Module) -> str:
 
 @contextlib.contextmanager
 def preserved_random_state() -> Iterator[None]:
-    """Restore Python's, NumPy's and torch's random states on exit."""
+    """Restore Python's, NumPy's, torch's (CPU and CUDA) and SpeechBrain's seeds on exit.
+
+    SpeechBrain's ``seed_everything`` also sets ``SB_GLOBAL_SEED``, which seeds the training
+    sampler's shuffle: a teacher's saved YAML must not impose its seed on the student's data order.
+    """
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
+    sb_seed = os.environ.get("SB_GLOBAL_SEED")
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if sb_seed is None:
+            os.environ.pop("SB_GLOBAL_SEED", None)
+        else:
+            os.environ["SB_GLOBAL_SEED"] = sb_seed
 
 
 class Teacher:

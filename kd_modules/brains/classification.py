@@ -64,13 +64,13 @@ class ClassificationBrain(DistillBrain):
     def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
         """Log the epoch, anneal the learning rate, keep the best-accuracy checkpoint."""
         stats = {"loss": stage_loss, **self.term_means()}
+        if self.skipped_clips:
+            stats["skipped_clips"] = self.skipped_clips
         if stage != sb.Stage.TRAIN:
             stats["accuracy"] = self.accuracy.summarize()
         elapsed = self.finish_epoch(stage, epoch, stats)
         if stage == sb.Stage.TRAIN:
             self.train_stats = {**stats, "epoch_time_s": elapsed}
-            if self.skipped_clips:
-                self.train_stats["skipped_clips"] = self.skipped_clips
         elif stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_annealing(stats["loss"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)

@@ -103,7 +103,7 @@ class DistillBrain(sb.Brain):
         self._student_paths = dict(student_taps or {})
         self._student_taps: FeatureTaps | None = None
         self.history_file = Path(history_file) if history_file else None
-        self.skipped_clips = 0
+        self.skipped_clips = 0  # unreadable clips dropped in the current stage
         self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
@@ -113,6 +113,11 @@ class DistillBrain(sb.Brain):
         """Refuse to train KD terms without a teacher (evaluation alone needs none)."""
         if self.distilling and self.teacher is None and self.teacher_cache is None:
             raise ValueError("KD losses are configured but neither a teacher nor a cache is given")
+        if self.data_parallel_backend and self._student_paths:
+            raise ValueError(
+                "Student feature taps do not work with DataParallel (each replica sees a slice of "
+                "the batch): use DDP (run.sh --ngpu N, torchrun) instead"
+            )
         super().on_fit_start()
 
     # ----- forward passes -------------------------------------------------------------------
@@ -169,7 +174,8 @@ class DistillBrain(sb.Brain):
         return {name: self._term_sums[name] / self._term_counts[name] for name in self._term_sums}
 
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
-        """Reset term accumulators and the stage timer."""
+        """Reset term accumulators, the skipped-clip count and the stage timer."""
+        self.skipped_clips = 0
         self._term_sums.clear()
         self._term_counts.clear()
         self._stage_start = time.perf_counter()

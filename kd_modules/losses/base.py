@@ -120,3 +120,13 @@ def projection(student_dim: int | None, teacher_dim: int | None) -> nn.Module:
     if student_dim is None or teacher_dim is None or student_dim == teacher_dim:
         return nn.Identity()
     return nn.Linear(student_dim, teacher_dim)
+
+
+def fp32_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` in float32 with autocast off.
+
+    Similarity (Gram) matrices overflow in fp16 under AMP: a row's squared norm is about T·C
+    (e.g. 500 frames × 768 channels ≫ 65504), and products of small probabilities underflow.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import KDLoss, align_time, frame_mask, length_mask
+from .base import KDLoss, align_time, fp32_matmul, frame_mask, length_mask
 
 _LAYOUT_DIMS = {"channels_last": (-1, 1), "channels_first": (1, 2)}  # (channel dim, time dim)
 _IUSP_TIME_DIM = {"btd": 1, "bctf": 2}
@@ -61,7 +61,7 @@ class SimilarityPreserving(KDLoss):
         if lens is not None and x.ndim >= 3:
             x = x * frame_mask(x, lens, self.time_dim)
         q = x.flatten(1)
-        return F.normalize(q @ q.T, dim=1)
+        return F.normalize(fp32_matmul(q, q.T), dim=1)
 
     def forward(self, student_out, teacher_out, lens=None, targets=None) -> Tensor:
         s, t = self.fetch(student_out, teacher_out)
@@ -99,6 +99,6 @@ class IUSP(KDLoss):
             mask = length_mask(lens, T).to(s.dtype)
             s, t = s * mask.unsqueeze(-1), t * mask.unsqueeze(-1)
             n_valid = mask.sum(1)
-        g_s = F.normalize(s @ s.transpose(1, 2), dim=2)
-        g_t = F.normalize(t @ t.transpose(1, 2), dim=2)
+        g_s = F.normalize(fp32_matmul(s, s.transpose(1, 2)), dim=2)
+        g_t = F.normalize(fp32_matmul(t, t.transpose(1, 2)), dim=2)
         return ((g_t - g_s).pow(2).sum((1, 2)) / n_valid**2).mean()

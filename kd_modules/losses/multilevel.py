@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import KDLoss, as_2d, projection
+from .base import KDLoss, as_2d, fp32_matmul, projection
 
 
 class MultiLevelKD(KDLoss):
@@ -53,8 +53,8 @@ class MultiLevelKD(KDLoss):
                 log_p_s, log_p_t, reduction="batchmean", log_target=True
             )
             p_s, p_t = log_p_s.exp(), log_p_t.exp()
-            cls = cls + (p_t.T @ p_t - p_s.T @ p_s).pow(2).sum() / C
-            bat = bat + (p_t @ p_t.T - p_s @ p_s.T).pow(2).sum() / B
+            cls = cls + (fp32_matmul(p_t.T, p_t) - fp32_matmul(p_s.T, p_s)).pow(2).sum() / C
+            bat = bat + (fp32_matmul(p_t, p_t.T) - fp32_matmul(p_s, p_s.T)).pow(2).sum() / B
         if self.embedding_key is not None:
             pair = self.fetch(student_out, teacher_out, self.embedding_key)
             e_s, e_t = (as_2d(e, self.embedding_key) for e in pair)

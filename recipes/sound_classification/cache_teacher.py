@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
-from train import dataio_prepare
+from train import dataio_prepare, teacher_cache_folder
 
-from kd_modules.cache import build_teacher_cache, cache_key, check_deterministic_inputs
+from kd_modules.cache import build_teacher_cache
 from kd_modules.dataio import SkipBadCollate
 from kd_modules.hparams import load_composed, parse_recipe_arguments
 from kd_modules.teacher import Teacher
@@ -29,15 +29,11 @@ def main(argv: list[str] | None = None) -> Path:
     hparams = load_composed(files, overrides)
     if hparams["method"] == "none":
         raise SystemExit("cache_teacher.py needs a KD composition (kd/*.yaml with a teacher)")
-    check_deterministic_inputs(
-        {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
-    )
     device = run_opts["device"]
     teacher = Teacher.from_experiment(
         hparams["teacher_folder"], taps=hparams["teacher_taps"], max_key="accuracy"
     ).to(device)
-    key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
-    folder = Path(hparams["exp_root"]) / "cache" / key
+    folder = teacher_cache_folder(hparams, teacher)
     loader = make_dataloader(
         dataio_prepare(hparams)["train"],
         batch_size=1,

@@ -77,7 +77,8 @@ yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 fold_args() {
     local fold=$1
     echo "--data_folder $data_dir/$dataset/fold$fold --dataset $dataset --fold $fold" \
-        "--n_classes $n_classes --exp_root $exp_dir --device $device $extra_args"
+        "--n_classes $n_classes --exp_root $exp_dir --device $device" \
+        "--sample_rate $sample_rate $extra_args"
 }
 teacher_folder() { echo "$exp_dir/$dataset/fold$1/teacher/$teacher/none/seed$teacher_seed"; }
 student_folder() { echo "$exp_dir/$dataset/fold$1/student/$2/$3/seed$4"; }

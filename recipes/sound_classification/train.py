@@ -14,6 +14,7 @@ run with SpeechBrain's ``--test_only`` flag).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import random
@@ -86,11 +87,19 @@ def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | Non
     )
     if not hparams["use_teacher_cache"]:
         return teacher, None
+    return teacher, TeacherCache(teacher_cache_folder(hparams, teacher))
+
+
+def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
+    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps and the
+    training manifest (a re-prepared split gets a new cache). Refuses randomised inputs."""
     check_deterministic_inputs(
         {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
     )
-    key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
-    return teacher, TeacherCache(Path(hparams["exp_root"]) / "cache" / key)
+    manifest = hashlib.sha256(Path(hparams["train_annotation"]).read_bytes()).hexdigest()[:12]
+    settings = {**hparams["feature_settings"], "train_manifest": manifest}
+    key = cache_key(teacher.fingerprint, settings, hparams["teacher_taps"])
+    return Path(hparams["exp_root"]) / "cache" / key
 
 
 def example_features(brain: ClassificationBrain, dataset: DynamicItemDataset) -> tuple:
@@ -142,7 +151,7 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
         "wall_time_s": train_info["wall_time_s"] + (time.time() - start),
         "epoch_time_s": sum(epoch_times) / len(epoch_times) if epoch_times else None,
         "epochs": len(epoch_times),
-        "skipped_clips": brain.skipped_clips,
+        "skipped_test_clips": brain.skipped_clips,
     }
     write_results(Path(hparams["output_folder"]) / "results.json", results)
     logger.info(

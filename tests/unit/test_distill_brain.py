@@ -5,6 +5,7 @@ cache reproduces the live teacher; non-finite loss terms stop the run."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -197,5 +198,16 @@ def test_corrupt_clip_is_skipped_and_counted_not_fatal(setup, tmp_path):
     hparams = compose("student/xvector_small.yaml", "none", data, tmp_path / "exp")
     brain = make_brain(hparams)
     fit(brain, hparams, setup["train"].dataio_prepare(hparams))
-    assert brain.skipped_clips == 1
-    assert brain.train_stats["skipped_clips"] == 1
+    assert brain.train_stats["skipped_clips"] == 1  # counted per stage, the run went on
+    history = json.loads(Path(hparams["history_file"]).read_text())
+    assert [h["stats"].get("skipped_clips") for h in history] == [1, None]
+
+
+def test_loading_the_teacher_keeps_the_callers_seeds(setup):
+    """The teacher's saved YAML seeds everything with its own seed; the student's must survive."""
+    sb.utils.seed.seed_everything(7, verbose=False)
+    expected = torch.rand(3)
+    sb.utils.seed.seed_everything(7, verbose=False)
+    Teacher.from_experiment(setup["teacher_dir"])
+    assert os.environ["SB_GLOBAL_SEED"] == "7"
+    assert torch.equal(torch.rand(3), expected)

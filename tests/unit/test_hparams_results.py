@@ -95,3 +95,11 @@ def test_update_readme_and_plot(tmp_path):
     (tmp_path / "history.json").write_text(json.dumps(history))
     plot_history(tmp_path / "history.json", tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_torchrun_rank_gets_its_own_gpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    _, run_opts, _ = parse_recipe_arguments(["a.yaml", "--device", "cuda"])
+    assert run_opts["device"] == "cuda:1"
+    _, run_opts, _ = parse_recipe_arguments(["a.yaml", "--device", "cpu"])
+    assert run_opts["device"] == "cpu"

@@ -343,3 +343,25 @@ def test_registry_builds_every_name_and_rejects_unknown():
     assert isinstance(build_loss("kd", tau=2.0), HintonKD)
     with pytest.raises(ValueError, match="unknown KD loss 'hinton'.*valid names:.*mlkd"):
         build_loss("hinton")
+
+
+def test_relation_losses_stay_finite_under_fp16_autocast():
+    """Gram matrices of long, wide frame features overflow fp16 (row norm² ≈ T·C ≫ 65504)."""
+    from kd_modules.losses import IUSP, MultiLevelKD, SimilarityPreserving
+
+    gen = torch.Generator().manual_seed(0)
+    s = {"h": torch.randn(4, 500, 64, generator=gen), "logits": torch.randn(8, 300, generator=gen)}
+    t = {"h": torch.randn(4, 500, 768, generator=gen), "logits": torch.randn(8, 300, generator=gen)}
+    for loss in (SimilarityPreserving("h"), IUSP("h")):
+        reference = loss(s, t)
+        with torch.autocast("cpu", dtype=torch.float16):
+            value = loss(s, t)
+        assert torch.isfinite(value)
+        torch.testing.assert_close(value.float(), reference, rtol=2e-2, atol=1e-4)
+    mlkd = MultiLevelKD()
+    reference = mlkd.forward_terms(s, t)
+    with torch.autocast("cpu", dtype=torch.float16):
+        terms = mlkd.forward_terms(s, t)
+    for name in ("class", "batch"):
+        assert terms[name] > 0
+        torch.testing.assert_close(terms[name].float(), reference[name], rtol=5e-2, atol=0)
