@@ -24,10 +24,22 @@ from kd_modules.teacher import Teacher
 logger = logging.getLogger(__name__)
 
 
-def cache_key(fingerprint: str, feature_settings: dict, taps: dict[str, str]) -> str:
-    """Folder name for a teacher + feature front end + taps combination."""
-    settings = json.dumps({"features": feature_settings, "taps": taps}, sort_keys=True)
-    return f"{fingerprint}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+def cache_key(
+    fingerprint: str,
+    feature_settings: dict,
+    taps: dict[str, str],
+    manifest: str | Path | None = None,
+) -> str:
+    """Folder name for a teacher + feature front end + taps (+ training manifest) combination.
+
+    With ``manifest``, the file's content is part of the key, so a re-prepared split (other
+    utterance ids) gets a new cache instead of an incomplete old one.
+    """
+    settings = {"features": feature_settings, "taps": taps}
+    if manifest is not None:
+        settings["manifest"] = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{fingerprint}-{digest[:8]}"
 
 
 def check_deterministic_inputs(random_settings: dict) -> None:

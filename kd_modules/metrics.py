@@ -56,32 +56,6 @@ def accuracy(logits_or_pred, targets) -> float:
     return correct / total
 
 
-class AccuracyStats:
-    """Running top-1 accuracy over batches, with the append/summarize/clear interface of
-    SpeechBrain's MetricStats so that a Brain can use it in ``compute_objectives``."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        """Forget all batches (call at the start of each stage)."""
-        self.correct = 0
-        self.total = 0
-
-    def append(self, ids: list[str], logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch: ``logits`` (B, C) (or predicted ids (B,)), ``targets`` (B,).
-
-        ``ids`` are accepted for symmetry with SpeechBrain's MetricStats and not stored.
-        """
-        correct, total = _n_correct(logits, targets)
-        self.correct += correct
-        self.total += total
-
-    def summarize(self) -> float:
-        """Accuracy over every clip appended since the last ``clear``."""
-        return self.correct / self.total
-
-
 # --------------------------------------------------------------------------------------------
 # DCASE 2019 Task 5 (SONYC-UST)
 # --------------------------------------------------------------------------------------------

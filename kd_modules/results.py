@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
 from collections import defaultdict
 from pathlib import Path
+
+from kd_modules.dataio import write_json_atomic
 
 REQUIRED_FIELDS = (
     "task", "dataset", "role", "method", "arch", "seed", "fold", "metrics", "params", "macs",
@@ -23,15 +24,6 @@ REQUIRED_FIELDS = (
 )  # fmt: skip
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
-
-
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

@@ -29,9 +29,8 @@ RECIPE = REPO / "recipes" / "sound_classification"
 sys.path.insert(0, str(RECIPE))
 
 from cache_teacher import main as build_cache  # noqa: E402
-from train import dataio_prepare, load_teacher_side  # noqa: E402
+from train import dataio_prepare, load_teacher_side, make_brain  # noqa: E402
 
-from kd_modules.brains import ClassificationBrain  # noqa: E402
 from kd_modules.hparams import load_composed  # noqa: E402
 
 
@@ -68,17 +67,8 @@ def make_variant(args, method: str, use_cache: bool, work: Path, n_classes: int)
         overrides.update(teacher_folder=args.teacher_folder, use_teacher_cache=use_cache)
     hparams = load_composed(files, overrides)
     teacher, cache = load_teacher_side(hparams)
-    brain = ClassificationBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts={"device": args.device, "noprogressbar": True, "precision": args.precision},
-        teacher=None if cache is not None else teacher,
-        kd_losses=hparams["kd_losses"],
-        kd_weights=hparams["kd_weights"],
-        student_taps=hparams["student_taps"],
-        teacher_cache=cache,
-    )
+    run_opts = {"device": args.device, "noprogressbar": True, "precision": args.precision}
+    brain = make_brain(hparams, run_opts, teacher, cache, checkpoints=False)
     return brain, dataio_prepare(hparams)["train"], hparams["train_dataloader_options"], files
 
 

@@ -12,9 +12,18 @@ from __future__ import annotations
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.Accuracy import AccuracyStats
 
 from kd_modules.brains.distill import DistillBrain
-from kd_modules.metrics import AccuracyStats
+
+
+def filterbanks(compute_features, normalize, wavs: torch.Tensor, lens: torch.Tensor):
+    """The clean (unaugmented) front end: waveforms ``(B, S)`` -> features ``(B, T, F)``.
+
+    Shared by training and by the teacher-cache stage, so cached teacher outputs are computed on
+    exactly the features a KD run feeds the live teacher.
+    """
+    return normalize(compute_features(wavs), lens)
 
 
 class ClassificationBrain(DistillBrain):
@@ -23,7 +32,7 @@ class ClassificationBrain(DistillBrain):
     def compute_features(self, batch, stage: sb.Stage = sb.Stage.TEST):
         """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative lengths ``(B,)``."""
         wavs, lens = batch.sig
-        feats = self.hparams.normalize(self.hparams.compute_features(wavs), lens)
+        feats = filterbanks(self.hparams.compute_features, self.hparams.normalize, wavs, lens)
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment", False):
             feats = self.hparams.freq_mask(self.hparams.time_mask(feats))
         return feats, lens
@@ -53,7 +62,8 @@ class ClassificationBrain(DistillBrain):
         if teacher is not None:
             loss = loss + self.distill_loss(student, teacher, lens, targets)
         if stage != sb.Stage.TRAIN:
-            self.accuracy.append(batch.id, student["logits"].detach(), targets)
+            logits = student["logits"].detach().float().unsqueeze(1)  # (B, 1, C): one "frame"
+            self.accuracy.append(logits, targets.unsqueeze(1), torch.ones_like(lens))
         return loss
 
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kd_modules.cache import TeacherCache
-from kd_modules.results import write_json_atomic
+from kd_modules.dataio import write_json_atomic
 from kd_modules.taps import FeatureTaps
 from kd_modules.teacher import Teacher
 

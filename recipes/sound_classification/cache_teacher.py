@@ -16,6 +16,7 @@ import torch
 from speechbrain.dataio.dataloader import make_dataloader
 from train import dataio_prepare, teacher_cache_folder
 
+from kd_modules.brains.classification import filterbanks
 from kd_modules.cache import build_teacher_cache
 from kd_modules.dataio import SkipBadCollate
 from kd_modules.hparams import load_composed, parse_recipe_arguments
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     def features(batch) -> tuple[torch.Tensor, torch.Tensor]:
         wavs, lens = batch.to(device).sig
-        return hparams["normalize"](hparams["compute_features"].to(device)(wavs), lens), lens
+        front_end = hparams["compute_features"].to(device)
+        return filterbanks(front_end, hparams["normalize"], wavs, lens), lens
 
     settings = {
         "feature_settings": hparams["feature_settings"],

@@ -14,7 +14,6 @@ run with SpeechBrain's ``--test_only`` flag).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import random
@@ -31,10 +30,10 @@ from speechbrain.utils.distributed import if_main_process
 from kd_modules.brains import ClassificationBrain
 from kd_modules.brains.distill import unwrap_module
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
-from kd_modules.dataio import audio_pipeline
+from kd_modules.dataio import audio_pipeline, write_json_atomic
 from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
 from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
-from kd_modules.results import git_commit, versions, write_json_atomic, write_results
+from kd_modules.results import git_commit, versions, write_results
 from kd_modules.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -96,10 +95,30 @@ def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
     check_deterministic_inputs(
         {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
     )
-    manifest = hashlib.sha256(Path(hparams["train_annotation"]).read_bytes()).hexdigest()[:12]
-    settings = {**hparams["feature_settings"], "train_manifest": manifest}
-    key = cache_key(teacher.fingerprint, settings, hparams["teacher_taps"])
+    key = cache_key(
+        teacher.fingerprint,
+        hparams["feature_settings"],
+        hparams["teacher_taps"],
+        manifest=hparams["train_annotation"],
+    )
     return Path(hparams["exp_root"]) / "cache" / key
+
+
+def make_brain(hparams: dict, run_opts, teacher=None, cache=None, checkpoints: bool = True):
+    """The run's ClassificationBrain; the cache, when given, replaces the live teacher."""
+    return ClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"] if checkpoints else None,
+        teacher=None if cache is not None else teacher,
+        kd_losses=hparams["kd_losses"],
+        kd_weights=hparams["kd_weights"],
+        student_taps=hparams["student_taps"],
+        teacher_cache=cache,
+        history_file=hparams["history_file"] if checkpoints else None,
+    )
 
 
 def example_features(brain: ClassificationBrain, dataset: DynamicItemDataset) -> tuple:
@@ -184,19 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
     info_file = Path(hparams["output_folder"]) / "train_info.json"
 
-    brain = ClassificationBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-        teacher=None if cache is not None else teacher,
-        kd_losses=hparams["kd_losses"],
-        kd_weights=hparams["kd_weights"],
-        student_taps=hparams["student_taps"],
-        teacher_cache=cache,
-        history_file=hparams["history_file"],
-    )
+    brain = make_brain(hparams, run_opts, teacher, cache)
     if not run_opts["test_only"]:
         start = time.time()
         brain.fit(

@@ -14,6 +14,7 @@ import torch
 from conftest import RECIPE, write_fsdd_manifests
 
 from kd_modules.brains import ClassificationBrain
+from kd_modules.brains.classification import filterbanks
 from kd_modules.cache import (
     TeacherCache,
     build_teacher_cache,
@@ -22,6 +23,7 @@ from kd_modules.cache import (
 )
 from kd_modules.dataio import SkipBadCollate
 from kd_modules.hparams import load_composed
+from kd_modules.metrics import accuracy
 from kd_modules.teacher import Teacher
 
 HP = RECIPE / "hparams"
@@ -44,19 +46,10 @@ def compose(arch: str, method: str, data, out, **overrides) -> dict:
 
 
 def make_brain(hparams: dict, teacher=None, cache=None) -> ClassificationBrain:
-    return ClassificationBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts={"device": "cpu", "noprogressbar": True},
-        checkpointer=hparams["checkpointer"],
-        teacher=teacher,
-        kd_losses=hparams["kd_losses"],
-        kd_weights=hparams["kd_weights"],
-        student_taps=hparams["student_taps"],
-        teacher_cache=cache,
-        history_file=hparams["history_file"],
-    )
+    """The recipe's own brain constructor, on the CPU."""
+    from train import make_brain as recipe_make_brain
+
+    return recipe_make_brain(hparams, {"device": "cpu", "noprogressbar": True}, teacher, cache)
 
 
 def fit(brain: ClassificationBrain, hparams: dict, datasets: dict) -> None:
@@ -88,8 +81,24 @@ def test_teacher_run_writes_results_schema(setup):
     results = json.loads((setup["teacher_dir"] / "results.json").read_text())
     assert results["role"] == "teacher" and results["method"] == "none"
     assert results["params"] > 1_000_000 and results["macs"] > 0 and results["latency_ms"] > 0
-    assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
     assert "validation accuracy" in results["selection"]
+    # independent recount: the selected checkpoint's argmax over the same test batches
+    hparams = compose(
+        "teacher/xvector_large.yaml", "none", setup["data"], setup["root"] / "recount",
+        batch_size=16,
+    )  # fmt: skip
+    teacher = Teacher.from_experiment(setup["teacher_dir"], max_key="accuracy")
+    loader = sb.dataio.dataloader.make_dataloader(
+        setup["train"].dataio_prepare(hparams)["test"], batch_size=16, collate_fn=SkipBadCollate()
+    )
+    logits, targets = [], []
+    for batch in loader:
+        wavs, lens = batch.sig
+        feats = filterbanks(hparams["compute_features"], hparams["normalize"], wavs, lens)
+        logits.append(teacher(feats, lens)["logits"])
+        targets.append(batch.label_id.data.squeeze(-1))
+    expected = accuracy(torch.cat(logits), torch.cat(targets))
+    assert results["metrics"]["accuracy"] == pytest.approx(expected)
     assert (setup["teacher_dir"] / "history.json").is_file()
 
 
@@ -157,6 +166,13 @@ def test_cache_reproduces_live_teacher(setup):
 
     other = dict(hparams["feature_settings"], n_mels=64)
     assert cache_key(teacher.fingerprint, other, hparams["teacher_taps"]) != key
+    manifest = setup["data"] / "train.json"
+    reprepared = out / "train_reprepared.json"
+    reprepared.write_text(json.dumps(dict(list(json.loads(manifest.read_text()).items())[1:])))
+    features = hparams["feature_settings"]
+    with_manifest = cache_key(teacher.fingerprint, features, {}, manifest)
+    assert with_manifest == cache_key(teacher.fingerprint, features, {}, manifest)
+    assert with_manifest != cache_key(teacher.fingerprint, features, {}, reprepared)
     with pytest.raises(ValueError, match="train_random_crop"):
         check_deterministic_inputs({"train_random_crop": True})
     with pytest.raises(KeyError, match="not in the teacher cache"):

@@ -13,7 +13,6 @@ import torch
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from kd_modules.metrics import (
-    AccuracyStats,
     _fine_counts,
     accuracy,
     dcase_coarse_metrics,
@@ -37,21 +36,6 @@ def test_accuracy_logits_ids_and_speechbrain_shapes():
     assert accuracy(torch.tensor(LOGITS)[:, None], torch.tensor(TARGETS)[:, None]) == 0.75
     with pytest.raises(ValueError):
         accuracy(torch.tensor(LOGITS), torch.tensor([0, 1]))
-
-
-def test_accuracy_stats_accumulates_clips_not_batch_means():
-    stats = AccuracyStats()
-    stats.append(["a", "b"], torch.tensor(LOGITS[2:]), torch.tensor(TARGETS[2:]))  # 1 of 2
-    stats.append(["c", "d", "e"], torch.tensor([[0.0, 1.0]] * 3), torch.tensor([1, 1, 1]))  # 3/3
-    assert stats.summarize() == pytest.approx(4 / 5)  # the mean of batch accuracies is 0.75
-    stats.clear()
-    stats.append(["f"], torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
-    assert stats.summarize() == 0.0
-
-
-# --------------------------------------------------------------------------------------------
-# DCASE 2019 Task 5: independent reference (literal loops, METHODS.md section 5)
-# --------------------------------------------------------------------------------------------
 
 
 def ref_class_table(truth, scores, complete, x):
