@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from kd_modules.dataio import is_placeholder
 from kd_modules.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def check_deterministic_inputs(random_settings: dict) -> None:
         raise ValueError(
             "The teacher cache cannot be used with random input transforms "
             f"{active}: cached outputs were computed on the unmodified clips. "
-            "Set use_teacher_cache: False (live teacher) or turn these settings off."
+            "Run the teacher live instead (run.sh: --use_cache false; train.py: "
+            "--use_teacher_cache False, the YAML key use_teacher_cache) or turn these settings off."
         )
 
 
@@ -88,6 +90,16 @@ class TeacherCache:
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self.entries
 
+    def check_covers(self, manifest: str | Path) -> None:
+        """Fail now, not mid-epoch, when utterances of ``manifest`` (a JSON manifest) are absent."""
+        ids = json.loads(Path(manifest).read_text())
+        missing = [utt for utt in ids if utt not in self.entries]
+        if missing:
+            raise KeyError(
+                f"The teacher cache {self.folder} lacks {len(missing)} of the {len(ids)} "
+                f"utterances of {manifest} (e.g. {missing[:3]}): rebuild it with stage 3"
+            )
+
     def lookup(self, ids: Iterable[str], device: str | torch.device = "cpu") -> dict:
         """Batch the cached outputs of ``ids``: each name -> (B, ...) padded with zeros."""
         ids = list(ids)
@@ -120,6 +132,9 @@ def build_teacher_cache(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.tmp"):  # left by a build killed while writing
+        logger.info("Removing %s, left by an interrupted cache build", stale)
+        stale.unlink()
     for split, loader in batches.items():
         target = folder / f"{split}.pt"
         if target.is_file():
@@ -127,7 +142,7 @@ def build_teacher_cache(
             continue
         entries: dict[str, dict[str, torch.Tensor]] = {}
         for batch in tqdm(loader, desc=f"teacher cache [{split}]", dynamic_ncols=True):
-            if batch is None:
+            if is_placeholder(batch):  # an unreadable clip: no entry (KD runs never look it up)
                 continue
             if len(batch.id) != 1:
                 raise ValueError("build_teacher_cache needs batches of one utterance (no padding)")

@@ -3,7 +3,8 @@
 Everything reads audio through :func:`read_audio` (soundfile + ``torchaudio.functional.resample``),
 so a bad file always fails the same way: :class:`AudioReadError`, naming the file and what is
 wrong. Training never crashes on such a file: :func:`audio_pipeline` turns it into an empty
-signal and :class:`SkipBadCollate` drops it from the batch and counts it.
+signal and :class:`SkipBadCollate` drops it from the batch and counts it (a batch of only bad
+clips becomes a zero placeholder whose loss the Brain zeroes, so DDP ranks stay in step).
 Nothing here knows a dataset.
 """
 
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -96,6 +98,17 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch
     return wav
 
 
+def verify_audio(path: str | os.PathLike) -> AudioInfo:
+    """Decode every frame of ``path`` once and return its header facts.
+
+    A truncated FLAC keeps a valid header, so :func:`audio_info` accepts it; only decoding the
+    frames finds the damage (AudioReadError, as :func:`read_audio` raises).
+    """
+    info = audio_info(path)
+    read_audio(path)
+    return info
+
+
 def resolve_audio_path(path: str | os.PathLike) -> Path | None:
     """Return ``path`` if it exists, else the same stem with another audio extension, else None.
 
@@ -124,20 +137,50 @@ def _import_sox():
     return sox
 
 
+_TEMP_NAME = re.compile(
+    r"^\..+\.[0-9a-f]{8}\.tmp(" + "|".join(map(re.escape, AUDIO_EXTENSIONS)) + ")$", re.I
+)
+
+
 def _temp_sibling(dst: Path) -> Path:
     """A not-yet-existing temporary name next to ``dst`` with the same extension."""
     return dst.with_name(f".{dst.stem}.{uuid.uuid4().hex[:8]}.tmp{dst.suffix}")
 
 
-def _convert_with_sox(src: Path, tmp: Path, sample_rate: int, channels: int) -> None:
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden ``.<stem>.<8 hex>.tmp.<ext>`` files under ``folder``; return them.
+
+    :func:`convert_audio` writes such a file and renames it; a process killed in between leaves
+    it behind. Call this before converting into ``folder``, never while another process does.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*.tmp.*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _convert_with_sox(src: Path, tmp: Path, sample_rate: int, info: AudioInfo) -> None:
+    """Convert with SoX, which decodes a truncated FLAC up to the damage without failing, so the
+    output's length is checked against the source header's (SoX rounds to within one sample)."""
     sox = _import_sox()
     tfm = sox.Transformer()
-    tfm.set_input_format(channels=channels)  # spares a soxi call per file
+    tfm.set_input_format(channels=info.channels)  # spares a soxi call per file
     tfm.set_output_format(file_type=tmp.suffix[1:], rate=sample_rate, bits=16, channels=1)
     try:
         tfm.build_file(str(src), str(tmp))
     except (sox.SoxError, OSError) as err:
         raise AudioReadError(src, f"SoX could not convert it ({err})") from err
+    expected = info.num_frames * sample_rate / info.sample_rate
+    decoded = soundfile.info(str(tmp)).frames
+    if decoded + 1 < expected:
+        raise AudioReadError(
+            src,
+            f"truncated or corrupt: the header says {info.duration:.3f} s but only "
+            f"{decoded / sample_rate:.3f} s decode",
+        )
 
 
 def _convert_with_soundfile(src: Path, tmp: Path, sample_rate: int) -> None:
@@ -167,7 +210,7 @@ def convert_audio(
     tmp = _temp_sibling(dst)
     try:
         if backend == "sox":
-            _convert_with_sox(src, tmp, sample_rate, info.channels)
+            _convert_with_sox(src, tmp, sample_rate, info)
         else:
             _convert_with_soundfile(src, tmp, sample_rate)
         os.replace(tmp, dst)
@@ -219,25 +262,44 @@ def audio_pipeline(sample_rate: int) -> Callable[[str], torch.Tensor]:
 class SkipBadCollate:
     """collate_fn that drops examples whose ``sig`` is empty, then pads with PaddedBatch.
 
-    The batch records ``skipped`` (how many were dropped) and ``skipped_ids``. When every example
-    of a batch is bad it returns ``None``: a Brain using it must treat ``None`` batches as empty
-    (DistillBrain's task brains return no outputs and a zero loss from ``compute_forward`` /
-    ``compute_objectives``) instead of failing mid-epoch.
+    Every batch records ``skipped`` (how many were dropped), ``skipped_ids`` and ``placeholder``.
+    When every example of a batch is bad, the batch is a placeholder instead of nothing: the same
+    examples (ids, labels) with ``placeholder_samples`` zeros as their signal, ``placeholder=True``.
+    Under DDP every rank must run the same forward and backward collectives at every step, so no
+    rank may skip a batch: a Brain runs its usual forward on the placeholder and multiplies its
+    loss by 0 (``DistillBrain.placeholder_loss``), counting nothing but the skipped clips.
+    ``placeholder_samples`` (1 s at 16 kHz) only needs to be long enough for the front end and the
+    model's receptive field.
     """
 
-    def __init__(self, signal_key: str = "sig", id_key: str = "id", **padded_batch_kwargs):
+    def __init__(
+        self,
+        signal_key: str = "sig",
+        id_key: str = "id",
+        placeholder_samples: int = 16000,
+        **padded_batch_kwargs,
+    ):
         self.signal_key = signal_key
         self.id_key = id_key
+        self.placeholder_samples = placeholder_samples
         self.padded_batch_kwargs = padded_batch_kwargs
 
-    def __call__(self, examples: list[dict]) -> PaddedBatch | None:
+    def __call__(self, examples: list[dict]) -> PaddedBatch:
         good = [ex for ex in examples if ex[self.signal_key].numel() > 0]
         bad_ids = [ex.get(self.id_key) for ex in examples if ex[self.signal_key].numel() == 0]
         if bad_ids:
             logger.warning("dropped %d unreadable example(s): %s", len(bad_ids), bad_ids)
-        if not good:
-            return None
+        placeholder = not good
+        if placeholder:
+            silence = torch.zeros(self.placeholder_samples)
+            good = [{**ex, self.signal_key: silence} for ex in examples]  # the placeholder
         batch = PaddedBatch(good, **self.padded_batch_kwargs)
         batch.skipped = len(bad_ids)
         batch.skipped_ids = bad_ids
+        batch.placeholder = placeholder
         return batch
+
+
+def is_placeholder(batch) -> bool:
+    """True for SkipBadCollate's stand-in for a batch whose clips were all unreadable."""
+    return bool(getattr(batch, "placeholder", False))

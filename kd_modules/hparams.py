@@ -4,16 +4,25 @@ A run is ``common.yaml`` + one architecture file + one KD-method file, never one
 combination. The files are concatenated (each defines its own top-level keys; a key defined twice
 is an error) and loaded as one HyperPyYAML document, so ``!ref`` works across files and every
 top-level key can be overridden from the command line; a misspelt override is an error.
+Overrides are checked before any object is built: an unknown key or a value that does not fit its
+key's scalar default raises ``HparamsError`` with a one-line message for the user.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import ruamel.yaml
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
+
+
+class HparamsError(ValueError):
+    """An override the composed YAML cannot take; the message is one line, meant as it is."""
 
 
 def compose_yaml(files: list[str | Path]) -> str:
@@ -64,8 +73,74 @@ def _per_rank_device(argv: list[str]) -> list[str]:
 
 
 def load_composed(files: list[str | Path], overrides: str | dict | None = None) -> dict:
-    """Load the composed document with overrides (unknown override keys raise an error)."""
-    return load_hyperpyyaml(compose_yaml(files), overrides, overrides_must_match=True)
+    """Load the composed document with overrides (a YAML string as SpeechBrain parses them, or a
+    dict); ``check_overrides`` first, so a bad override raises ``HparamsError``."""
+    document = compose_yaml(files)
+    check_overrides(document, overrides, files)
+    return load_hyperpyyaml(document, overrides, overrides_must_match=True)
+
+
+def check_overrides(
+    document: str, overrides: str | dict | None, files: list[str | Path] = ()
+) -> None:
+    """Raise ``HparamsError`` for an override that is not a top-level key of ``document`` (naming
+    the closest keys) or whose value does not fit the key's int, float or bool default.
+
+    The document is read as plain YAML (tags kept, nothing built), so this runs before any
+    object sees a wrong value: ``--number_of_epochs two`` would otherwise fail deep inside
+    SpeechBrain's EpochCounter with a message that names no key.
+    """
+    yaml = ruamel.yaml.YAML()
+    requested = yaml.load(overrides) if isinstance(overrides, str) else overrides
+    if not requested:
+        return
+    defaults = yaml.load(document) or {}
+    for key, value in requested.items():
+        if key not in defaults:
+            raise HparamsError(_unknown_key_message(key, list(defaults), files))
+        expected = _expected_type(defaults[key], value)
+        if expected:
+            raise HparamsError(
+                f"invalid hyperparameter --{key} {value!r}: expected {expected} "
+                f"(its YAML default is {defaults[key]!r})"
+            )
+
+
+def _unknown_key_message(key: str, keys: list[str], files: list[str | Path]) -> str:
+    close = difflib.get_close_matches(key, keys, n=3)
+    if close:
+        return f"unknown hyperparameter --{key} (closest valid names: {', '.join(close)})"
+    where = ", ".join(str(file) for file in files) or "the YAML"
+    return f"unknown hyperparameter --{key} (no similar name among the {len(keys)} keys of {where})"
+
+
+def _expected_type(default: object, value: object) -> str | None:
+    """What ``value`` should be to replace the scalar ``default``, or None when it fits.
+
+    Only int, float and bool defaults are checked (bool before int: ``True`` is an int in
+    Python); a null or tagged value (``!ref <x>``) and any other default are left to HyperPyYAML.
+    """
+    tagged = getattr(getattr(value, "tag", None), "value", None) is not None
+    if value is None or tagged:
+        return None
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "True or False"
+    if isinstance(default, int):
+        return None if is_number and isinstance(value, int) else "an integer"
+    if isinstance(default, float):
+        return None if is_number else "a number"
+    return None
+
+
+def run_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """Run a recipe script's ``main(argv)``; an ``HparamsError`` ends the process with its one-line
+    message on stderr and exit status 2 (a usage error: a traceback would add nothing)."""
+    try:
+        main(argv)
+    except HparamsError as err:
+        print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_composed(files: list[str | Path], path: str | Path) -> Path:

@@ -215,7 +215,10 @@ def eer_min_dcf(
 
     The candidate thresholds are the trial scores, as in SpeechBrain's ``EER``/``minDCF`` (its
     extra midpoints repeat the error rates of the score below them), but counted by sorting
-    instead of a (T, P) comparison matrix, so that 37k VoxCeleb trials stay cheap.
+    instead of a (T, P) comparison matrix, so that 37k VoxCeleb trials stay cheap. Both ends of
+    the sweep are included: the top score rejects every trial, and -inf (missing from
+    SpeechBrain's sweep) accepts every trial, so the normalised minDCF never exceeds 1 (for
+    p_target > 0.5 "accept all" is the cheaper trivial system).
 
     Returns
     -------
@@ -227,7 +230,7 @@ def eer_min_dcf(
     """
     pos = np.sort(_to_numpy(positive_scores).astype(np.float64).reshape(-1))
     neg = np.sort(_to_numpy(negative_scores).astype(np.float64).reshape(-1))
-    thresholds = np.unique(np.concatenate([pos, neg]))
+    thresholds = np.concatenate([[-np.inf], np.unique(np.concatenate([pos, neg]))])
     misses = np.searchsorted(pos, thresholds, side="right")
     false_alarms = len(neg) - np.searchsorted(neg, thresholds, side="right")
     p_miss, p_fa = misses / len(pos), false_alarms / len(neg)

@@ -14,8 +14,14 @@ import statistics
 import subprocess
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kd_modules.dataio import write_json_atomic
+from kd_modules.experiment import data_record
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 REQUIRED_FIELDS = (
     "task", "dataset", "role", "method", "arch", "seed", "fold", "metrics", "params", "macs",
@@ -73,6 +79,48 @@ def collect(exp_dir: str | Path) -> list[dict]:
     return runs
 
 
+def stale_data_runs(runs: list[dict]) -> list[str]:
+    """Runs whose recorded data (manifest hashes, prepare settings) differ from the files now.
+
+    Each results.json names its data files (``data_files``: split -> manifest, and
+    ``prepare_settings``); a folder trained on a demo subset must not be reported as the full
+    dataset's result after stage 1 re-prepared the data.
+    """
+    stale = []
+    for run in runs:
+        files = run.get("data_files")
+        if not files or run.get("data") is None:
+            continue
+        manifests = files["manifests"]
+        if not all(Path(path).is_file() for path in manifests.values()):
+            stale.append(f"{run['run_dir']} (its manifests are gone)")
+        elif data_record(manifests, files["prepare_settings"]) != run["data"]:
+            stale.append(run["run_dir"])
+    return stale
+
+
+def _teacher_fingerprints(runs: list[dict]) -> dict[tuple, str]:
+    """(dataset, fold) -> the reported teacher's own fingerprint."""
+    return {
+        (run["dataset"], run["fold"]): run["model_fingerprint"]
+        for run in runs
+        if run["role"] == "teacher" and run.get("model_fingerprint")
+    }
+
+
+def other_teacher_runs(runs: list[dict]) -> list[dict]:
+    """KD students distilled from another teacher than the one the table reports."""
+    teachers = _teacher_fingerprints(runs)
+    return [
+        run
+        for run in runs
+        if run["role"] != "teacher"
+        and run.get("teacher_fingerprint")
+        and teachers.get((run["dataset"], run["fold"]), run["teacher_fingerprint"])
+        != run["teacher_fingerprint"]
+    ]
+
+
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     values = [v * scale for v in values if v is not None]
     if not values:
@@ -95,9 +143,11 @@ ROLE_ORDER = {"teacher": 0, "student": 1}
 
 def results_table(runs: list[dict]) -> str:
     """Markdown table: one row per (dataset, role, arch, method), metrics as mean ± std (%)."""
+    flagged = {id(run) for run in other_teacher_runs(runs)}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], run["role"], run["arch"], run["method"])].append(run)
+        method = run["method"] + (" †" if id(run) in flagged else "")
+        groups[(run["dataset"], run["role"], run["arch"], method)].append(run)
     metric_names = sorted({name for run in runs for name in run["metrics"]})
     header = ["dataset", "role", "arch", "method", "runs", *metric_names, "params", "MACs",
               "CPU ms/clip", "epoch s"]  # fmt: skip
@@ -117,31 +167,67 @@ def results_table(runs: list[dict]) -> str:
         cells.append(_mean_std([run.get("epoch_time_s") for run in group]))
         lines.append("| " + " | ".join(cells) + " |")
     note = "Metrics in % where a rate (accuracy, EER, AUPRC, F1); mean ± std over seeds and folds."
+    if flagged:
+        note += (
+            "\n\n† distilled from another teacher than the one reported (the teacher was "
+            "retrained after these students were): retrain them (delete their folders, rerun "
+            "stage 5) to compare like with like."
+        )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def plot_history(history_file: str | Path, png: str | Path) -> None:
-    """Draw a run's training curves: loss terms (train) and validation metrics per epoch."""
-    import matplotlib
+# history.json stats that are no loss terms: rates get the metrics axis, counts are not drawn.
+RATE_STATS = PERCENT_METRICS | {"min_dcf"}
+COUNT_STATS = {"skipped_clips"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    history = json.loads(Path(history_file).read_text())
-    fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for stage, axis in (("train", ax_loss), ("valid", ax_valid)):
-        epochs = [entry["epoch"] for entry in history if entry["stage"] == stage]
-        names = sorted({k for e in history if e["stage"] == stage for k in e["stats"]})
-        for name in names:
-            values = [e["stats"].get(name) for e in history if e["stage"] == stage]
-            axis.plot(epochs, values, marker="o", label=name)
+def _draw_stat(axis: Axes, history: list[dict], name: str, colour: str) -> None:
+    """One stat of history.json on ``axis``: train solid, valid dashed."""
+    for stage, style in (("train", "-"), ("valid", "--")):
+        entries = [e for e in history if e["stage"] == stage and e["stats"].get(name) is not None]
+        if entries:
+            epochs, values = [e["epoch"] for e in entries], [e["stats"][name] for e in entries]
+            axis.plot(epochs, values, style, marker="o", markersize=3, color=colour,
+                      label=f"{stage} {name}")  # fmt: skip
+
+
+def history_figure(history: list[dict], title: str) -> Figure:
+    """A run's training curves as a matplotlib ``Figure`` (built without pyplot's global state).
+
+    ``history``: history.json's entries ``{"stage", "epoch", "stats"}``. Left axes: the loss
+    terms; right axes: the metrics (rates on a fixed 0-1 scale: on a loss axis an accuracy looks
+    flat). Train is solid, valid dashed, one colour per stat. ``title`` names the run.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_metric = fig.subplots(1, 2)
+    names = sorted({name for entry in history for name in entry["stats"]} - COUNT_STATS)
+    losses, rates = [n for n in names if n not in RATE_STATS], [n for n in names if n in RATE_STATS]
+    for axis, drawn in ((ax_loss, losses), (ax_metric, rates)):
+        for colour, name in enumerate(drawn):
+            _draw_stat(axis, history, name, f"C{colour}")
         axis.set_xlabel("epoch")
-        axis.set_title(f"{stage} per epoch")
-        if names:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if drawn:
             axis.legend(fontsize="small")
-    fig.tight_layout()
+    ax_loss.set(title="loss terms", ylabel="loss")
+    ax_metric.set(title="metrics", ylabel="rate", ylim=(-0.02, 1.02))
+    fig.suptitle(title)
+    return fig
+
+
+def plot_history(history_file: str | Path, png: str | Path, title: str | None = None) -> Figure:
+    """Draw a run's history.json to ``png`` and return the ``Figure`` (see ``history_figure``).
+
+    ``title`` names the run (stage 8 passes its folder under exp/, e.g.
+    ``fsdd/fold1/student/xvector_small/kd/seed1``); by default the folder holding history_file.
+    """
+    history = json.loads(Path(history_file).read_text())
+    fig = history_figure(history, title or str(Path(history_file).parent))
     fig.savefig(png, dpi=80)
-    plt.close(fig)
+    return fig
 
 
 def update_readme(readme: str | Path, table: str) -> None:
@@ -166,10 +252,18 @@ def main(argv: list[str] | None = None) -> None:
     runs = collect(args.exp_dir)
     if not runs:
         raise SystemExit(f"No results.json under {args.exp_dir}: run the evaluation stage first")
+    stale = stale_data_runs(runs)
+    if stale:
+        raise SystemExit(
+            f"Refusing to report {len(stale)} run(s) trained on other data than the prepared data "
+            f"now: {', '.join(stale)}. Report another --exp_dir, or delete these folders and rerun."
+        )
+    top = Path(Path(args.exp_dir).resolve().name)  # run titles start at exp_dir's own name
     for run in runs:
         history = Path(run["run_dir"]) / "history.json"
         if history.is_file():
-            plot_history(history, Path(run["run_dir"]) / "curves.png")
+            title = str(top / history.parent.relative_to(args.exp_dir))
+            plot_history(history, history.parent / "curves.png", title)
     table = results_table(runs)
     Path(args.out).write_text(f"# {args.title}\n\n{table}")
     if args.readme:

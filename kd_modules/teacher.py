@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.checkpoints import Checkpointer
 from torch import nn
 
+from kd_modules.checkpoints import Checkpointer
 from kd_modules.taps import FeatureTaps
 
 logger = logging.getLogger(__name__)

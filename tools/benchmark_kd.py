@@ -29,8 +29,9 @@ RECIPE = REPO / "recipes" / "sound_classification"
 sys.path.insert(0, str(RECIPE))
 
 from cache_teacher import main as build_cache  # noqa: E402
-from train import dataio_prepare, load_teacher_side, make_brain  # noqa: E402
+from train import dataio_prepare, make_brain  # noqa: E402
 
+from kd_modules.experiment import load_teacher_side  # noqa: E402
 from kd_modules.hparams import load_composed  # noqa: E402
 
 

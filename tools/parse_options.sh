@@ -2,16 +2,41 @@
 # Parse --name value / --name=value options into the caller's existing shell variables.
 # Source it after declaring the defaults:  . tools/parse_options.sh "$@"
 # An option whose variable was not declared is an error (no silent typos); --help prints the
-# caller's $help_message and the current values of its options ($options, a space-separated list).
+# caller's $help_message, then each option of $options (a space-separated list) with its current
+# value and its meaning: the trailing comment of the caller's "name=default  # meaning" line.
+
+_caller_script=${BASH_SOURCE[1]:-$0}
+# a caller that cd'd into its own folder before sourcing this is found again by its file name
+[ -f "$_caller_script" ] || _caller_script=$(basename "$_caller_script")
+
+# _option_meaning NAME: the trailing "# comment" of the caller's "NAME=default  # comment" line.
+_option_meaning() {
+    local line
+    line=$(grep -m1 -E "^[[:space:]]*$1=" "$_caller_script" 2>/dev/null) || return 0
+    if [[ "$line" == *[[:space:]]#* ]]; then
+        line=${line#*[[:space:]]#}
+        echo "${line#"${line%%[![:space:]]*}"}"
+    fi
+}
 
 _print_help() {
+    local name value meaning width=0
     echo "${help_message:-}"
-    if [ -n "${options:-}" ]; then
-        echo "Options (current values):"
-        for _name in $options; do
-            printf '  --%-16s %s\n' "$_name" "${!_name}"
-        done
-    fi
+    [ -n "${options:-}" ] || return 0
+    echo "Options (current value, then meaning and allowed values):"
+    for name in $options; do
+        [ "${#name}" -gt "$width" ] && width=${#name}
+    done
+    for name in $options; do
+        value=${!name}
+        [[ -z "$value" || "$value" == *[[:space:]]* ]] && value="\"$value\""
+        meaning=$(_option_meaning "$name")
+        if [ -n "$meaning" ]; then
+            printf '  --%-*s %-16s %s\n' "$width" "$name" "$value" "$meaning"
+        else
+            printf '  --%-*s %s\n' "$width" "$name" "$value"
+        fi
+    done
 }
 
 while [ $# -gt 0 ]; do
@@ -41,4 +66,4 @@ while [ $# -gt 0 ]; do
     fi
     printf -v "$_name" '%s' "$_value"
 done
-unset _name _value
+unset _name _value _caller_script

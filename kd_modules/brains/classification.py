@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from speechbrain.utils.Accuracy import AccuracyStats
 
 from kd_modules.brains.distill import DistillBrain
+from kd_modules.dataio import is_placeholder
 
 
 def filterbanks(compute_features, normalize, wavs: torch.Tensor, lens: torch.Tensor):
@@ -38,26 +39,32 @@ class ClassificationBrain(DistillBrain):
         return feats, lens
 
     def compute_forward(self, batch, stage: sb.Stage):
-        """Student outputs, teacher outputs (KD training only) and lengths."""
-        if batch is None:
-            return None
+        """Student outputs, teacher outputs (KD training only) and lengths.
+
+        A placeholder batch (every clip unreadable) runs the same passes on its zero audio, so DDP
+        ranks stay in step; ``compute_objectives`` zeroes its loss.
+        """
         batch = batch.to(self.device)
         self.count_skipped(batch)
+        placeholder = is_placeholder(batch)
         feats, lens = self.compute_features(batch, stage)
-        student = self.student_forward(feats, lens)
+        student = self.student_forward(feats, lens, placeholder=placeholder)
         teacher = None
         if stage == sb.Stage.TRAIN and self.distilling:
-            teacher = self.teacher_forward(batch.id, feats, lens)
+            teacher = self.teacher_forward(batch.id, feats, lens, placeholder=placeholder)
         return student, teacher, lens
 
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
-        """Cross-entropy (+ weighted KD terms in training); accuracy outside training."""
-        if predictions is None:
-            return self.zero_loss()
+        """Cross-entropy (+ weighted KD terms in training); accuracy outside training.
+
+        A placeholder batch gives an exact 0 (``placeholder_loss``) and no terms or accuracy.
+        """
         student, teacher, lens = predictions
-        targets = batch.label_id.data.squeeze(-1)
+        targets = batch.label_id.data.reshape(-1)  # (B,): never 0-d, even for one clip
         smoothing = getattr(self.hparams, "label_smoothing", 0.0)
         loss = F.cross_entropy(student["logits"], targets, label_smoothing=smoothing)
+        if is_placeholder(batch):
+            return self.placeholder_loss(loss, student, teacher, lens, targets)
         self.log_terms(ce=loss)
         if teacher is not None:
             loss = loss + self.distill_loss(student, teacher, lens, targets)

@@ -11,15 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import speechbrain as sb
 import torch
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from speechbrain.utils.distributed import if_main_process
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from kd_modules.cache import TeacherCache
 from kd_modules.dataio import write_json_atomic
@@ -59,9 +64,83 @@ class KDObjective(nn.Module):
         }
 
 
+@register_checkpoint_hooks
+class StageProgress:
+    """Running sums of the current stage (loss terms, skipped clips, compute time).
+
+    Checkpointed with the student, so a run resumed from an intra-epoch checkpoint logs the mean
+    of each term over the whole epoch (as SpeechBrain's own ``avg_train_loss`` is) and an epoch
+    time that covers the steps before the kill, instead of only the steps after the resume.
+    """
+
+    def __init__(self) -> None:
+        self.reset(None)
+        self.restored: dict | None = None  # loaded from an intra-epoch checkpoint, not yet used
+
+    def reset(self, epoch: int | None) -> None:
+        """Start a new stage: zero sums, restart the clock."""
+        self.epoch = epoch
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.skipped = 0
+        self.start = time.perf_counter()
+
+    def resume(self, epoch: int | None) -> bool:
+        """Continue the sums of ``epoch`` saved by an intra-epoch checkpoint, if there are any."""
+        state, self.restored = self.restored, None
+        if state is None or state["epoch"] != epoch:
+            return False
+        self.sums.update(state["sums"])
+        self.counts.update(state["counts"])
+        self.skipped = state["skipped"]
+        self.start -= state["elapsed_s"]
+        return True
+
+    def elapsed_s(self) -> float:
+        """Compute time of the stage so far (sessions before an intra-epoch resume included)."""
+        return time.perf_counter() - self.start
+
+    @mark_as_saver
+    def save(self, path: Path) -> None:
+        state = {
+            "epoch": self.epoch,
+            "sums": dict(self.sums),
+            "counts": dict(self.counts),
+            "skipped": self.skipped,
+            "elapsed_s": self.elapsed_s(),
+        }
+        Path(path).write_text(json.dumps(state))
+
+    @mark_as_loader
+    def load(self, path: Path, end_of_epoch: bool) -> None:
+        # An end-of-epoch checkpoint was saved during validation: the next epoch starts afresh.
+        self.restored = None if end_of_epoch else json.loads(Path(path).read_text())
+
+
 def unwrap_module(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+@contextmanager
+def running_stats_kept(module: nn.Module, keep: bool = True) -> Iterator[None]:
+    """Run ``module`` (with ``keep``) without changing its norm layers' running statistics.
+
+    For a placeholder batch (zero audio) in train mode: momentum 0 leaves BatchNorm's running mean
+    and variance as they were, while the layers still do everything else, SyncBatchNorm's
+    collectives included, as for a real batch; ``num_batches_tracked`` is restored afterwards.
+    """
+    modules = module.modules() if keep else ()
+    norms = [m for m in modules if isinstance(getattr(m, "running_mean", None), torch.Tensor)]
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum, tracked in saved:
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)
 
 
 class DistillBrain(sb.Brain):
@@ -94,8 +173,11 @@ class DistillBrain(sb.Brain):
             raise ValueError("DistillBrain trains modules['model']: no 'model' in modules")
         kd_objective = KDObjective(kd_losses or {}, kd_weights or {})
         modules["kd_objective"] = kd_objective
-        if checkpointer is not None and any(True for _ in kd_objective.parameters()):
-            checkpointer.add_recoverable("kd_objective", kd_objective)
+        self.progress = StageProgress()
+        if checkpointer is not None:
+            if any(True for _ in kd_objective.parameters()):
+                checkpointer.add_recoverable("kd_objective", kd_objective)
+            checkpointer.add_recoverable("stage_progress", self.progress, optional_load=True)
         super().__init__(modules, opt_class, hparams or {}, run_opts, checkpointer)
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_cache = teacher_cache
@@ -103,11 +185,17 @@ class DistillBrain(sb.Brain):
         self._student_paths = dict(student_taps or {})
         self._student_taps: FeatureTaps | None = None
         self.history_file = Path(history_file) if history_file else None
-        self.skipped_clips = 0  # unreadable clips dropped in the current stage
         self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
-        self._term_sums: dict[str, float] = defaultdict(float)
-        self._term_counts: dict[str, int] = defaultdict(int)
-        self._stage_start = time.perf_counter()
+        self._step_terms: dict[str, tuple[float, float]] = {}  # name -> (weight, weighted value)
+
+    @property
+    def skipped_clips(self) -> int:
+        """Unreadable clips dropped in the current stage."""
+        return self.progress.skipped
+
+    @skipped_clips.setter
+    def skipped_clips(self, value: int) -> None:
+        self.progress.skipped = value
 
     def on_fit_start(self) -> None:
         """Refuse to train KD terms without a teacher (evaluation alone needs none)."""
@@ -121,16 +209,33 @@ class DistillBrain(sb.Brain):
         super().on_fit_start()
 
     # ----- forward passes -------------------------------------------------------------------
-    def student_forward(self, feats: torch.Tensor, lens: torch.Tensor) -> dict:
-        """The student's outputs (``logits``, ``embedding``, ...) plus its tapped features."""
+    def student_forward(
+        self, feats: torch.Tensor, lens: torch.Tensor, placeholder: bool = False
+    ) -> dict:
+        """The student's outputs (``logits``, ``embedding``, ...) plus its tapped features.
+
+        A ``placeholder`` batch (see ``placeholder_loss``) leaves norm running statistics alone.
+        """
         if self._student_taps is None:  # after DDP wrapping, on the module that really runs
             self._student_taps = FeatureTaps(unwrap_module(self.modules.model), self._student_paths)
-        outputs = dict(self.modules.model(feats, lens))
+        with running_stats_kept(self.modules.model, keep=placeholder):
+            outputs = dict(self.modules.model(feats, lens))
         outputs.update(self._student_taps.features)
         return outputs
 
-    def teacher_forward(self, ids: list[str], feats: torch.Tensor, lens: torch.Tensor) -> dict:
-        """The teacher's outputs for the batch: from the cache when there is one, else live."""
+    def teacher_forward(
+        self, ids: list[str], feats: torch.Tensor, lens: torch.Tensor, placeholder: bool = False
+    ) -> dict:
+        """The teacher's outputs for the batch: from the cache when there is one, else live.
+
+        For a ``placeholder`` batch the cache returns zeros shaped like one cached utterance's
+        outputs, ``(B, ...)``: its ids are unreadable clips, which stage 3 never cached, and its
+        loss is multiplied by 0, so only shapes matter (KD losses align teacher and student frames).
+        """
+        if self.teacher_cache is not None and placeholder:
+            stand_in = next(iter(self.teacher_cache.entries))
+            outputs = self.teacher_cache.lookup([stand_in] * len(ids), self.device)
+            return {name: torch.zeros_like(value) for name, value in outputs.items()}
         if self.teacher_cache is not None:
             return self.teacher_cache.lookup(ids, self.device)
         if self.teacher is None:
@@ -138,15 +243,67 @@ class DistillBrain(sb.Brain):
         return self.teacher(feats, lens)
 
     def distill_loss(self, student_out: dict, teacher_out: dict, lens, targets) -> torch.Tensor:
-        """Weighted sum of the KD terms; each term is logged by name (``kd_<name>``)."""
+        """Weighted sum of the KD terms; each term is logged by name (``kd_<name>``).
+
+        A term whose weighted value is not finite stops the run naming the term and its weight
+        (a huge weight overflows the sum, and the next step's NaN would be blamed on ``ce``).
+        """
         terms = self.modules.kd_objective(student_out, teacher_out, lens, targets)
         weights = unwrap_module(self.modules.kd_objective).weights
         self.log_terms(**{f"kd_{name}": value for name, value in terms.items()})
-        return sum(weights[name] * value for name, value in terms.items())
+        total = 0.0
+        for name, value in terms.items():
+            weighted = weights[name] * value
+            if not torch.isfinite(weighted.detach()).all():
+                raise FloatingPointError(
+                    f"KD term 'kd_{name}' with weight {weights[name]:g} is "
+                    f"{float(weighted.detach())} (unweighted {float(value.detach()):g}; epoch "
+                    f"{getattr(self, 'epoch', '?')}, step {self.step}): stopping instead of "
+                    "training through it. Lower this term's weight or check its inputs."
+                )
+            self._step_terms[f"kd_{name}"] = (weights[name], float(weighted.detach()))
+            total = total + weighted
+        return total
 
-    def zero_loss(self) -> torch.Tensor:
-        """A zero loss attached to the student's graph, for a batch whose clips were all bad."""
-        return sum(p.sum() for p in self.modules.model.parameters()) * 0.0
+    def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
+        """Stop as soon as an update made the student's parameters non-finite, naming the term.
+
+        A finite but huge weighted term (``--alpha 1e38``) overflows the gradients, not the loss:
+        the parameters turn NaN and the *next* step's first term (``ce``) would take the blame.
+        The step's largest weighted term is named, with its weight. (Under fp16 the GradScaler
+        skips such updates, so the parameters stay finite and nothing is raised.)
+        """
+        if not should_step:
+            return
+        finite = [p.isfinite().all() for p in self.modules.parameters() if p.requires_grad]
+        if not finite or bool(torch.stack(finite).all()):
+            return
+        terms = sorted(self._step_terms.items(), key=lambda item: -abs(item[1][1]))
+        listed = ", ".join(
+            f"{name} = {value:.3g} (weight {weight:g})" for name, (weight, value) in terms
+        )
+        culprit, (weight, _) = terms[0]
+        raise FloatingPointError(
+            f"Loss term '{culprit}' with weight {weight:g} made the update non-finite (epoch "
+            f"{getattr(self, 'epoch', '?')}, step {self.step}; this step's weighted terms: "
+            f"{listed}): stopping instead of training through it. Lower this term's weight."
+        )
+
+    def placeholder_loss(
+        self, task_loss: torch.Tensor, student_out: dict, teacher_out: dict | None, lens, targets
+    ) -> torch.Tensor:
+        """Exactly 0, from the same graph as a real batch's loss, for a placeholder batch.
+
+        A placeholder stands for a batch whose clips were all unreadable (``SkipBadCollate``).
+        ``task_loss`` plus every KD term (through ``modules.kd_objective``, when ``teacher_out`` is
+        given), times 0: under DDP this rank runs the same forward passes as the others and joins
+        the same gradient all-reduce, contributing zero gradients. Nothing is logged.
+        """
+        loss = task_loss
+        if teacher_out is not None:
+            terms = self.modules.kd_objective(student_out, teacher_out, lens, targets)
+            loss = loss + sum(terms.values())
+        return loss * 0.0
 
     # ----- bookkeeping ----------------------------------------------------------------------
     def count_skipped(self, batch) -> None:
@@ -166,24 +323,30 @@ class DistillBrain(sb.Brain):
                     f"step {self.step}): stopping instead of training through it. Lower the "
                     "learning rate or this term's weight, or check the inputs."
                 )
-            self._term_sums[name] += number
-            self._term_counts[name] += 1
+            self.progress.sums[name] += number
+            self.progress.counts[name] += 1
+            if not name.startswith("kd_"):  # task terms enter the loss with weight 1
+                self._step_terms[name] = (1.0, number)
 
     def term_means(self) -> dict[str, float]:
         """Mean of every logged term over the current stage."""
-        return {name: self._term_sums[name] / self._term_counts[name] for name in self._term_sums}
+        sums, counts = self.progress.sums, self.progress.counts
+        return {name: sums[name] / counts[name] for name in sums}
 
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
-        """Reset term accumulators, the skipped-clip count and the stage timer."""
-        self.skipped_clips = 0
-        self._term_sums.clear()
-        self._term_counts.clear()
-        self._stage_start = time.perf_counter()
+        """Reset term accumulators, the skipped-clip count and the stage timer.
+
+        A training epoch resumed from an intra-epoch checkpoint (SpeechBrain restored a non-zero
+        ``step``) continues the sums saved with it instead.
+        """
+        self.progress.reset(epoch)
+        if stage == sb.Stage.TRAIN and self.step > 0 and self.progress.resume(epoch):
+            logger.info("Epoch %s resumed at step %d with its term sums", epoch, self.step)
         self.epoch = epoch
 
     def finish_epoch(self, stage: sb.Stage, epoch: int | None, stats: dict) -> float:
         """Append the stage's statistics and wall time to the history file; return the time."""
-        elapsed = time.perf_counter() - self._stage_start
+        elapsed = self.progress.elapsed_s()
         if stage == sb.Stage.TRAIN:
             self.train_epochs_run += 1
         if self.history_file is None or stage == sb.Stage.TEST or not if_main_process():
@@ -198,6 +361,25 @@ class DistillBrain(sb.Brain):
         return elapsed
 
     # ----- distributed ----------------------------------------------------------------------
+    def _train_loader_specifics(self, dataset, loader_kwargs: dict) -> dict:
+        """SpeechBrain's training-loader set-up, with a DDP sampler seeded by the run's seed.
+
+        SpeechBrain's DistributedSampler keeps torch's default seed 0, so under DDP ``--seed``
+        would not change the data order. Every rank reads the same seed, so the ranks still
+        shuffle with one permutation and take disjoint shards of it; ``set_epoch`` still
+        reshuffles every epoch.
+        """
+        loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
+        if isinstance(self.train_sampler, DistributedSampler):
+            self.train_sampler.seed = self.data_seed()
+        return loader_kwargs
+
+    def data_seed(self) -> int:
+        """The seed of the training data order: hparams ``seed``, else SpeechBrain's own
+        (``SB_GLOBAL_SEED``, which seeds the single-process sampler, with its default)."""
+        seed = getattr(self.hparams, "seed", None)
+        return int(os.environ.get("SB_GLOBAL_SEED", 563375142) if seed is None else seed)
+
     def _wrap_distributed(self) -> None:
         """DDP on CPU (gloo) without SyncBatchNorm, which PyTorch only supports on accelerators."""
         if self.distributed_launch and torch.device(self.device).type == "cpu":

@@ -2,7 +2,8 @@
 
 A KD loss is an ``nn.Module`` called as ``loss(student_out, teacher_out, lens, targets)`` and
 returning a scalar. Keeping masking and time alignment here means every loss treats padding the same
-way: padded frames never enter a loss.
+way: padded frames never enter a loss. Every loss reduces in float32 (:func:`fp32`) whatever
+precision the models ran in, so its result is float32 under fp16/bf16 AMP too.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ def length_mask(lens: Tensor, T: int) -> Tensor:
     """(B, T) boolean mask of valid frames from relative lengths ``lens`` (B,).
 
     Valid frames are ``round(lens * T)`` as in SpeechBrain's ``length_to_mask`` usage, clamped to
-    at least one frame so that per-utterance normalisations never divide by zero.
+    at least one frame so that per-utterance normalisations never divide by zero. Counted in
+    float32: in fp16, ``lens * T`` snaps to a 0.25-frame grid from 256 frames on (0.5 from 512),
+    and round() then often lands one frame off.
     """
-    n = torch.round(lens * T).clamp(1, T)
+    n = torch.round(fp32(lens) * T).clamp(1, T)
     return torch.arange(T, device=lens.device) < n.unsqueeze(1)
 
 
@@ -81,21 +84,22 @@ def pool_time(x: Tensor, length: int, lens: Tensor | None = None, time_dim: int 
     """Average-pool x along ``time_dim`` to ``length`` frames (adaptive windows).
 
     With ``lens`` the average runs over valid frames only, so padding never leaks into a pooled
-    frame (a window holding no valid frame gives 0, and lies in the padded part anyway).
+    frame (a window holding no valid frame gives 0, and lies in the padded part anyway). The
+    averages are taken in float32 and returned in x's dtype (an average never leaves x's range).
     """
     T = x.shape[time_dim]
     if T == length:
         return x
     moved = x.movedim(time_dim, -1)
-    flat = moved.reshape(x.shape[0], -1, T)
+    flat = fp32(moved.reshape(x.shape[0], -1, T))
     if lens is None:
         pooled = F.adaptive_avg_pool1d(flat, length)
     else:
-        mask = length_mask(lens, T).to(x.dtype).unsqueeze(1)
+        mask = length_mask(lens, T).to(flat.dtype).unsqueeze(1)
         num = F.adaptive_avg_pool1d(flat * mask, length)
         den = F.adaptive_avg_pool1d(mask, length)
-        pooled = num / den.clamp_min(torch.finfo(x.dtype).tiny)
-    return pooled.reshape(*moved.shape[:-1], length).movedim(-1, time_dim)
+        pooled = num / den.clamp_min(torch.finfo(den.dtype).tiny)
+    return pooled.to(x.dtype).reshape(*moved.shape[:-1], length).movedim(-1, time_dim)
 
 
 def align_time(
@@ -122,11 +126,21 @@ def projection(student_dim: int | None, teacher_dim: int | None) -> nn.Module:
     return nn.Linear(student_dim, teacher_dim)
 
 
+def fp32(x: Tensor) -> Tensor:
+    """x in at least float32: fp16 and bf16 are upcast, float32 and float64 kept as they are.
+
+    Losses take their sums, means and normalisers in float32 (autograd casts the gradient back to
+    x's dtype): in fp16 a sum of B·T·D squared errors, or a squared frame count (T² > 65504 from
+    T = 256 on), overflows to inf; bf16 keeps 8 significant bits, about 2 decimal digits.
+    """
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def fp32_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` in float32 with autocast off.
+    """``a @ b`` in (at least) float32 with autocast off.
 
     Similarity (Gram) matrices overflow in fp16 under AMP: a row's squared norm is about T·C
     (e.g. 500 frames × 768 channels ≫ 65504), and products of small probabilities underflow.
     """
     with torch.autocast(a.device.type, enabled=False):
-        return a.float() @ b.float()
+        return fp32(a) @ fp32(b)

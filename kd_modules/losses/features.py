@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import KDLoss, align_time, fp32_matmul, frame_mask, length_mask
+from .base import KDLoss, align_time, fp32, fp32_matmul, frame_mask, length_mask
 
 _LAYOUT_DIMS = {"channels_last": (-1, 1), "channels_first": (1, 2)}  # (channel dim, time dim)
 _IUSP_TIME_DIM = {"btd": 1, "bctf": 2}
@@ -20,6 +20,7 @@ class FitNetsHint(KDLoss):
     is a 1×1 convolution, written as the same Linear applied on dim 1. The time axis is dim 1
     (channels_last) or dim 2 (channels_first): when teacher and student differ in frames the longer
     is average-pooled to the shorter, and with ``lens`` the mean runs over valid frames only.
+    The regressor runs in the model's precision, the squared errors and their mean in float32.
     """
 
     def __init__(self, key: str, student_dim: int, teacher_dim: int, layout: str = "channels_last"):
@@ -36,6 +37,7 @@ class FitNetsHint(KDLoss):
         if frame_level:
             s, t = align_time(s, t, lens, self.time_dim)
         s = self.regressor(s.movedim(self.channel_dim, -1)).movedim(-1, self.channel_dim)
+        s, t = fp32(s), fp32(t)
         if not (frame_level and lens is not None):
             return F.mse_loss(s, t)
         sq = (s - t).pow(2)
@@ -78,7 +80,7 @@ class IUSP(KDLoss):
     teacher and student; if T differs the longer is average-pooled to the shorter.
     ``G(n) = row_l2_normalise(Q Qᵀ)`` (T, T) with padded frames zeroed out of rows and columns;
     ``L = mean_n ‖G_t(n) − G_s(n)‖²_F / T_n²``, T_n the valid frames of utterance n.
-    Batched with masks (B, T, T), no loop over utterances.
+    Batched with masks (B, T, T), no loop over utterances; G, T_n and L in float32.
     """
 
     def __init__(self, key: str, layout: str = "btd", time_dim: int | None = None):
@@ -94,11 +96,11 @@ class IUSP(KDLoss):
         s, t = (x.movedim(self.time_dim, 1).flatten(2) for x in (s, t))  # (B, T, D)
         B, T = s.shape[:2]
         if lens is None:
-            n_valid = torch.full((B,), float(T), device=s.device, dtype=s.dtype)
+            n_valid = torch.full((B,), float(T), device=s.device, dtype=torch.float32)
         else:
-            mask = length_mask(lens, T).to(s.dtype)
-            s, t = s * mask.unsqueeze(-1), t * mask.unsqueeze(-1)
-            n_valid = mask.sum(1)
+            mask = length_mask(lens, T)
+            s, t = s * mask.unsqueeze(-1).to(s.dtype), t * mask.unsqueeze(-1).to(t.dtype)
+            n_valid = mask.sum(1, dtype=torch.float32)
         g_s = F.normalize(fp32_matmul(s, s.transpose(1, 2)), dim=2)
         g_t = F.normalize(fp32_matmul(t, t.transpose(1, 2)), dim=2)
         return ((g_t - g_s).pow(2).sum((1, 2)) / n_valid**2).mean()

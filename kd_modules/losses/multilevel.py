@@ -7,13 +7,13 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import KDLoss, as_2d, fp32_matmul, projection
+from .base import KDLoss, as_2d, fp32, fp32_matmul, projection
 
 
 class MultiLevelKD(KDLoss):
     """Instance, class and batch alignment of ``p = softmax(z/tau)``, each summed over ``taus``.
 
-    Logits (B, C) (or (B, 1, C)), p (B, C):
+    Logits (B, C) (or (B, 1, C)), p (B, C), every term in float32:
 
     - instance: ``tau² · KL(p_t ‖ p_s)`` (batch mean), plus, when ``embedding_key`` is given, the
       squared L2 distance between the projected student and the teacher embeddings (batch mean;
@@ -43,7 +43,7 @@ class MultiLevelKD(KDLoss):
         targets: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The three terms separately (for logging): ``{"instance", "class", "batch"}``."""
-        z_s, z_t = (as_2d(z, self.key) for z in self.fetch(student_out, teacher_out))
+        z_s, z_t = (fp32(as_2d(z, self.key)) for z in self.fetch(student_out, teacher_out))
         B, C = z_s.shape
         inst = cls = bat = z_s.new_zeros(())
         for tau in self.taus:
@@ -58,7 +58,7 @@ class MultiLevelKD(KDLoss):
         if self.embedding_key is not None:
             pair = self.fetch(student_out, teacher_out, self.embedding_key)
             e_s, e_t = (as_2d(e, self.embedding_key) for e in pair)
-            inst = inst + (self.proj(e_s) - e_t).pow(2).sum(-1).mean()
+            inst = inst + (fp32(self.proj(e_s)) - fp32(e_t)).pow(2).sum(-1).mean()
         return {"instance": inst, "class": cls, "batch": bat}
 
     def forward(self, student_out, teacher_out, lens=None, targets=None) -> Tensor:

@@ -3,13 +3,17 @@
 The encoder is any SpeechBrain lobe that maps features ``(B, T, F)`` and relative lengths
 ``(B,)`` to an embedding ``(B, 1, E)`` or ``(B, E)`` (Xvector, ECAPA_TDNN, ...). Teachers and
 students of a recipe share this wrapper, so KD losses always find ``logits`` and ``embedding``
-under the same names, and feature taps address inner layers as ``encoder.<path>``.
+under the same names, and feature taps address inner layers as ``encoder.<path>``. SpeechBrain
+statistics pooling inside the encoder is swapped for :class:`FiniteStatisticsPooling` (same
+outputs, no parameters), so that a very short clip in a batch cannot make the loss NaN.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from kd_modules.models.pooling import use_finite_statistics_pooling
 
 
 class EmbeddingClassifier(nn.Module):
@@ -27,7 +31,7 @@ class EmbeddingClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, embedding_dim: int, n_classes: int) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder = use_finite_statistics_pooling(encoder)
         self.head = nn.Sequential(nn.LeakyReLU(), nn.Linear(embedding_dim, n_classes))
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
-from train import dataio_prepare, teacher_cache_folder
+from train import dataio_prepare
 
 from kd_modules.brains.classification import filterbanks
 from kd_modules.cache import build_teacher_cache
 from kd_modules.dataio import SkipBadCollate
-from kd_modules.hparams import load_composed, parse_recipe_arguments
-from kd_modules.teacher import Teacher
+from kd_modules.experiment import folder_lock, load_teacher, teacher_cache_folder
+from kd_modules.hparams import load_composed, parse_recipe_arguments, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     if hparams["method"] == "none":
         raise SystemExit("cache_teacher.py needs a KD composition (kd/*.yaml with a teacher)")
     device = run_opts["device"]
-    teacher = Teacher.from_experiment(
-        hparams["teacher_folder"], taps=hparams["teacher_taps"], max_key="accuracy"
-    ).to(device)
+    teacher = load_teacher(hparams).to(device)
     folder = teacher_cache_folder(hparams, teacher)
     loader = make_dataloader(
         dataio_prepare(hparams)["train"],
@@ -53,7 +51,8 @@ def main(argv: list[str] | None = None) -> Path:
         "teacher_folder": str(hparams["teacher_folder"]),
         "teacher_checkpoint": teacher.checkpoint,
     }
-    build_teacher_cache(teacher, {"train": loader}, features, folder, settings)
+    with folder_lock(folder, what="teacher cache folder"):
+        build_teacher_cache(teacher, {"train": loader}, features, folder, settings)
     logger.info("Teacher cache ready: %s", folder)
     print(folder)
     return folder
@@ -61,4 +60,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

@@ -10,68 +10,82 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd)
 
-stage=0
-stop_stage=8
+stage=0                       # first stage to run (0-8)
+stop_stage=8                  # last stage to run (0-8)
 dataset=fsdd                  # esc50 | urbansound8k | audiomnist | fsdd
 data_root=""                  # the dataset's official layout (see README.md)
 split=official                # official | seeded (a seeded grouped split, for partial copies)
-folds=""                      # default: every official fold of the dataset ("1" when seeded)
+folds=""                      # default: the prepared folds, else every official fold ("1" seeded)
 methods="kd fitnets sp"       # KD methods of stage 5 (hparams/kd/<method>.yaml)
 students="xvector_small"      # student architectures (hparams/student/<arch>.yaml)
 teacher=xvector_large         # teacher architecture (hparams/teacher/<arch>.yaml)
-teacher_seed=1
-seeds="1"                     # student seeds
+teacher_seed=1                # the teacher's seed (an integer)
+seeds="1"                     # student seeds (integers, e.g. "1 2 3")
 ngpu=1                        # > 1 launches torchrun (DDP), one process per device
 device=auto                   # auto | cpu | cuda | cuda:N
-use_cache=true                # KD students read stage 3's teacher cache
-sample_rate=16000
+use_cache=true                # true | false: KD students read stage 3's teacher cache
+allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
+sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
-download=false                # stage 0 downloads the official release when --data_root is empty
-update_readme=false           # stage 8 also writes the table into README.md's results section
-data_dir=data
-exp_dir=exp
-python=python3
+min_duration_s=0.14           # seconds: stage 1 skips (and counts) shorter clips
+download=false                # true | false: stage 0 downloads the release when no --data_root
+update_readme=false           # true | false: stage 8 also writes README.md's results table
+data_dir=data                 # prepared manifests (stage 1)
+exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
+python=python3                # the Python interpreter that has kd_modules' requirements
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
 teacher_args="--augment True" # overrides for the teacher only (stage 2): SpecAugment-style masking
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache sample_rate convert download update_readme data_dir exp_dir python extra_args
-teacher_args"
-help_message="Usage: $0 [options]   (stages 0-8, see the header of this script and README.md)"
+seeds ngpu device use_cache allow_unfinished_teacher sample_rate convert min_duration_s download
+update_readme data_dir exp_dir python extra_args teacher_args"
+help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
+Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
+        6 data-free synthesis (not in this recipe yet), 7 evaluate, 8 report"
 . "$root/tools/parse_options.sh"
+. "$root/tools/stage_helpers.sh"
+
+# ----- options: checked before any stage, so that a typo never costs a training run ------------
+check_stage_range 8
+check_choice dataset esc50 urbansound8k audiomnist fsdd
+check_choice split official seeded
+check_ints folds 0
+check_yaml_names methods hparams/kd '*'
+check_yaml_names students hparams/student +
+check_yaml_names teacher hparams/teacher 1
+check_int teacher_seed 0
+check_ints seeds 1
+check_int ngpu 1
+check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
+check_choice use_cache true false
+check_choice allow_unfinished_teacher true false
+check_int sample_rate 1
+check_choice convert auto sox soundfile none
+check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.14'
+check_choice download true false
+check_choice update_readme true false
+if [ "$stage" -le 1 ]; then check_writable_dir data_dir; fi  # stage 0 (download), 1 write it
+check_writable_dir exp_dir
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-log() { echo "$(date '+%F %T') [run.sh] $*"; }
-want() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-
+prepared="$data_dir/$dataset/.done"  # stage 1's arguments: the split and folds it prepared
 case "$dataset" in
     esc50) official_folds="1 2 3 4 5" ;;
     urbansound8k) official_folds="1 2 3 4 5 6 7 8 9 10" ;;
     audiomnist) official_folds="1 2 3 4 5" ;;
     fsdd) official_folds="1" ;;
-    *) echo "$0: unknown --dataset '$dataset' (esc50|urbansound8k|audiomnist|fsdd)" >&2; exit 1 ;;
 esac
 if [ -z "$folds" ]; then
-    if [ "$split" = seeded ]; then folds="1"; else folds="$official_folds"; fi
+    if [ "$stage" -ge 2 ] && [ -f "$prepared" ]; then folds=$(json_field "$prepared" folds)
+    elif [ "$split" = seeded ]; then folds="1"
+    else folds="$official_folds"; fi
 fi
 if [ "$device" = auto ]; then
     device=$($python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 fi
-case "$use_cache" in true) cache_flag=True ;; false) cache_flag=False ;;
-    *) echo "$0: --use_cache must be true or false" >&2; exit 1 ;; esac
-
-# launch SCRIPT ARGS...: one process, or torchrun with --ngpu processes (DDP)
-launch() {
-    local script=$1; shift
-    if [ "$ngpu" -gt 1 ]; then
-        local backend=nccl
-        [[ "$device" == cpu ]] && backend=gloo
-        $python -m torch.distributed.run --standalone --nproc_per_node="$ngpu" "$script" "$@" \
-            --distributed_backend "$backend"
-    else
-        $python "$script" "$@"
-    fi
-}
+cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
+unfinished_args=()
+[ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 fold_args() {
@@ -87,7 +101,7 @@ if want 0; then
     log "stage 0: checking the environment and the dataset root"
     $python -c "import kd_modules, speechbrain, torch; print('torch', torch.__version__, \
 'speechbrain', speechbrain.__version__, 'cuda', torch.cuda.is_available())"
-    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data_dir/$dataset/.done" ]; then
+    if [ "$stop_stage" -ge 1 ] && [ ! -f "$prepared" ]; then
         if [ -z "$data_root" ] && [ "$download" = true ]; then
             data_root=$(local/download.sh "$dataset" "$data_dir/downloads")
         fi
@@ -96,7 +110,7 @@ if want 0; then
             echo "  Or add --download true to fetch the official release (README.md, Datasets)." >&2
             exit 1
         fi
-        [ -d "$data_root" ] || { echo "$0: --data_root $data_root does not exist" >&2; exit 1; }
+        [ -d "$data_root" ] || die "--data_root $data_root does not exist"
     fi
     command -v sox >/dev/null && log "SoX found: stage 1 converts audio with SoX" \
         || log "SoX not found: stage 1 converts with soundfile + torchaudio's resampler"
@@ -107,10 +121,14 @@ if want 1; then
     # shellcheck disable=SC2086
     $python local/prepare.py --dataset "$dataset" --data_root "${data_root:-.}" \
         --out_dir "$data_dir/$dataset" --split "$split" --folds $folds \
-        --sample_rate "$sample_rate" --convert "$convert"
+        --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s"
 fi
-[ -f "$data_dir/$dataset/labels.json" ] || { echo "$0: run stage 1 first" >&2; exit 1; }
-n_classes=$($python -c "import json; print(len(json.load(open('$data_dir/$dataset/labels.json'))))")
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
+    [ -f "$data_dir/$dataset/labels.json" ] ||
+        die "no prepared data in $data_dir/$dataset: run stage 1 first"
+    n_classes=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
+        "$data_dir/$dataset/labels.json")
+fi
 
 for fold in $folds; do
     tdir=$(teacher_folder "$fold")
@@ -127,7 +145,8 @@ for fold in $folds; do
             log "stage 3: teacher cache for $method, fold $fold"
             # shellcheck disable=SC2046
             $python cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
-                $(fold_args "$fold") --output_folder "$tdir" --teacher_folder "$tdir"
+                $(fold_args "$fold") --output_folder "$tdir" --teacher_folder "$tdir" \
+                "${unfinished_args[@]}"
         done
     fi
     for arch in $students; do
@@ -146,7 +165,7 @@ for fold in $folds; do
                     # shellcheck disable=SC2046
                     launch train.py $(yaml "student/$arch.yaml" "$method") $(fold_args "$fold") \
                         --seed "$seed" --output_folder "$sdir" --teacher_folder "$tdir" \
-                        --use_teacher_cache "$cache_flag" --skip_test True
+                        --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}"
                 done
             fi
         done
@@ -157,32 +176,20 @@ if want 6; then
     log "stage 6: data-free synthesis (FRAMI) is not part of this recipe yet: skipped"
 fi
 
-# evaluate RUN_DIR COMPOSITION ARGS...: test the best-validation checkpoint, once
-evaluate() {
-    local dir=$1; shift
-    if [ -f "$dir/results.json" ] && [ "$dir/results.json" -nt "$dir/train_info.json" ]; then
-        log "stage 7: $dir already evaluated"
-        return
-    fi
-    [ -f "$dir/train_info.json" ] || { echo "$0: $dir is not trained (stages 2/4/5)" >&2; exit 1; }
-    log "stage 7: evaluating $dir"
-    $python train.py "$@" --output_folder "$dir" --test_only
-}
-
 if want 7; then
     for fold in $folds; do
         tdir=$(teacher_folder "$fold")
         # shellcheck disable=SC2046
-        evaluate "$tdir" $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
+        evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
             --role teacher --seed "$teacher_seed" $teacher_args
         for arch in $students; do
             for seed in $seeds; do
                 # shellcheck disable=SC2046
-                evaluate "$(student_folder "$fold" "$arch" none "$seed")" \
+                evaluate_once "$(student_folder "$fold" "$arch" none "$seed")" train.py \
                     $(yaml "student/$arch.yaml" none) $(fold_args "$fold") --seed "$seed"
                 for method in $methods; do
                     # shellcheck disable=SC2046
-                    evaluate "$(student_folder "$fold" "$arch" "$method" "$seed")" \
+                    evaluate_once "$(student_folder "$fold" "$arch" "$method" "$seed")" train.py \
                         $(yaml "student/$arch.yaml" "$method") $(fold_args "$fold") \
                         --seed "$seed" --teacher_folder "$tdir"
                 done
@@ -195,8 +202,13 @@ if want 8; then
     log "stage 8: collecting results into $exp_dir/$dataset/RESULTS.md"
     readme_flag=()
     [ "$update_readme" = true ] && readme_flag=(--readme README.md)
+    data_split=$split data_folds=$folds  # the title names the data the runs were trained on
+    if [ -f "$prepared" ]; then
+        data_split=$(json_field "$prepared" split)
+        data_folds=$(json_field "$prepared" folds)
+    fi
+    title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
     $python -m kd_modules.results "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
-        --title "Sound classification: $dataset ($split split, folds $folds, seeds $seeds)" \
-        "${readme_flag[@]}"
+        --title "$title" "${readme_flag[@]}"
 fi
 log "done"

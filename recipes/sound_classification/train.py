@@ -13,6 +13,7 @@ run with SpeechBrain's ``--test_only`` flag).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -29,12 +30,21 @@ from speechbrain.utils.distributed import if_main_process
 
 from kd_modules.brains import ClassificationBrain
 from kd_modules.brains.distill import unwrap_module
-from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
-from kd_modules.dataio import audio_pipeline, write_json_atomic
-from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
+from kd_modules.dataio import audio_pipeline
+from kd_modules.experiment import (
+    SessionClock,
+    check_run_record,
+    data_record,
+    folder_lock,
+    load_teacher_side,
+    record_training,
+    training_status,
+    training_wall_time_s,
+)
+from kd_modules.hparams import load_composed, parse_recipe_arguments, run_main, write_composed
 from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
 from kd_modules.results import git_commit, versions, write_results
-from kd_modules.teacher import Teacher
+from kd_modules.teacher import fingerprint_module
 
 logger = logging.getLogger(__name__)
 
@@ -77,33 +87,6 @@ def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
     return datasets
 
 
-def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
-    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run."""
-    if hparams["method"] == "none":
-        return None, None
-    teacher = Teacher.from_experiment(
-        hparams["teacher_folder"], taps=hparams["teacher_taps"], max_key="accuracy"
-    )
-    if not hparams["use_teacher_cache"]:
-        return teacher, None
-    return teacher, TeacherCache(teacher_cache_folder(hparams, teacher))
-
-
-def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
-    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps and the
-    training manifest (a re-prepared split gets a new cache). Refuses randomised inputs."""
-    check_deterministic_inputs(
-        {"train_random_crop": hparams["train_random_crop"], "augment": hparams["augment"]}
-    )
-    key = cache_key(
-        teacher.fingerprint,
-        hparams["feature_settings"],
-        hparams["teacher_taps"],
-        manifest=hparams["train_annotation"],
-    )
-    return Path(hparams["exp_root"]) / "cache" / key
-
-
 def make_brain(hparams: dict, run_opts, teacher=None, cache=None, checkpoints: bool = True):
     """The run's ClassificationBrain; the cache, when given, replaces the live teacher."""
     return ClassificationBrain(
@@ -131,8 +114,14 @@ def example_features(brain: ClassificationBrain, dataset: DynamicItemDataset) ->
     return feats.cpu(), lens.cpu()
 
 
-def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint) -> None:
+def manifest_files(hparams: dict) -> dict[str, str]:
+    """Split name -> manifest file of the run."""
+    return {split: hparams[f"{split}_annotation"] for split in ("train", "valid", "test")}
+
+
+def write_run_results(brain, hparams: dict, datasets: dict, train_info: dict) -> None:
     """Evaluate the best-validation checkpoint on the test split and write results.json."""
+    manifests = manifest_files(hparams)
     start = time.time()
     brain.evaluate(
         datasets["test"], max_key="accuracy", test_loader_kwargs=hparams["eval_dataloader_options"]
@@ -145,7 +134,6 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
     history_file = Path(hparams["history_file"])
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     epoch_times = [h["time_s"] for h in history if h["stage"] == "train"]
-    train_info = json.loads((Path(hparams["output_folder"]) / "train_info.json").read_text())
     results = {
         "task": "sound_classification",
         "dataset": hparams["dataset"],
@@ -164,10 +152,16 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
             f"best validation accuracy {best.meta['accuracy']:.4f} at epoch {best.meta['epoch']} "
             f"of {hparams['number_of_epochs']} (the test split is never used for selection)"
         ),
-        "teacher_fingerprint": teacher_fingerprint,
+        "teacher_fingerprint": train_info["teacher_fingerprint"],
+        "model_fingerprint": fingerprint_module(model),
+        "data": train_info.get("data"),
+        "data_files": {
+            "manifests": {split: str(Path(path).resolve()) for split, path in manifests.items()},
+            "prepare_settings": str(Path(hparams["prepare_settings"]).resolve()),
+        },
         "versions": versions(),
         "git_commit": git_commit(Path(__file__).parent),
-        "wall_time_s": train_info["wall_time_s"] + (time.time() - start),
+        "wall_time_s": training_wall_time_s(hparams["output_folder"]) + (time.time() - start),
         "epoch_time_s": sum(epoch_times) / len(epoch_times) if epoch_times else None,
         "epochs": len(epoch_times),
         "skipped_test_clips": brain.skipped_clips,
@@ -178,34 +172,30 @@ def write_run_results(brain, hparams: dict, datasets: dict, teacher_fingerprint)
     )
 
 
-def record_training(info_file: Path, seconds: float, teacher, cache) -> None:
-    """Add this session's training time to train_info.json, with the teacher it learnt from."""
-    previous = json.loads(info_file.read_text()) if info_file.is_file() else {}
+def run_record(hparams: dict, teacher) -> dict:
+    """What this run folder trains on: the manifests, stage 1's settings and the teacher."""
+    return {
+        "data": data_record(manifest_files(hparams), hparams["prepare_settings"]),
+        "teacher_fingerprint": teacher.fingerprint if teacher is not None else None,
+    }
+
+
+def train(brain, hparams: dict, datasets: dict, teacher, cache, record: dict) -> None:
+    """Fit (or resume) the run; keep train_info.json honest about time, teacher and progress."""
+    output = Path(hparams["output_folder"])
+    epochs = hparams["number_of_epochs"]
+    status = training_status(output)
     info = {
-        "wall_time_s": previous.get("wall_time_s", 0.0) + seconds,
-        "teacher_fingerprint": teacher.fingerprint if teacher else None,
+        "teacher_fingerprint": record["teacher_fingerprint"],
         "teacher_checkpoint": getattr(teacher, "checkpoint", None),
         "teacher_cache": str(cache.folder) if cache else None,
+        "data": record["data"],
+        "epochs": epochs,
     }
-    write_json_atomic(info_file, info)
-
-
-def main(argv: list[str] | None = None) -> None:
-    files, run_opts, overrides = parse_recipe_arguments(argv)
-    hparams = load_composed(files, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    composed = Path(hparams["output_folder"]) / "composed.yaml"
-    sb.utils.distributed.run_on_main(write_composed, args=[files, composed])
-    sb.create_experiment_directory(
-        hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
-    )
-    datasets = dataio_prepare(hparams)
-    teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
-    info_file = Path(hparams["output_folder"]) / "train_info.json"
-
-    brain = make_brain(hparams, run_opts, teacher, cache)
-    if not run_opts["test_only"]:
-        start = time.time()
+    finished_before = status["finished"] and status["epochs"] == epochs
+    with SessionClock(output) if if_main_process() else contextlib.nullcontext():
+        if not finished_before and if_main_process():  # a KD stage must not take it as done
+            record_training(output, {**status, **info, "finished": False})
         brain.fit(
             brain.hparams.epoch_counter,
             datasets["train"],
@@ -213,14 +203,33 @@ def main(argv: list[str] | None = None) -> None:
             train_loader_kwargs=hparams["train_dataloader_options"],
             valid_loader_kwargs=hparams["eval_dataloader_options"],
         )
-        if brain.train_epochs_run or not info_file.is_file():  # a finished run stays untouched
-            sb.utils.distributed.run_on_main(
-                record_training, args=[info_file, time.time() - start, teacher, cache]
-            )
-    if not hparams["skip_test"]:
-        fingerprint = json.loads(info_file.read_text())["teacher_fingerprint"]
-        write_run_results(brain, hparams, datasets, fingerprint)
+    if if_main_process() and (brain.train_epochs_run or not finished_before):
+        done = brain.hparams.epoch_counter.current
+        record_training(output, {**info, "epochs_done": done, "finished": done >= epochs})
+
+
+def main(argv: list[str] | None = None) -> None:
+    files, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_composed(files, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    output = Path(hparams["output_folder"])
+    lock = folder_lock(output) if if_main_process() else contextlib.nullcontext()
+    with lock:
+        composed = output / "composed.yaml"
+        sb.utils.distributed.run_on_main(write_composed, args=[files, composed])
+        sb.create_experiment_directory(
+            hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
+        )
+        datasets = dataio_prepare(hparams)
+        teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
+        record = run_record(hparams, teacher)
+        sb.utils.distributed.run_on_main(check_run_record, args=[output, record])
+        brain = make_brain(hparams, run_opts, teacher, cache)
+        if not run_opts["test_only"]:
+            train(brain, hparams, datasets, teacher, cache, record)
+        if not hparams["skip_test"]:
+            write_run_results(brain, hparams, datasets, training_status(output))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, sys.argv[1:])

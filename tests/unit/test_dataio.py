@@ -12,13 +12,16 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from kd_modules.dataio import (
     AudioReadError,
     SkipBadCollate,
+    _temp_sibling,
     audio_info,
     audio_pipeline,
     convert_audio,
     read_audio,
     read_json,
+    remove_stale_temp_files,
     resolve_audio_path,
     sox_available,
+    verify_audio,
     write_json_atomic,
 )
 
@@ -165,7 +168,52 @@ def test_pipeline_and_collate_skip_a_corrupt_clip(tmp_path):
     assert batches[0].sig.data.shape == (1, 40000)
 
 
-def test_collate_returns_none_when_every_example_is_bad(tmp_path):
+def test_collate_makes_a_zero_placeholder_when_every_example_is_bad(tmp_path):
     batches = list(_loader(tmp_path, {"utt0", "utt1"}, batch_size=2))
-    assert batches[0] is None
-    assert [b.id for b in batches[1:]] == [["utt2", "utt3"], ["utt4"]]
+    placeholder = batches[0]
+    assert placeholder.placeholder and placeholder.id == ["utt0", "utt1"]
+    assert (placeholder.skipped, placeholder.skipped_ids) == (2, ["utt0", "utt1"])
+    assert placeholder.sig.data.shape == (2, 16000) and not placeholder.sig.data.any()
+    assert [(b.id, b.placeholder) for b in batches[1:]] == [
+        (["utt2", "utt3"], False),
+        (["utt4"], False),
+    ]
+
+
+# --- truncated FLAC and stale conversion temp files -----------------------------------------
+
+
+@pytest.fixture
+def truncated_flac(tmp_path):
+    """The real 5 s FLAC cut to half its bytes: a valid header, frames missing."""
+    path = tmp_path / "truncated.flac"
+    path.write_bytes(CLIP.read_bytes()[: CLIP.stat().st_size // 2])
+    return path
+
+
+def test_verify_audio_decodes_every_frame(truncated_flac):
+    assert audio_info(truncated_flac).duration == 5.0
+    with pytest.raises(AudioReadError, match="truncated.flac: corrupt or unreadable audio"):
+        verify_audio(truncated_flac)
+    assert verify_audio(CLIP) == audio_info(CLIP)
+
+
+def test_convert_with_sox_rejects_a_truncated_flac(tmp_path, truncated_flac):
+    if not sox_available():
+        pytest.skip("SoX binary or sox package not available")
+    out = tmp_path / "out"
+    message = r"truncated\.flac: truncated or corrupt: the header says 5\.000 s but only 2\.\d{3} s"
+    with pytest.raises(AudioReadError, match=message):
+        convert_audio(truncated_flac, out / "clip.wav", 16000, "sox")
+    assert not list(out.iterdir())  # neither the output nor its temporary file
+
+
+def test_remove_stale_temp_files_removes_only_conversion_leftovers(tmp_path):
+    stale = [_temp_sibling(tmp_path / "a.wav"), _temp_sibling(tmp_path / "sub" / "b.flac")]
+    kept = [tmp_path / "a.wav", tmp_path / ".hidden.wav", tmp_path / "sub" / ".m.json.x1y2.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert remove_stale_temp_files(tmp_path / "absent") == []

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from ruamel.yaml.constructor import DuplicateKeyError
 
-from kd_modules.hparams import compose_yaml, load_composed, parse_recipe_arguments
+from kd_modules import results
+from kd_modules.hparams import (
+    HparamsError,
+    compose_yaml,
+    load_composed,
+    parse_recipe_arguments,
+    run_main,
+)
 from kd_modules.results import (
     README_END,
     README_START,
@@ -97,9 +104,117 @@ def test_update_readme_and_plot(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+HISTORY = [
+    {"stage": stage, "epoch": epoch, "time_s": 1.0,
+     "stats": {"loss": 3.0 / epoch + (stage == "valid"), "ce": 2.0 / epoch, "kd": 1.0 / epoch,
+               **({"accuracy": 0.2 * epoch, "skipped_clips": 1} if stage == "valid" else {})}}
+    for epoch in (1, 2, 3) for stage in ("train", "valid")
+]  # fmt: skip
+
+
+def test_plot_history_draws_metrics_on_their_own_axis_and_names_the_run(tmp_path):
+    (tmp_path / "history.json").write_text(json.dumps(HISTORY))
+    run = "fsdd/fold1/student/xvector_small/kd/seed1"
+    fig = plot_history(tmp_path / "history.json", tmp_path / "curves.png", title=run)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert fig.get_suptitle() == run
+    lines = {line.get_label(): (axis, line) for axis in fig.axes for line in axis.get_lines()}
+    losses = {f"{stage} {name}" for stage in ("train", "valid") for name in ("loss", "ce", "kd")}
+    assert set(lines) == losses | {"valid accuracy"}  # a count (skipped_clips) is not drawn
+    loss_axis, accuracy_axis = lines["train loss"][0], lines["valid accuracy"][0]
+    assert accuracy_axis is not loss_axis
+    assert all(lines[label][0] is loss_axis for label in losses)
+    assert list(lines["valid accuracy"][1].get_ydata()) == pytest.approx([0.2, 0.4, 0.6])
+    low, high = accuracy_axis.get_ylim()
+    assert low <= 0 and high >= 1 and high < 1.1  # the whole rate scale, nothing more
+
+
+def test_stage8_titles_each_curve_with_its_run_folder(tmp_path, monkeypatch):
+    run_dir = tmp_path / "exp/fsdd/fold1/student/small/kd/seed1"
+    write_results(run_dir / "results.json", _run(1, 0.8))
+    (run_dir / "history.json").write_text(json.dumps(HISTORY))
+    drawn = []
+    monkeypatch.setattr(results, "plot_history", lambda *args: drawn.append(args))
+    results.main([str(tmp_path / "exp/fsdd"), "--out", str(tmp_path / "RESULTS.md")])
+    assert drawn == [(run_dir / "history.json", run_dir / "curves.png",
+                      "fsdd/fold1/student/small/kd/seed1")]  # fmt: skip
+
+
 def test_torchrun_rank_gets_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     _, run_opts, _ = parse_recipe_arguments(["a.yaml", "--device", "cuda"])
     assert run_opts["device"] == "cuda:1"
     _, run_opts, _ = parse_recipe_arguments(["a.yaml", "--device", "cpu"])
     assert run_opts["device"] == "cpu"
+
+
+# ----- override checks: one-line HparamsError messages -------------------------------------------
+COMMON = "number_of_epochs: 15\nlr: 0.002\nskip_test: False\ndataset: fsdd\nn_mels: 40\n"
+
+
+def _composition(tmp_path: Path) -> list[Path]:
+    """common.yaml + a file whose keys point into it (so !ref keeps working after a check)."""
+    return [
+        _write(tmp_path / "common.yaml", COMMON),
+        _write(tmp_path / "kd.yaml", "epochs_seen: !ref <number_of_epochs>\ntau: 4.0\n"),
+    ]
+
+
+def test_misspelt_override_names_the_closest_keys(tmp_path):
+    with pytest.raises(HparamsError) as error:
+        load_composed(_composition(tmp_path), "numbr_of_epochs: 2\n")
+    expected = "unknown hyperparameter --numbr_of_epochs (closest valid names: number_of_epochs)"
+    assert str(error.value) == expected
+
+
+def test_unknown_override_without_a_close_key_names_the_files(tmp_path):
+    files = _composition(tmp_path)
+    with pytest.raises(HparamsError) as error:
+        load_composed(files, {"zzz": 1})
+    assert str(error.value) == (
+        f"unknown hyperparameter --zzz (no similar name among the 7 keys of {files[0]}, {files[1]})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "shown", "expected", "default"),
+    [
+        ("number_of_epochs: two", "--number_of_epochs 'two'", "an integer", 15),
+        ("number_of_epochs: 2.5", "--number_of_epochs 2.5", "an integer", 15),
+        ("number_of_epochs: True", "--number_of_epochs True", "an integer", 15),
+        ("lr: fast", "--lr 'fast'", "a number", 0.002),
+        ("skip_test: 1", "--skip_test 1", "True or False", False),
+        ("tau: yes", "--tau 'yes'", "a number", 4.0),
+    ],
+)
+def test_override_of_the_wrong_type_names_key_and_value(
+    tmp_path, override, shown, expected, default
+):
+    with pytest.raises(HparamsError) as error:
+        load_composed(_composition(tmp_path), override)
+    assert str(error.value) == (
+        f"invalid hyperparameter {shown}: expected {expected} (its YAML default is {default})"
+    )
+
+
+def test_overrides_that_fit_their_defaults_are_applied(tmp_path):
+    overrides = "number_of_epochs: 3\nlr: 1\ntau: 1e-1\nskip_test: True\ndataset: 7\n"
+    hparams = load_composed(_composition(tmp_path), overrides + "n_mels: !ref <number_of_epochs>\n")
+    assert (hparams["number_of_epochs"], hparams["epochs_seen"], hparams["n_mels"]) == (3, 3, 3)
+    assert (hparams["lr"], hparams["tau"], hparams["skip_test"]) == (1, 0.1, True)
+    assert hparams["dataset"] == 7  # a string key takes what YAML reads
+
+
+def test_run_main_prints_one_line_and_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    files = [str(path) for path in _composition(tmp_path)]
+
+    def main(argv: list[str]) -> None:
+        load_composed(files, {"lrr": 0.1})
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, [])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "train.py: unknown hyperparameter --lrr (closest valid names: lr)\n"
+    )

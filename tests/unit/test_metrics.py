@@ -435,3 +435,42 @@ def test_eer_min_dcf_random_matches_sweep_and_speechbrain(p_target):
     if p_target == 0.01:
         assert result["min_dcf"] == pytest.approx(100 * sb_min_dcf, rel=1e-6)
     assert result["eer"] == pytest.approx(EER(pos_t, neg_t)[0], abs=1e-7)
+
+
+def brute_force_min_dcf(pos, neg, p_target, c_miss=1.0, c_fa=1.0):
+    """Normalised minDCF by trying every threshold that decides differently: each score, each
+    midpoint between neighbouring scores, and one below (accept all) and above (reject all)."""
+    scores = sorted(set(pos) | set(neg))
+    mids = [(a + b) / 2 for a, b in zip(scores, scores[1:])]
+    best = math.inf
+    for t in [scores[0] - 1, *scores, *mids, scores[-1] + 1]:
+        p_miss = sum(1 for s in pos if not s > t) / len(pos)
+        p_fa = sum(1 for s in neg if s > t) / len(neg)
+        best = min(best, c_miss * p_miss * p_target + c_fa * p_fa * (1 - p_target))
+    return best / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+def test_min_dcf_considers_accept_all_and_reject_all():
+    # Equal scores: no threshold separates; the best system is trivial, normalised minDCF 1.
+    assert eer_min_dcf([1.0], [1.0], p_target=0.9)["min_dcf"] == pytest.approx(1.0)  # accept all
+    assert eer_min_dcf([1.0], [1.0], p_target=0.1)["min_dcf"] == pytest.approx(1.0)  # reject all
+    # Reversed scores: every threshold but "accept all" misses a target; at p_target = .9
+    # accepting all costs .1 (raw), rejecting all .9.
+    result = eer_min_dcf([0.1, 0.2], [0.8, 0.9], p_target=0.9)
+    assert result["min_dcf_raw"] == pytest.approx(0.1) and result["min_dcf"] == pytest.approx(1.0)
+    assert result["eer"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_min_dcf_matches_brute_force_over_p_target(seed):
+    rng = np.random.default_rng(seed)
+    n_pos, n_neg = rng.integers(1, 12, size=2)
+    # Overlapping, tied scores so that trivial and non-trivial systems each win somewhere.
+    pos = np.round(rng.normal(0.5, 1.0, n_pos), 1).tolist()
+    neg = np.round(rng.normal(0.0, 1.0, n_neg), 1).tolist()
+    for p_target in [0.001, *np.linspace(0.02, 0.98, 25), 0.999]:
+        for c_miss, c_fa in [(1.0, 1.0), (10.0, 1.0), (1.0, 3.0)]:
+            result = eer_min_dcf(pos, neg, p_target=p_target, c_miss=c_miss, c_fa=c_fa)
+            expected = brute_force_min_dcf(pos, neg, p_target, c_miss, c_fa)
+            assert result["min_dcf"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
+            assert result["min_dcf"] <= 1.0 + 1e-12

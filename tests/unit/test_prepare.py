@@ -282,3 +282,83 @@ def test_without_sox_converts_with_soundfile(tmp_path, monkeypatch, caplog):
     out = run("audiomnist", SAMPLES / "audiomnist", tmp_path / "b", "--folds", "1")
     assert "SoX binary not found: converting with soundfile" in caplog.text
     assert len(list((out / "audio").rglob("*.wav"))) == 6
+
+
+# --- hardening: short clips, stale temporary files, truncated FLAC ---------------------------
+
+FSDD_RECORDINGS = SAMPLES / "fsdd" / "free-spoken-digit-dataset" / "recordings"
+
+
+@pytest.fixture
+def george_fsdd(tmp_path):
+    """A partial FSDD copy: speaker george, digits 0-9, takes 5-7 (30 real clips)."""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for digit in range(10):
+        for take in (5, 6, 7):
+            name = f"{digit}_george_{take}.flac"
+            shutil.copyfile(FSDD_RECORDINGS / name, folder / name)
+    return folder
+
+
+def manifest_entries(out_dir):
+    return {k: v for s in splits_of(out_dir, 1).values() for k, v in s.items()}
+
+
+@pytest.mark.parametrize("convert", ["none", "soundfile"])
+def test_clip_below_min_duration_is_skipped_and_counted(tmp_path, george_fsdd, convert, caplog):
+    wav, rate = soundfile.read(FSDD_RECORDINGS / "5_george_8.flac")
+    soundfile.write(george_fsdd / "5_george_40.flac", wav[: int(0.01 * rate)], rate)
+    at_minimum = round(prepare.MIN_DURATION_S * rate)
+    soundfile.write(george_fsdd / "5_george_41.flac", wav[:at_minimum], rate)
+    caplog.set_level(logging.INFO)
+    out = run("fsdd", george_fsdd, tmp_path / "out", "--split", "seeded", "--convert", convert)
+    report = read_json(out / "prepare_report.json")
+    assert (report["too_short"], report["too_short_ids"]) == (1, ["5_george_40"])
+    assert (report["present"], report["corrupt"], report["used"]) == (32, 0, 31)
+    assert report["min_duration_s"] == prepare.MIN_DURATION_S == 0.14
+    entries = manifest_entries(out)
+    assert "5_george_40" not in entries and len(entries) == 31
+    assert entries["5_george_41"]["duration"] == pytest.approx(0.14)
+    assert "5_george_40.flac: 0.0100 s is shorter than --min_duration_s 0.14" in caplog.text
+
+
+def test_min_duration_option_of_run_sh_reaches_prepare():
+    script = (RECIPE / "run.sh").read_text()
+    assert f"\nmin_duration_s={prepare.MIN_DURATION_S} " in script
+    assert '--min_duration_s "$min_duration_s"' in script and " min_duration_s " in script
+
+
+def test_stale_temp_file_of_a_killed_run_is_removed(tmp_path, george_fsdd, caplog):
+    out = run("fsdd", george_fsdd, tmp_path / "out", "--split", "seeded", "--convert", "soundfile")
+    killed = out / "audio" / "3_george_6.wav"
+    stale = killed.with_name(".3_george_6.0badcafe.tmp.wav")
+    stale.write_bytes(killed.read_bytes()[: killed.stat().st_size // 2])  # a half-written file
+    killed.unlink()
+    (out / ".done").unlink()
+    caplog.set_level(logging.INFO)
+    run("fsdd", george_fsdd, out, "--split", "seeded", "--convert", "soundfile")
+    assert not stale.exists() and "removed 1 temporary file(s)" in caplog.text
+    assert sorted(p.name for p in (out / "audio").iterdir()) == sorted(
+        f"{p.stem}.wav" for p in george_fsdd.iterdir()
+    )
+    assert read_json(out / "prepare_report.json")["stale_temp_files_removed"] == 1
+    entries = manifest_entries(out)
+    assert len(entries) == 30
+    assert read_audio(killed).numel() == audio_info(george_fsdd / "3_george_6.flac").num_frames
+
+
+@pytest.mark.parametrize("convert", ["none", "sox"])
+def test_truncated_flac_is_skipped_as_corrupt(tmp_path, convert, caplog):
+    """Half of a real 5 s FLAC: the header is intact; SoX would decode 2.3 s of it silently."""
+    if convert == "sox" and not prepare.sox_available():
+        pytest.skip("SoX binary or sox package not available")
+    root = shutil.copytree(SAMPLES / "esc50" / "ESC-50-master", tmp_path / "ESC-50-master")
+    truncated = root / "audio" / "4-183992-A-0.flac"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    assert audio_info(truncated).duration == 5.0
+    out = run("esc50", root, tmp_path / "out", "--split", "seeded", "--convert", convert)
+    report = read_json(out / "prepare_report.json")
+    assert (report["corrupt"], report["corrupt_files"]) == (1, [str(truncated)])
+    assert report["used"] == 19 and "4-183992-A-0" not in manifest_entries(out)
+    assert f"skipping {truncated}" in caplog.text

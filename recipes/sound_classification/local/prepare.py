@@ -5,13 +5,24 @@
 Writes ``out_dir/fold<k>/{train,valid,test}.json`` ({utt_id: {wav, duration, label, label_id,
 group}}), ``labels.json``, ``prepare_report.json`` and ``.done`` (the arguments, so a rerun with
 the same ones is skipped). Works on the full release or any part of it: rows whose audio is
-absent are counted as missing, unreadable clips are skipped with a warning and counted.
+absent are counted as missing; unreadable clips (every clip is decoded in full once, so a
+truncated FLAC with a valid header counts too) and clips shorter than ``--min_duration_s`` are
+skipped with a warning and counted, with their files / ids, in ``prepare_report.json``.
 
 ``--split official`` follows each dataset's protocol (local/<dataset>.py); validation comes from
 the training side only. ``--split seeded`` makes one fold ``1`` by a seeded group-disjoint
 stratified split of the clips present, for partial copies. Unless ``--convert none``, each clip
 is converted once to ``out_dir/audio/`` (mono, ``--sample_rate``, 16-bit WAV) and the manifests
 point there; otherwise they point at the original files and read_audio resamples at load time.
+Temporary files that a killed run's conversion left in ``out_dir/audio/`` are removed (and
+counted) when prepare starts.
+
+``--min_duration_s`` (default 0.14 s) is the recipe's floor: the teacher's TDNN context (kernels
+5, 3, 3 with dilations 1, 2, 3 in hparams/teacher/xvector_large.yaml) is 1 + 4 + 4 + 6 = 15
+frames (the student's, 9), and the front end (25 ms windows, 10 ms hop, centred) gives
+1 + floor(n / hop) frames, so 15 frames need 14 hops = 0.14 s. Shorter clips hold no complete
+teacher context (below 0.03 s the TDNN's reflect padding even fails); FSDD's shortest takes
+(0.1436 s) stay in.
 """
 
 from __future__ import annotations
@@ -32,8 +43,10 @@ from kd_modules.dataio import (
     audio_info,
     convert_audio,
     read_json,
+    remove_stale_temp_files,
     resolve_audio_path,
     sox_available,
+    verify_audio,
     write_json_atomic,
 )
 from kd_modules.splits import stratified_group_split
@@ -42,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("esc50", "urbansound8k", "audiomnist", "fsdd")
 ROLES = ("train", "valid", "test")
+MIN_DURATION_S = 0.14  # the teacher's 15-frame TDNN context at a 10 ms hop (see above)
 
 
 class PrepareError(RuntimeError):
@@ -60,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test_fraction", type=float, default=0.2, help="seeded split only")
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    parser.add_argument(
+        "--min_duration_s",
+        type=float,
+        default=MIN_DURATION_S,
+        help="skip (and count) shorter clips (default: %(default)s, the teacher's TDNN context)",
+    )
     return parser.parse_args(argv)
 
 
@@ -88,13 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as err:
         raise PrepareError(str(err)) from err
     (args.out_dir / ".done").unlink(missing_ok=True)
+    stale = _remove_stale_temp_files(args.out_dir / "audio")
     rows, labels = dataset.read_rows(root)
     _check_labels(rows, labels, dataset.TITLE)
     present = _locate(rows, dataset.audio_dir(root), dataset.TITLE)
     if args.split == "official":
         for fold in folds:
             _check_protocol(dataset, rows, present, fold)
-    usable, corrupt = _check_and_convert(present, args)
+    readable, corrupt = _check_and_convert(present, args)
+    usable, too_short = _drop_short(readable, args.min_duration_s)
     manifests = {}
     for fold in folds:
         if args.split == "official":
@@ -102,7 +124,25 @@ def main(argv: list[str] | None = None) -> None:
             manifests[fold] = _official_split(dataset, rows, usable, fold, args)
         else:
             manifests[fold] = _seeded_split(usable, args)
-    _write_outputs(args, dataset, labels, rows, present, corrupt, manifests, settings)
+    report = _report(settings, rows, present, corrupt, too_short, len(stale))
+    _write_outputs(args, dataset, labels, manifests, report, settings)
+
+
+def _report(settings, rows, present, corrupt, too_short, stale: int) -> dict:
+    """What prepare_report.json records besides the splits: every skipped clip, by cause."""
+    used = len(present) - len(corrupt) - len(too_short)
+    return {
+        **settings,
+        "rows": len(rows),
+        "present": len(present),
+        "missing": len(rows) - len(present),
+        "corrupt": len(corrupt),
+        "corrupt_files": [str(r["src"]) for r in corrupt],
+        "too_short": len(too_short),
+        "too_short_ids": [r["id"] for r in too_short],
+        "used": used,
+        "stale_temp_files_removed": stale,
+    }
 
 
 def _folds(args: argparse.Namespace, dataset: ModuleType) -> list[int]:
@@ -129,6 +169,7 @@ def _settings(args: argparse.Namespace, folds: list[int]) -> dict:
         "test_fraction": args.test_fraction,
         "sample_rate": args.sample_rate,
         "convert": args.convert,
+        "min_duration_s": args.min_duration_s,
     }
 
 
@@ -166,6 +207,16 @@ def _locate(rows: list[dict], audio_dir: Path, title: str) -> list[dict]:
         audio_dir,
     )
     return present
+
+
+def _remove_stale_temp_files(audio_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed conversion left in ``audio_dir``; log them."""
+    stale = remove_stale_temp_files(audio_dir)
+    if stale:
+        logger.warning(
+            "removed %d temporary file(s) left by an interrupted run in %s", len(stale), audio_dir
+        )
+    return stale
 
 
 def _check_protocol(
@@ -237,8 +288,27 @@ def _check_and_convert(present: list[dict], args) -> tuple[list[dict], list[dict
         row["wav"] = str(Path(job[1] or job[0]).resolve())
         row["duration"] = round(duration, 4)
         usable.append(row)
-    logger.info("%d clips usable, %d unreadable skipped", len(usable), len(corrupt))
+    logger.info("%d clips readable, %d unreadable skipped", len(usable), len(corrupt))
     return usable, corrupt
+
+
+def _drop_short(rows: list[dict], min_duration_s: float) -> tuple[list[dict], list[dict]]:
+    """Split checked rows into (kept, shorter than ``min_duration_s``); warn for each short one."""
+    kept, short = [], []
+    for row in rows:
+        if row["duration"] < min_duration_s:
+            logger.warning(
+                "skipping %s: %.4f s is shorter than --min_duration_s %s",
+                row["src"],
+                row["duration"],
+                min_duration_s,
+            )
+            short.append(row)
+        else:
+            kept.append(row)
+    if short:
+        logger.info("%d clips shorter than %s s skipped", len(short), min_duration_s)
+    return kept, short
 
 
 def _init_worker() -> None:
@@ -253,7 +323,7 @@ def _process_clip(job: tuple[str, str | None, int, str | None]) -> tuple[float |
     src, dst, sample_rate, backend = job
     try:
         if dst is None:
-            return audio_info(src).duration, None
+            return verify_audio(src).duration, None
         if not _up_to_date(src, dst, sample_rate):
             convert_audio(src, dst, sample_rate, backend)
         return audio_info(dst).duration, None
@@ -324,7 +394,7 @@ def _manifest(rows: list[dict], group_key: str) -> dict[str, dict]:
     }
 
 
-def _write_outputs(args, dataset, labels, rows, present, corrupt, manifests, settings) -> None:
+def _write_outputs(args, dataset, labels, manifests, report: dict, settings: dict) -> None:
     out = args.out_dir
     sizes = {}
     for fold, manifest in manifests.items():
@@ -335,17 +405,7 @@ def _write_outputs(args, dataset, labels, rows, present, corrupt, manifests, set
             write_json_atomic(out / f"fold{fold}" / f"{role}.json", manifest[role])
         logger.info("%s fold %d: %s", dataset.TITLE, fold, sizes[f"fold{fold}"])
     write_json_atomic(out / "labels.json", labels)
-    report = {
-        **settings,
-        "rows": len(rows),
-        "present": len(present),
-        "missing": len(rows) - len(present),
-        "corrupt": len(corrupt),
-        "corrupt_files": [str(r["src"]) for r in corrupt],
-        "used": len(present) - len(corrupt),
-        "splits": sizes,
-    }
-    write_json_atomic(out / "prepare_report.json", report)
+    write_json_atomic(out / "prepare_report.json", {**report, "splits": sizes})
     write_json_atomic(out / ".done", settings)
     logger.info("wrote manifests, labels.json and prepare_report.json to %s", out)
 

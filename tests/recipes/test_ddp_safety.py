@@ -1,0 +1,102 @@
+"""DDP with an unreadable clip: run.sh's torchrun launcher (``--ngpu 2 --device cpu``, gloo) trains
+a FitNets student (DDP-wrapped student and regressor) with batches of one clip, where one of the
+four training clips is a truncated real FLAC. Every epoch one rank gets that clip alone, an all-bad
+batch, while the other rank trains on a real clip: the ranks must still run the same forward and
+backward collectives, or gloo hangs or fails. A hang fails the test at the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FSDD_CLIPS, RECIPE
+
+from kd_modules.dataio import AudioReadError, read_audio
+
+pytestmark = pytest.mark.slow
+
+RUN_SH = RECIPE / "run.sh"
+EPOCHS = 2
+STEPS_PER_EPOCH = 2  # 4 training clips, batch size 1, 2 ranks
+TIMEOUT_S = 300
+
+
+def run_sh(tmp: Path, *args: str, epochs: int = EPOCHS) -> str:
+    """Run run.sh; kill its whole process group (torchrun and workers) when it overruns."""
+    command = [
+        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--device", "cpu",
+        "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
+        "--use_cache", "false", "--extra_args",
+        f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1", *args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=RECIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{' '.join(args)} hung for {TIMEOUT_S} s:\n{output[-6000:]}")
+    assert proc.returncode == 0, f"{' '.join(args)}: exit {proc.returncode}\n{output[-8000:]}"
+    return output
+
+
+def write_manifests(data: Path, corrupt: Path) -> None:
+    """Train on 3 real clips + ``corrupt``; validate on 2 and test on 1 real clips."""
+    clips = sorted(FSDD_CLIPS.glob("*.flac"))
+    splits = {"train": [*clips[:3], corrupt], "valid": clips[3:5], "test": clips[5:6]}
+    data.mkdir(parents=True)
+    for split, files in splits.items():
+        entries = {
+            path.stem: {"wav": str(path), "duration": 0.5, "label_id": int(path.stem[0])}
+            for path in files
+        }
+        (data / f"{split}.json").write_text(json.dumps(entries))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("ddp_safety")
+    real = sorted(FSDD_CLIPS.glob("*.flac"))[-1]
+    corrupt = tmp / f"{real.stem[0]}_truncated.flac"
+    corrupt.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    with pytest.raises(AudioReadError, match="corrupt"):
+        read_audio(corrupt)
+    data = tmp / "data" / "fsdd"
+    write_manifests(data / "fold1", corrupt)
+    (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
+    run_sh(tmp, "--stage", "2", "--stop_stage", "2", epochs=1)  # the teacher, one process
+    output = run_sh(tmp, "--stage", "5", "--stop_stage", "5", "--ngpu", "2")
+    student = tmp / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "fitnets" / "seed1"
+    return {"student": student, "output": output, "corrupt": corrupt}
+
+
+def test_ranks_stay_in_step_through_an_all_bad_batch(ddp_run):
+    assert f"cannot read audio file {ddp_run['corrupt']}" in ddp_run["output"]
+    checkpoint = sorted((ddp_run["student"] / "save").glob("CKPT+*"))[-1]
+    brain = yaml.safe_load((checkpoint / "brain.ckpt").read_text())
+    assert brain["optimizer_step"] == EPOCHS * STEPS_PER_EPOCH, brain
+
+
+def test_all_bad_batch_adds_no_loss_terms(ddp_run):
+    history = json.loads((ddp_run["student"] / "history.json").read_text())
+    train = [entry["stats"] for entry in history if entry["stage"] == "train"]
+    assert len(train) == EPOCHS
+    for stats in train:
+        assert math.isfinite(stats["ce"]) and stats["ce"] > 0.0, stats
+        assert math.isfinite(stats["kd_fitnets"]) and stats["kd_fitnets"] > 0.0, stats

@@ -1,0 +1,316 @@
+"""run.sh's option checks, --help and messages, without training (about 1-2 s per call).
+
+Bad options stop ``run.sh`` before any stage with one line on stderr naming the option and what is
+allowed. Where a test needs the commands run.sh builds, ``--python`` is a stub that records them
+(and runs the real interpreter only for ``-c`` snippets); one short real training run checks that
+SpeechBrain's torchvision warning no longer reaches the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RECIPE, REPO, write_fsdd_manifests
+
+from kd_modules.cache import check_deterministic_inputs
+
+RUN_SH = RECIPE / "run.sh"
+TIMEOUT_S = 120
+
+
+def run_sh(*args: str, cwd: Path = RECIPE, script: Path = RUN_SH) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(script), *args],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+def folders(tmp_path: Path) -> list[str]:
+    return ["--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp")]
+
+
+def available(kind: str) -> str:
+    """The names run.sh lists for --methods/--students/--teacher: hparams/<kind>/*.yaml."""
+    return " ".join(sorted(path.stem for path in (RECIPE / "hparams" / kind).glob("*.yaml")))
+
+
+def refused(proc: subprocess.CompletedProcess) -> str:
+    """The one-line error of a run.sh that stopped before any stage."""
+    assert proc.returncode != 0, explain(proc)
+    assert proc.stdout == "", explain(proc)  # no stage ran, nothing was logged
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, explain(proc)
+    return lines[0]
+
+
+# ----- item 8: numeric and enumerated options ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("stage", "two", "an integer from 0 to 8"),
+        ("stop_stage", "9", "an integer from 0 to 8"),
+        ("teacher_seed", "-1", "an integer >= 0"),
+        ("seeds", "1,2", '1 or more integers separated by spaces, e.g. "1 2 3"'),
+        ("seeds", "", '1 or more integers separated by spaces, e.g. "1 2 3"'),
+        ("folds", "one", 'integers separated by spaces, e.g. "1 2 3"'),
+        ("ngpu", "0", "an integer >= 1"),
+        ("sample_rate", "16k", "an integer >= 1"),
+        ("dataset", "esc10", "esc50|urbansound8k|audiomnist|fsdd"),
+        ("split", "random", "official|seeded"),
+        ("device", "gpu", "auto|cpu|cuda|cuda:N"),
+        ("use_cache", "yes", "true|false"),
+        ("allow_unfinished_teacher", "1", "true|false"),
+        ("convert", "ffmpeg", "auto|sox|soundfile|none"),
+        ("download", "True", "true|false"),
+        ("update_readme", "no", "true|false"),
+    ],
+)
+def test_invalid_value_is_refused_before_any_stage(tmp_path, option, value, allowed):
+    proc = run_sh(f"--{option}", value, *folders(tmp_path))
+    assert refused(proc) == f"run.sh: invalid --{option} '{value}' (allowed: {allowed})"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "exp").exists()
+
+
+def test_stage_after_stop_stage_is_refused(tmp_path):
+    proc = run_sh("--stage", "5", "--stop_stage", "3", *folders(tmp_path))
+    expected = "run.sh: invalid --stage 5 after --stop_stage 3 (allowed: --stage <= --stop_stage)"
+    assert refused(proc) == expected
+
+
+# ----- item 9: every named YAML exists, checked before any stage -------------------------------
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("methods", "kd kdd", "'kdd': hparams/kd/kdd.yaml not found (available: {kd})"),
+        ("students", "xvector_smal", "'xvector_smal': hparams/student/xvector_smal.yaml not found"
+         " (available: {student})"),
+        ("teacher", "xvector", "'xvector': hparams/teacher/xvector.yaml not found"
+         " (available: {teacher})"),
+        ("students", "", "'': give at least one name (available: {student})"),
+        ("teacher", "xvector_large xvector_large",
+         "'xvector_large xvector_large': give exactly one name (available: {teacher})"),
+    ],
+)  # fmt: skip
+def test_unknown_yaml_name_is_refused_even_from_a_later_stage(tmp_path, option, value, message):
+    names = {kind: available(kind) for kind in ("kd", "student", "teacher")}
+    proc = run_sh("--stage", "5", f"--{option}", value, *folders(tmp_path))
+    assert refused(proc) == f"run.sh: invalid --{option} {message.format(**names)}"
+
+
+# ----- item 12: --exp_dir / --data_dir can be created and written -----------------------------
+@pytest.mark.parametrize("option", ["exp_dir", "data_dir"])
+def test_unwritable_folder_is_refused_at_stage_0(tmp_path, option):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    good = {"exp_dir": tmp_path / "exp", "data_dir": tmp_path / "data"}
+    good[option] = blocker / "sub"
+    args = [arg for name, path in good.items() for arg in (f"--{name}", str(path))]
+    proc = run_sh("--stop_stage", "0", "--device", "cpu", *args)
+    expected = (
+        f"run.sh: --{option} {blocker}/sub cannot be created or written "
+        f"({blocker} is not a writable folder)"
+    )
+    assert refused(proc) == expected
+
+
+def test_stage_0_alone_checks_folders_without_creating_them(tmp_path):
+    proc = run_sh("--python", sys.executable, "--stop_stage", "0", "--device", "cpu",
+                  "--data_dir", str(tmp_path / "new" / "data"),
+                  "--exp_dir", str(tmp_path / "new" / "exp"))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.rstrip().endswith("[run.sh] done")
+    assert list(tmp_path.iterdir()) == []  # nothing created, no probe left behind
+
+
+# ----- item 13: --help ---------------------------------------------------------------------------
+def declared_options() -> dict[str, tuple[str, str]]:
+    """name -> (default, meaning) from run.sh's ``name=default  # meaning`` lines."""
+    text = RUN_SH.read_text()
+    names = re.search(r'^options="([^"]*)"', text, re.M)[1].split()
+    declared = {}
+    for name in names:
+        line = re.search(rf"^{name}=(.*?)\s+#\s*(.*)$", text, re.M)
+        assert line, f"run.sh documents no meaning for {name}"
+        declared[name] = (line[1].strip('"'), line[2])
+    return declared
+
+
+def help_lines(proc: subprocess.CompletedProcess) -> dict[str, list[str]]:
+    assert proc.returncode == 0, explain(proc)
+    rows = re.findall(r'^  --(\S+) +("[^"]*"|\S+) +(.*)$', proc.stdout, re.M)
+    return {name: [value, meaning] for name, value, meaning in rows}
+
+
+def test_help_gives_every_option_its_value_and_meaning():
+    declared = declared_options()
+    lines = help_lines(run_sh("--help"))
+    assert list(lines) == list(declared)
+    for name, (default, meaning) in declared.items():
+        shown = f'"{default}"' if not default or " " in default else default
+        assert lines[name] == [shown, meaning], name
+    assert lines["split"] == ["official", "official | seeded (a seeded grouped split, for partial"
+                              " copies)"]  # fmt: skip
+    assert lines["use_cache"] == ["true", "true | false: KD students read stage 3's teacher cache"]
+
+
+def test_help_shows_values_given_before_it():
+    lines = help_lines(run_sh("--dataset", "esc50", "--seeds", "1 2 3", "--help"))
+    assert lines["dataset"][0] == "esc50" and lines["seeds"][0] == '"1 2 3"'
+
+
+def test_help_is_generic_for_any_script_sourcing_parse_options(tmp_path):
+    script = tmp_path / "recipe" / "run.sh"
+    script.parent.mkdir()
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        'cd "$(dirname "$0")"\n'
+        "alpha=1        # the first letter (an integer)\n"
+        "beta=\"b c\"     # two words\n"
+        "gamma=x\n"
+        'options="alpha beta gamma"\n'
+        'help_message="Usage: tiny"\n'
+        f'. "{REPO}/tools/parse_options.sh"\n'
+    )
+    proc = run_sh("--help", cwd=tmp_path, script=Path("recipe/run.sh"))  # a relative path
+    assert proc.stdout.splitlines() == [
+        "Usage: tiny",
+        "Options (current value, then meaning and allowed values):",
+        "  --alpha 1                the first letter (an integer)",
+        '  --beta  "b c"            two words',
+        "  --gamma x",
+    ]
+
+
+# ----- commands run.sh builds: a recording --python ----------------------------------------------
+@pytest.fixture
+def recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A --python that logs each command (one line of arguments) but runs ``-c`` snippets."""
+    log = tmp_path / "commands.log"
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = -c ]; then exec "{sys.executable}" "$@"; fi\n'
+        f'echo "$*" >> "{log}"\n'
+    )
+    stub.chmod(0o755)
+    return stub, log
+
+
+def prepared(tmp_path: Path, dataset: str, split: str, folds: list[int]) -> None:
+    """What stage 1 leaves for later stages: labels.json and .done (its arguments)."""
+    out = tmp_path / "data" / dataset
+    out.mkdir(parents=True)
+    (out / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
+    (out / ".done").write_text(json.dumps({"dataset": dataset, "split": split, "folds": folds}))
+
+
+def commands(log: Path, script: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.split()[0] == script]
+
+
+@pytest.mark.parametrize("allow", ["true", "false"])
+def test_allow_unfinished_teacher_reaches_stages_3_and_5_only(tmp_path, recorder, allow):
+    stub, log = recorder
+    prepared(tmp_path, "fsdd", "seeded", [1])
+    proc = run_sh("--python", str(stub), "--stage", "2", "--stop_stage", "5", "--device", "cpu",
+                  "--allow_unfinished_teacher", allow, *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    flag = "--allow_unfinished_teacher True"
+    cache_runs = commands(log, "cache_teacher.py")
+    teacher, alone, *kd_students = commands(log, "train.py")
+    assert len(cache_runs) == len(kd_students) == 3  # kd, fitnets, sp
+    assert "--role teacher" in teacher and flag not in teacher and flag not in alone
+    assert all((flag in command) == (allow == "true") for command in cache_runs + kd_students)
+
+
+def test_report_title_names_the_prepared_split(tmp_path, recorder):
+    """Item 20: data prepared seeded, stage 8 run by a command that says nothing of the split."""
+    stub, log = recorder
+    prepared(tmp_path, "esc50", "seeded", [1])
+    proc = run_sh("--python", str(stub), "--dataset", "esc50", "--stage", "8", "--device", "cpu",
+                  *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    (report,) = commands(log, "-m")
+    assert "--title Sound classification: esc50 (seeded split, folds 1, seeds 1)" in report
+
+
+def test_later_stages_run_the_prepared_folds(tmp_path, recorder):
+    """Started at stage 2 on seeded ESC-50 data, run.sh trains fold 1 only (not folds 1-5)."""
+    stub, log = recorder
+    prepared(tmp_path, "esc50", "seeded", [1])
+    proc = run_sh("--python", str(stub), "--dataset", "esc50", "--stage", "2", "--stop_stage", "2",
+                  "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    (teacher,) = commands(log, "train.py")
+    assert f"--data_folder {tmp_path}/data/esc50/fold1 " in teacher
+
+
+# ----- items 10 and 14: real train.py runs through run.sh ----------------------------------------
+def tiny_dataset(tmp_path: Path) -> None:
+    """20 real FSDD clips for training, 10 for validation and test: a training stage in seconds."""
+    data = tmp_path / "data" / "fsdd"
+    write_fsdd_manifests(data / "fold1", {"train": 2, "valid": 1, "test": 1})
+    (data / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
+
+
+def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
+    tiny_dataset(tmp_path)
+    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4", "--device",
+                  "cpu", "--extra_args", "--numbr_of_epochs 2", *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train.py: unknown hyperparameter --numbr_of_epochs (closest valid names: number_of_epochs)"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_wrong_type_override_names_the_key_and_value(tmp_path):
+    tiny_dataset(tmp_path)
+    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4", "--device",
+                  "cpu", "--extra_args", "--number_of_epochs two", *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 2, explain(proc)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train.py: invalid hyperparameter --number_of_epochs 'two': expected an integer "
+        "(its YAML default is 15)"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_training_log_has_no_torchvision_warning(tmp_path):
+    """Item 14: SpeechBrain's import-time torchvision warning is filtered (matplotlib draws)."""
+    tiny_dataset(tmp_path)
+    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4",
+                  "--methods", "", "--device", "cpu", "--extra_args",
+                  "--number_of_epochs 1 --num_workers 0", *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    run = tmp_path / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "none" / "seed1"
+    assert (run / "train_info.json").is_file()
+    assert "torchvision" not in proc.stdout + proc.stderr
+    assert "torchvision" not in (run / "log.txt").read_text()
+
+
+# ----- item 11: the cache refusal names run.sh's option and the YAML key ------------------------
+def test_cache_refusal_names_the_run_sh_option_and_the_yaml_key():
+    with pytest.raises(ValueError) as refusal:
+        check_deterministic_inputs({"train_random_crop": False, "augment": True})
+    assert str(refusal.value) == (
+        "The teacher cache cannot be used with random input transforms {'augment': True}: cached "
+        "outputs were computed on the unmodified clips. Run the teacher live instead (run.sh: "
+        "--use_cache false; train.py: --use_teacher_cache False, the YAML key use_teacher_cache) "
+        "or turn these settings off."
+    )
+

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Stage helpers shared by every recipe's run.sh: logging, stage selection, the launcher (one
+# process or torchrun), option checks and evaluate-once. Source it after tools/parse_options.sh:
+#     . "$root/tools/parse_options.sh"
+#     . "$root/tools/stage_helpers.sh"
+# Functions read the caller's option variables by name (stage, stop_stage, ngpu, device, python);
+# an option check is given the option's variable name, which is also its --name. Every error is
+# one line on stderr, "<script>: <what is wrong>", and exit status 1.
+
+# log MESSAGE...: a timestamped progress line on stdout, "YYYY-MM-DD HH:MM:SS [run.sh] MESSAGE".
+log() { echo "$(date '+%F %T') [$(basename "$0")] $*"; }
+
+# die MESSAGE...: the one-line error "<script>: MESSAGE" on stderr, then exit 1.
+die() {
+    echo "$(basename "$0"): $*" >&2
+    exit 1
+}
+
+# want N: true when stage N lies within --stage .. --stop_stage.
+want() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+
+# launch SCRIPT ARGS...: run SCRIPT with $python, or under torchrun (DDP, one process per device)
+# when --ngpu > 1: gloo on CPU, NCCL otherwise.
+launch() {
+    local script=$1
+    shift
+    if [ "$ngpu" -gt 1 ]; then
+        local backend=nccl
+        [[ "$device" == cpu ]] && backend=gloo
+        $python -m torch.distributed.run --standalone --nproc_per_node="$ngpu" "$script" "$@" \
+            --distributed_backend "$backend"
+    else
+        $python "$script" "$@"
+    fi
+}
+
+# ----- option checks: run them right after parsing, before any stage --------------------------
+
+# check_pattern NAME REGEX ALLOWED: --NAME's value must match the extended REGEX; ALLOWED says
+# in words which values are (it ends the error message).
+check_pattern() {
+    local name=$1 regex=$2 allowed=$3
+    [[ "${!name}" =~ $regex ]] || die "invalid --$name '${!name}' (allowed: $allowed)"
+}
+
+# check_choice NAME VALUE...: --NAME must be one of the VALUEs.
+check_choice() {
+    local name=$1 choice
+    shift
+    for choice in "$@"; do
+        [ "${!name}" = "$choice" ] && return 0
+    done
+    die "invalid --$name '${!name}' (allowed: $(IFS='|' && echo "$*"))"
+}
+
+# check_int NAME MIN [MAX]: --NAME must be a whole number >= MIN (and <= MAX).
+check_int() {
+    local name=$1 min=$2 max=${3:-}
+    local allowed="an integer >= $min"
+    [ -n "$max" ] && allowed="an integer from $min to $max"
+    check_pattern "$name" '^[0-9]+$' "$allowed"
+    local value=$((10#${!name}))
+    if [ "$value" -lt "$min" ] || { [ -n "$max" ] && [ "$value" -gt "$max" ]; }; then
+        die "invalid --$name '${!name}' (allowed: $allowed)"
+    fi
+}
+
+# check_ints NAME MIN_COUNT: --NAME must be a space-separated list of at least MIN_COUNT whole
+# numbers (seeds, folds).
+check_ints() {
+    local name=$1 min_count=$2 words=()
+    read -ra words <<<"${!name}"
+    local allowed='integers separated by spaces, e.g. "1 2 3"'
+    [ "$min_count" -gt 0 ] && allowed="$min_count or more $allowed"
+    [ "${#words[@]}" -ge "$min_count" ] || die "invalid --$name '${!name}' (allowed: $allowed)"
+    check_pattern "$name" '^[[:space:]]*([0-9]+[[:space:]]*)*$' "$allowed"
+}
+
+# check_stage_range LAST: --stage and --stop_stage must be stages 0..LAST, in that order.
+check_stage_range() {
+    check_int stage 0 "$1"
+    check_int stop_stage 0 "$1"
+    [ "$stage" -le "$stop_stage" ] ||
+        die "invalid --stage $stage after --stop_stage $stop_stage (allowed: --stage <= --stop_stage)"
+}
+
+# check_yaml_names NAME DIR COUNT: every word of --NAME names a file DIR/<word>.yaml. COUNT is 1
+# (exactly one name), + (one or more) or * (any number). Run it before stage 0, so that a typo
+# stops the run before hours of training rather than when its stage is reached.
+check_yaml_names() {
+    local name=$1 dir=$2 count=$3 words=() word file available=()
+    read -ra words <<<"${!name}"
+    for file in "$dir"/*.yaml; do
+        [ -f "$file" ] && available+=("$(basename "$file" .yaml)")
+    done
+    case "$count:${#words[@]}" in
+        1:1 | +:[1-9]* | \*:*) ;;
+        1:*) die "invalid --$name '${!name}': give exactly one name (available: ${available[*]})" ;;
+        *) die "invalid --$name '${!name}': give at least one name (available: ${available[*]})" ;;
+    esac
+    for word in "${words[@]}"; do
+        [ -f "$dir/$word.yaml" ] ||
+            die "invalid --$name '$word': $dir/$word.yaml not found (available: ${available[*]})"
+    done
+}
+
+# check_writable_dir NAME: the folder --NAME exists and is writable, or can be created. Nothing is
+# left behind: the nearest existing ancestor is probed with a temporary folder, then removed.
+check_writable_dir() {
+    local name=$1 dir probe test_dir
+    dir=${!name} probe=${!name}
+    [ -n "$dir" ] || die "invalid --$name '' (allowed: a folder that can be created and written)"
+    while [ ! -e "$probe" ] && [ ! -L "$probe" ]; do
+        probe=$(dirname "$probe")
+    done
+    if [ -d "$probe" ] && test_dir=$(mktemp -d "$probe/.write_test.XXXXXX" 2>/dev/null); then
+        rmdir "$test_dir"
+        return 0
+    fi
+    die "--$name $dir cannot be created or written ($probe is not a writable folder)"
+}
+
+# ----- stage 7 ----------------------------------------------------------------------------------
+
+# evaluate_once RUN_DIR SCRIPT ARGS...: test RUN_DIR's best-validation checkpoint with
+# "SCRIPT ARGS --output_folder RUN_DIR --test_only", unless its results.json is newer than its
+# train_info.json (evaluated since it last trained). A run that never trained is an error.
+evaluate_once() {
+    local dir=$1 script=$2
+    shift 2
+    if [ -f "$dir/results.json" ] && [ "$dir/results.json" -nt "$dir/train_info.json" ]; then
+        log "stage 7: $dir already evaluated"
+        return 0
+    fi
+    [ -f "$dir/train_info.json" ] || die "$dir is not trained (run its training stage first)"
+    log "stage 7: evaluating $dir"
+    $python "$script" "$@" --output_folder "$dir" --test_only
+}
+
+# json_field FILE KEY: print FILE's top-level KEY (a list as space-separated words).
+json_field() {
+    $python -c 'import json, sys
+value = json.load(open(sys.argv[1]))[sys.argv[2]]
+print(" ".join(map(str, value)) if isinstance(value, list) else value)' "$1" "$2"
+}
