@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ruamel.yaml
@@ -81,7 +81,7 @@ def load_composed(files: list[str | Path], overrides: str | dict | None = None) 
 
 
 def check_overrides(
-    document: str, overrides: str | dict | None, files: list[str | Path] = ()
+    document: str, overrides: str | dict | None, files: Sequence[str | Path] = ()
 ) -> None:
     """Raise ``HparamsError`` for an override that is not a top-level key of ``document`` (naming
     the closest keys) or whose value does not fit the key's int, float or bool default.
@@ -106,7 +106,7 @@ def check_overrides(
             )
 
 
-def _unknown_key_message(key: str, keys: list[str], files: list[str | Path]) -> str:
+def _unknown_key_message(key: str, keys: list[str], files: Sequence[str | Path]) -> str:
     close = difflib.get_close_matches(key, keys, n=3)
     if close:
         return f"unknown hyperparameter --{key} (closest valid names: {', '.join(close)})"

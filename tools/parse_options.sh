@@ -59,7 +59,7 @@ while [ $# -gt 0 ]; do
             ;;
     esac
     _name="${_name//-/_}"
-    # shellcheck disable=SC2086
+    # shellcheck disable=SC2086,SC2116  # echo joins the lines of $options
     if [[ " $(echo ${options:-}) " != *" $_name "* ]]; then
         echo "$0: unknown option --$_name (see --help)" >&2
         exit 1

@@ -6,6 +6,7 @@
 # Functions read the caller's option variables by name (stage, stop_stage, ngpu, device, python);
 # an option check is given the option's variable name, which is also its --name. Every error is
 # one line on stderr, "<script>: <what is wrong>", and exit status 1.
+# shellcheck disable=SC2154  # stage, stop_stage, ngpu, device, python: the caller's options
 
 # log MESSAGE...: a timestamped progress line on stdout, "YYYY-MM-DD HH:MM:SS [run.sh] MESSAGE".
 log() { echo "$(date '+%F %T') [$(basename "$0")] $*"; }

@@ -42,7 +42,9 @@ update_readme data_dir exp_dir python extra_args teacher_args"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
         6 data-free synthesis (not in this recipe yet), 7 evaluate, 8 report"
+# shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
+# shellcheck source=../../tools/stage_helpers.sh
 . "$root/tools/stage_helpers.sh"
 
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
@@ -112,8 +114,11 @@ if want 0; then
         fi
         [ -d "$data_root" ] || die "--data_root $data_root does not exist"
     fi
-    command -v sox >/dev/null && log "SoX found: stage 1 converts audio with SoX" \
-        || log "SoX not found: stage 1 converts with soundfile + torchaudio's resampler"
+    if command -v sox >/dev/null; then
+        log "SoX found: stage 1 converts audio with SoX"
+    else
+        log "SoX not found: stage 1 converts with soundfile + torchaudio's resampler"
+    fi
 fi
 
 if want 1; then
@@ -132,7 +137,7 @@ fi
 
 for fold in $folds; do
     tdir=$(teacher_folder "$fold")
-    # shellcheck disable=SC2046
+    # shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
     if want 2; then
         log "stage 2: teacher $teacher, fold $fold -> $tdir"
         launch train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
@@ -179,7 +184,7 @@ fi
 if want 7; then
     for fold in $folds; do
         tdir=$(teacher_folder "$fold")
-        # shellcheck disable=SC2046
+        # shellcheck disable=SC2046,SC2086
         evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
             --role teacher --seed "$teacher_seed" $teacher_args
         for arch in $students; do
