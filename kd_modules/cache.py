@@ -1,10 +1,31 @@
-"""Teacher-output cache: run the frozen teacher once per utterance, reuse it every KD epoch.
+"""The teacher cache: an on-disk store of the teacher's outputs, per utterance and per view.
 
-A cache lives in ``<root>/<key>/`` where the key hashes the teacher's fingerprint, the feature
-settings and the tapped layers, so a changed teacher or front end can never be served stale
-outputs. Each split is one file ``<split>.pt``: ``{utt_id: {output_name: tensor}}`` with the
-utterance's own (unpadded) frames, plus ``meta.json``. The cache is only valid when the training
-inputs are deterministic, so a run with random crops or augmentation is refused.
+Why a store and not a dict in RAM: VoxCeleb1's IG maps are tens of GB and AudioSet has two million
+clips, so a KD run must read entries per item and never load the cache whole.
+
+Layout of ``<root>/<key>/`` (the key hashes everything that changes the stored outputs, see
+:func:`cache_key`):
+
+- ``shard-r<rank>-<n>.safetensors``: up to ``shard_size`` utterances, written atomically
+  (temporary file, then rename) by the rank that computed them. Tensors are named
+  ``<utt_id>/<view>/<output>`` (the output names of the teacher: ``logits``, ``embedding``,
+  tapped features...), stored in ``dtype`` (half precision by default) with their own unpadded
+  frames, plus ``<utt_id>/<view>/__params__``: the augmentation parameters of that view
+  (:mod:`kd_modules.augment`). The shard's utterance ids are in its safetensors metadata.
+- ``meta.json``: written last, once every rank has finished: the settings, output names, number
+  of views and utterances. A folder without it is an unfinished build, never served.
+
+Why safetensors: one file per shard holds many named tensors of any shape and dtype with a JSON
+header, reads one tensor without reading the rest (memory-mapped), is written in one call (so a
+shard is atomic with a rename), and is a small, well-kept, widely used library with no pickle (a
+cache can be shared without executing code). numpy memmaps would need a hand-made index for
+variable-length entries; HDF5 files are not safe to write from several processes or to kill
+mid-write.
+
+A build killed mid-way keeps every finished shard and resumes after them (it loses at most one
+shard per rank). With top-k storage (``topk`` > 0) only the k largest logits of each view are kept
+(values and class indices, as CED does); reading fills the other classes with the k-th largest
+value, which over-estimates the tail: use it for many-class tasks (AudioSet, VoxCeleb).
 """
 
 from __future__ import annotations
@@ -13,16 +34,21 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
-from kd_modules.dataio import is_placeholder
-from kd_modules.teacher import Teacher
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
+
+PARAMS = "__params__"
+TOPK_VALUES, TOPK_INDICES = "__topk_values__", "__topk_indices__"
+META = "meta.json"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def cache_key(
@@ -30,25 +56,32 @@ def cache_key(
     feature_settings: dict,
     taps: dict[str, str],
     manifest: str | Path | None = None,
+    augmentation: dict | None = None,
+    storage: dict | None = None,
 ) -> str:
-    """Folder name for a teacher + feature front end + taps (+ training manifest) combination.
+    """Folder name for everything that changes the stored outputs.
 
-    With ``manifest``, the file's content is part of the key, so a re-prepared split (other
-    utterance ids) gets a new cache instead of an incomplete old one.
+    The teacher's fingerprint, the front end, the tapped layers, the training manifest's content
+    (a re-prepared split gets a new cache, not an incomplete old one), the augmentation policy
+    with its number of views and seed, and the storage settings (dtype, top-k).
     """
     settings = {"features": feature_settings, "taps": taps}
     if manifest is not None:
         settings["manifest"] = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    if augmentation:
+        settings["augmentation"] = augmentation
+    if storage:
+        settings["storage"] = storage
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return f"{fingerprint}-{digest[:8]}"
 
 
 def check_deterministic_inputs(random_settings: dict) -> None:
-    """Refuse the cache when any input-randomising setting is on (values that are truthy).
+    """Refuse the cache when an input-randomising setting that cannot be replayed is on.
 
-    ``random_settings`` maps a hyperparameter name (e.g. ``train_random_crop``, ``augment``) to its
-    value; a cached teacher output was computed on the clean full clip, so it would be wrong for an
-    augmented or cropped view of it.
+    ``random_settings`` maps a hyperparameter name to its value; a cached teacher output was
+    computed on one stored view of each clip, so a transform drawn afresh by the KD run (and not
+    from the cache's stored parameters) would give the student another input than the teacher's.
     """
     active = {name: value for name, value in random_settings.items() if value}
     if active:
@@ -60,7 +93,163 @@ def check_deterministic_inputs(random_settings: dict) -> None:
         )
 
 
-def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+class ShardWriter:
+    """Collects finished utterances and writes them as atomic safetensors shards of one rank."""
+
+    def __init__(self, folder: Path, rank: int, shard_size: int, dtype: str, topk: int = 0) -> None:
+        self.folder, self.rank, self.shard_size = folder, rank, shard_size
+        self.dtype, self.topk = DTYPES[dtype], topk
+        self.pending: dict[str, torch.Tensor] = {}
+        self.ids: list[str] = []
+        self.outputs: dict = {}  # output names and class count, recorded in every shard
+        self.index = 1 + max(
+            (int(p.stem.split("-")[2]) for p in folder.glob(f"shard-r{rank}-*.safetensors")),
+            default=-1,
+        )
+
+    def add(self, utt_id: str, views: list[tuple[dict, torch.Tensor]]) -> None:
+        """Store one utterance: per view, (output name -> tensor without batch dim, params)."""
+        for view, (outputs, params) in enumerate(views):
+            prefix = f"{utt_id}/{view}/"
+            self.outputs = {
+                "names": sorted(outputs),
+                "n_classes": outputs["logits"].shape[-1] if "logits" in outputs else None,
+            }
+            for name, value in outputs.items():
+                value = value.detach().cpu()
+                if name == "logits" and self.topk:
+                    top = value.float().topk(min(self.topk, value.shape[-1]), dim=-1)
+                    self.pending[prefix + TOPK_VALUES] = top.values.to(self.dtype).contiguous()
+                    self.pending[prefix + TOPK_INDICES] = top.indices.to(torch.int32).contiguous()
+                    continue
+                if value.is_floating_point():
+                    value = value.to(self.dtype)
+                self.pending[prefix + name] = value.contiguous().clone()
+            self.pending[prefix + PARAMS] = params.to(torch.long).contiguous()
+        self.ids.append(utt_id)
+        if len(self.ids) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending utterances as the next shard (temporary file, then rename)."""
+        if not self.ids:
+            return
+        target = self.folder / f"shard-r{self.rank}-{self.index:06d}.safetensors"
+        tmp = self.folder / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        metadata = {"ids": json.dumps(self.ids), "outputs": json.dumps(self.outputs)}
+        save_file(self.pending, str(tmp), metadata=metadata)
+        os.replace(tmp, target)
+        self.index += 1
+        self.pending, self.ids = {}, []
+
+
+def stored_ids(folder: Path) -> dict[str, Path]:
+    """Utterance id -> shard file, over every finished shard of every rank."""
+    index = {}
+    for shard in sorted(folder.glob("shard-r*-*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for utt_id in json.loads(handle.metadata()["ids"]):
+                index[utt_id] = shard
+    return index
+
+
+class TeacherCache:
+    """Read access to a finished store: one utterance view at a time, memory-mapped.
+
+    Only the id -> shard index lives in RAM (tens of bytes an utterance); tensors are read from
+    at most ``max_open`` memory-mapped shards at a time, whose pages are released when a shard
+    leaves that small LRU, so a KD run's memory does not grow with the size of the cache. Safe
+    to use from DataLoader worker processes (each reopens its own handles).
+    """
+
+    def __init__(self, folder: str | Path, max_open: int = 4) -> None:
+        self.folder = Path(folder)
+        meta_file = self.folder / META
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"No finished teacher cache at {self.folder} (run the cache stage, stage 3, "
+                "first; a build that was killed resumes where it stopped)"
+            )
+        self.meta = json.loads(meta_file.read_text())
+        self.names: list[str] = self.meta["names"]
+        self.n_views: int = self.meta["n_views"]
+        self.index = stored_ids(self.folder)
+        self._unreadable = set(self.meta.get("unreadable", []))
+        self.max_open = max_open
+        self._handles: OrderedDict[Path, object] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def unreadable(self, utt_id: str) -> bool:
+        """Whether the cache stage found this clip unreadable (so it stored nothing for it)."""
+        return utt_id in self._unreadable
+
+    def check_covers(self, manifest: str | Path) -> None:
+        """Fail now, not mid-epoch, when utterances of ``manifest`` (a JSON manifest) are absent."""
+        ids = json.loads(Path(manifest).read_text())
+        missing = [utt for utt in ids if utt not in self.index and utt not in self._unreadable]
+        if missing:
+            raise KeyError(
+                f"The teacher cache {self.folder} lacks {len(missing)} of the {len(ids)} "
+                f"utterances of {manifest} (e.g. {missing[:3]}): rebuild it with stage 3"
+            )
+
+    def _handle(self, shard: Path):
+        if os.getpid() != self._pid:  # a forked DataLoader worker: never share mmaps
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+            return self._handles[shard]
+        handle = safe_open(str(shard), framework="pt")
+        self._handles[shard] = handle
+        while len(self._handles) > self.max_open:
+            self._handles.popitem(last=False)
+        return handle
+
+    def read(self, utt_id: str, view: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One view of one utterance: (output name -> float32 tensor, augmentation params)."""
+        if utt_id not in self.index:
+            raise KeyError(
+                f"Utterance {utt_id!r} is not in the teacher cache {self.folder}: rebuild it "
+                "with stage 3"
+            )
+        handle = self._handle(self.index[utt_id])
+        prefix = f"{utt_id}/{view % self.n_views}/"
+        outputs = {}
+        for name in self.names:
+            if name == "logits" and self.meta.get("topk"):
+                outputs[name] = self._full_logits(handle, prefix)
+            else:
+                outputs[name] = handle.get_tensor(prefix + name).float()
+        return outputs, handle.get_tensor(prefix + PARAMS)
+
+    def _full_logits(self, handle, prefix: str) -> torch.Tensor:
+        """Logits ``(C,)`` from the stored top-k values and indices; others get the k-th value."""
+        values = handle.get_tensor(prefix + TOPK_VALUES).float()
+        indices = handle.get_tensor(prefix + TOPK_INDICES).long()
+        full = values.min(dim=-1, keepdim=True).values.expand(
+            *values.shape[:-1], self.meta["n_classes"]
+        )
+        return full.clone().scatter_(-1, indices, values)
+
+    def example(self) -> dict[str, torch.Tensor]:
+        """The outputs of one stored utterance (shapes for a placeholder batch)."""
+        return self.read(next(iter(self.index)))[0]
+
+    def lookup(self, ids: Iterable[str], device="cpu", views: Iterable[int] | None = None) -> dict:
+        """Batch the outputs of ``ids`` (view 0 unless ``views``): name -> (B, ...) zero-padded."""
+        ids = list(ids)
+        views = list(views) if views is not None else [0] * len(ids)
+        rows = [self.read(utt, view)[0] for utt, view in zip(ids, views)]
+        return {name: pad_stack([row[name] for row in rows]).to(device) for name in self.names}
+
+
+def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-utterance tensors, zero-padding every dim to the batch maximum."""
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) == 1:
@@ -72,90 +261,118 @@ def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-class TeacherCache:
-    """Read access to a built cache folder (every split found there is loaded into memory)."""
+def _length_buckets(
+    examples: Iterable[tuple[str, torch.Tensor]],
+    n_views: int,
+    make_view: Callable[[str, torch.Tensor, int], tuple[torch.Tensor, object]],
+    batch_size: int,
+) -> Iterator[list[tuple[str, int, torch.Tensor, object]]]:
+    """Batches of same-length views (no padding ever reaches the teacher).
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        meta_file = self.folder / "meta.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(
-                f"No teacher cache at {self.folder} (run the cache stage, stage 3, first)"
-            )
-        self.meta = json.loads(meta_file.read_text())
-        self.entries: dict[str, dict[str, torch.Tensor]] = {}
-        for split in self.meta["splits"]:
-            self.entries.update(torch.load(self.folder / f"{split}.pt", weights_only=True))
-
-    def __contains__(self, utt_id: str) -> bool:
-        return utt_id in self.entries
-
-    def check_covers(self, manifest: str | Path) -> None:
-        """Fail now, not mid-epoch, when utterances of ``manifest`` (a JSON manifest) are absent."""
-        ids = json.loads(Path(manifest).read_text())
-        missing = [utt for utt in ids if utt not in self.entries]
-        if missing:
-            raise KeyError(
-                f"The teacher cache {self.folder} lacks {len(missing)} of the {len(ids)} "
-                f"utterances of {manifest} (e.g. {missing[:3]}): rebuild it with stage 3"
-            )
-
-    def lookup(self, ids: Iterable[str], device: str | torch.device = "cpu") -> dict:
-        """Batch the cached outputs of ``ids``: each name -> (B, ...) padded with zeros."""
-        ids = list(ids)
-        missing = [utt for utt in ids if utt not in self.entries]
-        if missing:
-            raise KeyError(
-                f"{len(missing)} utterances are not in the teacher cache {self.folder} "
-                f"(e.g. {missing[:3]}): rebuild it with stage 3"
-            )
-        names = self.entries[ids[0]].keys()
-        return {
-            name: _pad_stack([self.entries[utt][name] for utt in ids]).to(device) for name in names
-        }
+    ``make_view(utt_id, sig, view)`` returns the view's waveform (cropped) and its draw state;
+    views wait in one bucket per length, a full bucket is emitted at once, and all buckets are
+    emitted when ``4 × batch_size`` views wait (input sorted by length batches best).
+    """
+    buckets: dict[int, list] = {}
+    waiting = 0
+    for utt_id, sig in examples:
+        for view in range(n_views):
+            wave, state = make_view(utt_id, sig, view)
+            bucket = buckets.setdefault(wave.numel(), [])
+            bucket.append((utt_id, view, wave, state))
+            waiting += 1
+            if len(bucket) >= batch_size:
+                waiting -= len(bucket)
+                yield buckets.pop(wave.numel())
+        if waiting >= 4 * batch_size:
+            yield from buckets.values()
+            buckets, waiting = {}, 0
+    yield from buckets.values()
 
 
 def build_teacher_cache(
-    teacher: Teacher,
-    batches: dict[str, Iterable],
-    features: Callable[[object], tuple[torch.Tensor, torch.Tensor]],
+    teacher: Callable[[torch.Tensor, torch.Tensor], dict],
+    examples: Iterable[tuple[str, torch.Tensor]],
+    views: Callable[[list[tuple[str, int, torch.Tensor, object]]], tuple[torch.Tensor, list]],
+    make_view: Callable[[str, torch.Tensor, int], tuple[torch.Tensor, object]],
     folder: str | Path,
     settings: dict,
+    n_views: int = 1,
+    batch_size: int = 16,
+    shard_size: int = 256,
+    dtype: str = "float16",
+    topk: int = 0,
+    rank: int = 0,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+    barrier: Callable[[], None] = lambda: None,
 ) -> Path:
-    """Run ``teacher`` over every batch of every split and store per-utterance outputs.
+    """Run the teacher over every view of every example and store its outputs.
 
-    ``batches`` maps a split name to an iterable of SpeechBrain ``PaddedBatch``es of ONE utterance
-    each (with ``.id``): without padding the stored outputs are exactly the teacher's outputs on
-    the clip, whatever layout a tapped feature has. ``features(batch)`` returns the teacher's
-    inputs ``(feats (1, T, F), lens (1,))``. A split already stored is skipped, so an interrupted
-    build resumes.
+    ``examples`` yields this rank's share of ``(utt_id, waveform (S,))``, sorted by length for the
+    best batching; an empty waveform marks an unreadable clip (recorded in ``meta.json``, which
+    KD runs consult to skip it). ``make_view`` cuts a view's waveform and returns its draw state;
+    ``views(batch)`` turns a batch of same-length views into the teacher's input features
+    ``(B, T, F)`` (front end + masks) and each view's parameter vector. Utterances already in a
+    finished shard are skipped, so a killed build resumes; ``meta.json`` is written by rank 0
+    after ``barrier()`` once all ranks are done. A finished cache is returned at once.
     """
     folder = Path(folder)
+    if (folder / META).is_file():
+        logger.info("Teacher cache %s is complete", folder)
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.tmp"):  # left by a build killed while writing
+    for stale in folder.glob(".shard-*.tmp"):  # left by a build killed while writing
         logger.info("Removing %s, left by an interrupted cache build", stale)
         stale.unlink()
-    for split, loader in batches.items():
-        target = folder / f"{split}.pt"
-        if target.is_file():
-            logger.info("Teacher cache for %s exists: %s", split, target)
-            continue
-        entries: dict[str, dict[str, torch.Tensor]] = {}
-        for batch in tqdm(loader, desc=f"teacher cache [{split}]", dynamic_ncols=True):
-            if is_placeholder(batch):  # an unreadable clip: no entry (KD runs never look it up)
-                continue
-            if len(batch.id) != 1:
-                raise ValueError("build_teacher_cache needs batches of one utterance (no padding)")
-            outputs = teacher(*features(batch))
-            entries[batch.id[0]] = {
-                name: value[0].cpu().contiguous().clone() for name, value in outputs.items()
-            }
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save(entries, tmp)
-        os.replace(tmp, target)
-        logger.info("Cached teacher outputs of %d %s utterances", len(entries), split)
-    meta = {**settings, "splits": sorted(batches), "fingerprint": teacher.fingerprint}
-    tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, folder / "meta.json")
+    done = set(stored_ids(folder))
+    if done:
+        logger.info("Teacher cache %s: %d utterances stored already, resuming", folder, len(done))
+    writer = ShardWriter(folder, rank, shard_size, dtype, topk)
+    unreadable: list[str] = []
+
+    def readable():
+        for utt, sig in examples:
+            if sig.numel() == 0:
+                unreadable.append(utt)
+            elif utt not in done:
+                yield utt, sig
+
+    finished: dict[str, list] = {}
+    for batch in progress(_length_buckets(readable(), n_views, make_view, batch_size)):
+        feats, params = views(batch)
+        lens = torch.ones(feats.shape[0], device=feats.device)
+        outputs = teacher(feats, lens)
+        for row, (utt_id, view, _, _) in enumerate(batch):
+            entry = {name: value[row] for name, value in outputs.items()}
+            views_of = finished.setdefault(utt_id, [None] * n_views)
+            views_of[view] = (entry, params[row])
+            if all(v is not None for v in views_of):
+                writer.add(utt_id, finished.pop(utt_id))
+    writer.flush()
+    (folder / f"unreadable-r{rank}.json").write_text(json.dumps(unreadable))
+    barrier()
+    if rank == 0:
+        files = folder.glob("unreadable-r*.json")
+        skipped = sorted(utt for file in files for utt in json.loads(file.read_text()))
+        meta = {
+            **settings,
+            **_stored_outputs(folder),
+            "unreadable": skipped,
+            "n_views": n_views,
+            "dtype": dtype,
+            "topk": topk,
+            "utterances": len(stored_ids(folder)),
+        }
+        tmp = folder / f".{META}.tmp"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, folder / META)
     return folder
+
+
+def _stored_outputs(folder: Path) -> dict:
+    """``{names, n_classes}`` recorded in the store's shards."""
+    shard = next(folder.glob("shard-r*-*.safetensors"), None)
+    if shard is None:
+        raise RuntimeError(f"The teacher cache {folder} has no shard: is the training set empty?")
+    with safe_open(str(shard), framework="pt") as handle:
+        return json.loads(handle.metadata()["outputs"])

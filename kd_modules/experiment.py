@@ -9,6 +9,9 @@
 - :func:`training_status` / :func:`require_finished_teacher`: a KD stage refuses a teacher whose
   training has not finished, unless the user says so.
 - :func:`load_teacher_side`: the frozen teacher, and its cache when the run uses one.
+- :func:`run_experiment`: a recipe's ``train.py`` main (lock, run record, train, evaluate), given
+  a :class:`Recipe` (its data pipeline, Brain and results writer); :func:`evaluate_best` and
+  :func:`common_results` give every results.json its checkpoint, cost and provenance fields.
 
 The recipe's hparams follow one contract: ``method``, ``teacher_folder``, ``teacher_taps``,
 ``teacher_selection`` (``{max_key: ...}`` or ``{min_key: ...}``), ``use_teacher_cache``,
@@ -20,20 +23,26 @@ Nothing here knows a dataset.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.dataio import write_json_atomic
 from kd_modules.teacher import Teacher
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 RUN_RECORD = "run_record.json"
@@ -54,7 +63,9 @@ class UnfinishedTeacherError(RuntimeError):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
+def folder_lock(
+    folder: str | Path, what: str = "run folder", name: str = LOCK_NAME
+) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) while the block runs.
 
     The lock is ``fcntl.flock`` on ``folder/.lock``: the kernel releases it when the holder dies,
@@ -63,7 +74,7 @@ def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the whole block
+    handle = open(folder / name, "a+")  # noqa: SIM115 - held for the whole block
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -233,14 +244,18 @@ def require_finished_teacher(teacher_folder: str | Path, allow_unfinished: bool)
 
 
 def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
-    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps and the
-    training manifest (a re-prepared split gets a new cache). Refuses randomised inputs."""
+    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps, the
+    training manifest (a re-prepared split gets a new cache), the replayed augmentation (policy,
+    views, seed) and the storage (dtype, top-k). Refuses random transforms it cannot replay."""
     check_deterministic_inputs(hparams["random_input_settings"])
+    replay = hparams.get("view_replay")
     key = cache_key(
         teacher.fingerprint,
         hparams["feature_settings"],
         hparams["teacher_taps"],
         manifest=hparams["train_annotation"],
+        augmentation=replay.settings() if replay is not None else None,
+        storage={"dtype": hparams.get("cache_dtype"), "topk": hparams.get("cache_topk")},
     )
     return Path(hparams["exp_root"]) / "cache" / key
 
@@ -263,3 +278,259 @@ def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | Non
     cache = TeacherCache(teacher_cache_folder(hparams, teacher))
     cache.check_covers(hparams["train_annotation"])
     return teacher, cache
+
+
+# ----- the train.py skeleton every recipe shares -------------------------------------------------
+
+
+def manifest_files(hparams: dict, splits: tuple[str, ...] = ("train", "valid", "test")) -> dict:
+    """Split name -> manifest file of the run (hparams ``<split>_annotation``)."""
+    return {split: hparams[f"{split}_annotation"] for split in splits}
+
+
+@dataclass
+class Recipe:
+    """What a recipe's ``train.py`` adds to :func:`run_experiment`: its data, Brain and results.
+
+    ``dataio_prepare(hparams) -> {split: dataset}``; ``make_brain(hparams, run_opts, teacher,
+    cache) -> DistillBrain``; ``write_results(brain, hparams, datasets, train_info)`` evaluates
+    and writes results.json; ``splits(hparams)`` names the manifests the run is trained and
+    tested on (recorded in the run folder).
+    """
+
+    dataio_prepare: Callable[[dict], dict]
+    make_brain: Callable[..., Any]
+    write_results: Callable[[Any, dict, dict, dict], None]
+    splits: Callable[[dict], tuple[str, ...]] = lambda hparams: ("train", "valid", "test")
+
+
+def run_record(hparams: dict, teacher: Teacher | None, splits: tuple[str, ...]) -> dict:
+    """What a run folder trains on: the manifests, stage 1's settings and the teacher."""
+    return {
+        "data": data_record(manifest_files(hparams, splits), hparams["prepare_settings"]),
+        "teacher_fingerprint": teacher.fingerprint if teacher is not None else None,
+    }
+
+
+def train_run(brain, hparams: dict, datasets: dict, teacher, cache, record: dict) -> None:
+    """Fit (or resume) the run; keep train_info.json honest about time, teacher and progress."""
+    from speechbrain.utils.distributed import if_main_process
+
+    output = Path(hparams["output_folder"])
+    epochs = hparams["number_of_epochs"]
+    status = training_status(output)
+    info = {
+        "teacher_fingerprint": record["teacher_fingerprint"],
+        "teacher_checkpoint": getattr(teacher, "checkpoint", None),
+        "teacher_cache": str(cache.folder) if cache else None,
+        "data": record["data"],
+        "epochs": epochs,
+    }
+    finished_before = status["finished"] and status["epochs"] == epochs
+    with SessionClock(output) if if_main_process() else contextlib.nullcontext():
+        if not finished_before and if_main_process():  # a KD stage must not take it as done
+            record_training(output, {**status, **info, "finished": False})
+        brain.fit(
+            brain.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=hparams["train_dataloader_options"],
+            valid_loader_kwargs=hparams["eval_dataloader_options"],
+        )
+    if if_main_process() and (brain.train_epochs_run or not finished_before):
+        done = brain.hparams.epoch_counter.current
+        record_training(output, {**info, "epochs_done": done, "finished": done >= epochs})
+
+
+def build_brain(brain_class, hparams: dict, run_opts, teacher=None, cache=None, checkpoints=True):
+    """The run's Brain (a DistillBrain subclass) from the composed hparams' standard keys; the
+    cache, when given, replaces the live teacher; ``checkpoints=False`` writes nothing."""
+    return brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"] if checkpoints else None,
+        teacher=None if cache is not None else teacher,
+        kd_losses=hparams["kd_losses"],
+        kd_weights=hparams["kd_weights"],
+        student_taps=hparams["student_taps"],
+        teacher_cache=cache,
+        history_file=hparams["history_file"] if checkpoints else None,
+        augmentation=hparams.get("augmentation"),
+        view_replay=hparams.get("view_replay"),
+    )
+
+
+def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
+    """A recipe's ``train.py`` main: compose the YAML, lock the run folder, check its record,
+    train (unless ``--test_only``) and evaluate (unless ``skip_test``)."""
+    import speechbrain as sb
+    from speechbrain.utils.distributed import if_main_process, run_on_main
+
+    from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
+
+    files, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_composed(files, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    output = Path(hparams["output_folder"])
+    with folder_lock(output) if if_main_process() else contextlib.nullcontext():
+        composed = output / "composed.yaml"
+        run_on_main(write_composed, args=[files, composed])
+        sb.create_experiment_directory(
+            hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
+        )
+        datasets = recipe.dataio_prepare(hparams)
+        teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
+        if cache is not None:  # the training clips come with their cached views
+            hparams["view_replay"].attach(datasets["train"], cache)
+        record = run_record(hparams, teacher, recipe.splits(hparams))
+        run_on_main(check_run_record, args=[output, record])
+        brain = recipe.make_brain(hparams, run_opts, teacher, cache)
+        if not run_opts["test_only"]:
+            train_run(brain, hparams, datasets, teacher, cache, record)
+        if not hparams["skip_test"]:
+            recipe.write_results(brain, hparams, datasets, training_status(output))
+
+
+# ----- evaluation and results.json ---------------------------------------------------------------
+
+
+def evaluate_best(brain, dataset, hparams: dict, key: str) -> bool:
+    """Test the best-validation checkpoint (largest ``key``) on ``dataset``; True on the main
+    process, which alone writes results (the test split never selects a checkpoint)."""
+    from speechbrain.utils.distributed import if_main_process
+
+    brain.evaluate(dataset, max_key=key, test_loader_kwargs=hparams["eval_dataloader_options"])
+    return if_main_process()
+
+
+def example_features(brain, dataset) -> tuple:
+    """Features ``(1, T, F)`` and lengths of the first clip of ``dataset``, on the CPU, for the
+    MACs and latency figures."""
+    from speechbrain.dataio.dataloader import make_dataloader
+
+    collate = brain.hparams.eval_dataloader_options["collate_fn"]
+    batch = next(iter(make_dataloader(dataset, batch_size=1, collate_fn=collate)))
+    feats, lens = brain.compute_features(batch.to(brain.device))
+    return feats.cpu(), lens.cpu()
+
+
+def common_results(
+    brain, hparams: dict, train_info: dict, example_set, key: str, started: float, splits
+) -> dict:
+    """The results.json fields every recipe writes, for the checkpoint with the largest ``key``.
+
+    ``example_set`` gives the clip the MACs and latency are measured on; ``started`` is when the
+    evaluation began (``time.time()``), added to the training wall time; ``splits`` names the
+    manifests. The recipe adds ``task``, ``dataset``, ``metrics`` and its own fields.
+    """
+    from kd_modules.brains.distill import unwrap_module
+    from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
+    from kd_modules.results import git_commit, versions  # results imports this module
+    from kd_modules.teacher import fingerprint_module
+
+    best = brain.checkpointer.find_checkpoint(max_key=key)
+    model = copy.deepcopy(unwrap_module(brain.modules.model)).cpu()
+    feats, lens = example_features(brain, example_set)
+    history_file = Path(hparams["history_file"])
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    epoch_times = [h["time_s"] for h in history if h["stage"] == "train"]
+    manifests = manifest_files(hparams, splits)
+    return {
+        **{name: hparams[name] for name in ("role", "method", "arch", "seed", "fold")},
+        "params": count_params(model),
+        "macs": count_macs(model, feats, lens),
+        "latency_ms": cpu_latency_ms(model, feats, lens),
+        "latency_input_s": feats.shape[1] * hparams["hop_length"] / 1000.0,
+        "checkpoint": str(best.path),
+        "selection": (
+            f"best validation {key} {best.meta[key]:.4f} at epoch {best.meta['epoch']} of "
+            f"{hparams['number_of_epochs']} (the test split is never used for selection)"
+        ),
+        "teacher_fingerprint": train_info["teacher_fingerprint"],
+        "model_fingerprint": fingerprint_module(model),
+        "data": train_info.get("data"),
+        "data_files": {
+            "manifests": {split: str(Path(path).resolve()) for split, path in manifests.items()},
+            "prepare_settings": str(Path(hparams["prepare_settings"]).resolve()),
+        },
+        "versions": versions(),
+        "git_commit": git_commit(Path(__file__).parent),
+        "wall_time_s": training_wall_time_s(hparams["output_folder"]) + (time.time() - started),
+        "epoch_time_s": sum(epoch_times) / len(epoch_times) if epoch_times else None,
+        "epochs": len(epoch_times),
+    }
+
+
+# ----- stage 3: the teacher cache ----------------------------------------------------------------
+
+
+def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dict]) -> Path:
+    """A recipe's stage-3 main: run the frozen teacher once over ``cache_views`` seeded views of
+    every training clip and store its outputs and tapped features where KD runs with
+    ``use_teacher_cache`` look for them; under torchrun each rank computes its share and writes
+    its own shards. With ``check_cache`` N > 0 it then re-runs the live teacher on N random
+    cached clips and fails loudly on any difference. Takes the arguments of a KD run of
+    train.py (hparams ``view_replay``, ``cache_batch_size``, ``cache_shard_size``, ``cache_dtype``,
+    ``cache_topk``, ``check_cache``)."""
+    import random
+
+    import speechbrain as sb
+    import torch.distributed as dist
+    from speechbrain.utils.distributed import if_main_process
+    from tqdm import tqdm
+
+    from kd_modules.cache import TeacherCache, build_teacher_cache
+    from kd_modules.hparams import load_composed, parse_recipe_arguments
+    from kd_modules.replay import verify_cache
+
+    files, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_composed(files, overrides)
+    if hparams["method"] == "none":
+        raise SystemExit("the cache stage needs a KD composition (kd/*.yaml with a teacher)")
+    sb.utils.distributed.ddp_init_group(run_opts)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = run_opts["device"]
+    teacher = load_teacher(hparams).to(device)
+    replay = hparams["view_replay"]
+    replay.front_end.to(device)
+    folder = teacher_cache_folder(hparams, teacher)
+    dataset = dataio_prepare(hparams)["train"]
+    position = {utt: i for i, utt in enumerate(dataset.data_ids)}
+    order = sorted(dataset.data_ids, key=lambda utt: dataset.data[utt]["duration"])
+
+    def signal(utt: str):
+        return dataset[position[utt]]["sig"]
+
+    def examples():  # this rank's share, shortest first: same-length views batch together
+        for utt in order[rank::world]:
+            yield utt, signal(utt)
+
+    settings = {
+        "feature_settings": hparams["feature_settings"],
+        "teacher_taps": hparams["teacher_taps"],
+        "teacher_folder": str(hparams["teacher_folder"]),
+        "teacher_checkpoint": teacher.checkpoint,
+        "augmentation": replay.settings(),
+    }
+    views = lambda batch: replay.features(batch, device)  # noqa: E731
+    with folder_lock(folder, what="teacher cache folder", name=f"{LOCK_NAME}-r{rank}"):
+        build_teacher_cache(
+            teacher, examples(), views, replay.make_view, folder, settings,
+            n_views=replay.n_views, batch_size=hparams["cache_batch_size"],
+            shard_size=hparams["cache_shard_size"], dtype=hparams["cache_dtype"],
+            topk=hparams["cache_topk"], rank=rank,
+            progress=lambda it: tqdm(it, desc=f"teacher cache (rank {rank})", unit="batch",
+                                     disable=not if_main_process()),
+            barrier=dist.barrier if distributed else lambda: None,
+        )  # fmt: skip
+    if hparams["check_cache"] > 0 and if_main_process():
+        cache = TeacherCache(folder)
+        count = min(hparams["check_cache"], len(cache))
+        chosen = random.Random(0).sample(sorted(cache.index), count)
+        worst = verify_cache(cache, teacher, replay, {u: signal(u) for u in chosen}, device)
+        logger.info("check_cache: %d cached clips match the live teacher (largest relative "
+                    "error %.2g)", len(chosen), worst)  # fmt: skip
+    return folder

@@ -2,9 +2,10 @@
 
 Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``label_id``
 (``(B, 1)`` class ids), and hparams ``compute_features`` (waveforms -> ``(B, T, F)``) and
-``normalize`` (``(feats, lens) -> feats``); with ``augment: True`` the training features also go
-through ``time_mask`` and ``freq_mask`` (SpecAugment-style). Validation accuracy selects the
-checkpoint.
+``normalize`` (``(feats, lens) -> feats``). Training features go through the run's augmentation
+(``DistillBrain.augment_features``: masks drawn afresh, or replayed from the teacher cache) and,
+with ``mixup_alpha`` > 0, mixup (inputs, teacher outputs and the cross-entropy's targets share λ
+and the pairing). Validation accuracy selects the checkpoint.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class ClassificationBrain(DistillBrain):
     def compute_features(self, batch, stage: sb.Stage = sb.Stage.TEST):
         """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative lengths ``(B,)``."""
         wavs, lens = batch.sig
+        if stage == sb.Stage.TRAIN and getattr(self.hparams, "speed_perturb", False):
+            wavs = self.hparams.speed_perturber(wavs)  # not replayable: refused with a cache
+        wavs, lens = self.augment_waveforms(batch, wavs, lens, stage)
         feats = filterbanks(self.hparams.compute_features, self.hparams.normalize, wavs, lens)
-        if stage == sb.Stage.TRAIN and getattr(self.hparams, "augment", False):
-            feats = self.hparams.freq_mask(self.hparams.time_mask(feats))
-        return feats, lens
+        return self.augment_features(batch, feats, lens, stage), lens
 
     def compute_forward(self, batch, stage: sb.Stage):
         """Student outputs, teacher outputs (KD training only) and lengths.
@@ -48,10 +50,16 @@ class ClassificationBrain(DistillBrain):
         self.count_skipped(batch)
         placeholder = is_placeholder(batch)
         feats, lens = self.compute_features(batch, stage)
+        self.mixing = mixing = self.draw_mixup(stage, feats.shape[0])  # for compute_objectives
+        if mixing is not None:
+            lam, perm = mixing
+            feats = lam * feats + (1.0 - lam) * feats[perm]
         student = self.student_forward(feats, lens, placeholder=placeholder)
         teacher = None
         if stage == sb.Stage.TRAIN and self.distilling:
-            teacher = self.teacher_forward(batch.id, feats, lens, placeholder=placeholder)
+            teacher = self.teacher_forward(
+                batch.id, feats, lens, placeholder=placeholder, batch=batch, mixing=mixing
+            )
         return student, teacher, lens
 
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
@@ -60,9 +68,14 @@ class ClassificationBrain(DistillBrain):
         A placeholder batch gives an exact 0 (``placeholder_loss``) and no terms or accuracy.
         """
         student, teacher, lens = predictions
+        mixing = self.mixing if stage == sb.Stage.TRAIN else None
         targets = batch.label_id.data.reshape(-1)  # (B,): never 0-d, even for one clip
         smoothing = getattr(self.hparams, "label_smoothing", 0.0)
         loss = F.cross_entropy(student["logits"], targets, label_smoothing=smoothing)
+        if mixing is not None:
+            lam, perm = mixing
+            mixed = F.cross_entropy(student["logits"], targets[perm], label_smoothing=smoothing)
+            loss = lam * loss + (1.0 - lam) * mixed
         if is_placeholder(batch):
             return self.placeholder_loss(loss, student, teacher, lens, targets)
         self.log_terms(ce=loss)

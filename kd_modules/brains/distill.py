@@ -26,8 +26,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from kd_modules.augment import AugmentPolicy, mix
 from kd_modules.cache import TeacherCache
 from kd_modules.dataio import write_json_atomic
+from kd_modules.replay import ViewReplay
 from kd_modules.taps import FeatureTaps
 from kd_modules.teacher import Teacher
 
@@ -150,8 +152,11 @@ class DistillBrain(sb.Brain):
     ``self.modules``), ``kd_losses``/``kd_weights`` (the KD terms, adapters optimised and
     checkpointed with the student), ``student_taps`` (name -> dotted path of student features),
     ``teacher_cache`` (a ``TeacherCache`` replacing the live teacher), ``history_file`` (JSON list
-    of per-epoch statistics, for curves and the results table). With no teacher and no cache it
-    is a plain supervised Brain (teachers and students-alone use it too).
+    of per-epoch statistics, for curves and the results table), ``augmentation`` (the run's
+    :class:`~kd_modules.augment.AugmentPolicy`, whose masks :meth:`augment_features` applies in
+    training) and ``view_replay`` (the :class:`~kd_modules.replay.ViewReplay` whose views a
+    cached KD run replays; told the epoch). With no teacher and no cache it is a plain supervised
+    Brain (teachers and students-alone use it too).
     """
 
     def __init__(
@@ -167,6 +172,8 @@ class DistillBrain(sb.Brain):
         student_taps: dict[str, str] | None = None,
         teacher_cache: TeacherCache | None = None,
         history_file: str | Path | None = None,
+        augmentation: AugmentPolicy | None = None,
+        view_replay: ViewReplay | None = None,
     ) -> None:
         modules = dict(modules or {})
         if "model" not in modules:
@@ -181,12 +188,15 @@ class DistillBrain(sb.Brain):
         super().__init__(modules, opt_class, hparams or {}, run_opts, checkpointer)
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_cache = teacher_cache
+        self.augmentation = augmentation
+        self.view_replay = view_replay
         self.distilling = bool(kd_objective.losses)
         self._student_paths = dict(student_taps or {})
         self._student_taps: FeatureTaps | None = None
         self.history_file = Path(history_file) if history_file else None
         self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
         self._step_terms: dict[str, tuple[float, float]] = {}  # name -> (weight, weighted value)
+        self.mixing: tuple[float, torch.Tensor] | None = None  # mixup of the current batch
 
     @property
     def skipped_clips(self) -> int:
@@ -223,24 +233,82 @@ class DistillBrain(sb.Brain):
         outputs.update(self._student_taps.features)
         return outputs
 
+    def augment_waveforms(self, batch, wavs: torch.Tensor, lens: torch.Tensor, stage) -> tuple:
+        """Training waveforms ``(B, S)`` through the run's random crop: ``(wavs, lens)``.
+
+        A batch that replays cached views crops at their stored starts; otherwise each start is
+        drawn afresh (the run's seeded generator) inside the clip's own samples.
+        """
+        policy = self.augmentation
+        if stage != sb.Stage.TRAIN or policy is None or not policy.crop_samples:
+            return wavs, lens
+        n_samples = (lens * wavs.shape[1]).round().long()
+        stored = getattr(batch, "aug_params", None)
+        if stored is not None:
+            starts = stored.data[:, 0]
+        else:
+            starts = torch.tensor([policy.draw_crop(None, int(n)) for n in n_samples])
+        return policy.crop_batch(wavs, n_samples, starts)
+
+    def augment_features(self, batch, feats: torch.Tensor, lens: torch.Tensor, stage):
+        """Training features ``(B, T, F)`` through the run's time/frequency masks.
+
+        A batch that replays cached views carries their stored parameters (``aug_params``,
+        ``(B, P)``), so the student gets exactly the teacher's view; otherwise masks are drawn
+        afresh (from the run's seeded generator) inside each clip's valid frames.
+        """
+        if stage != sb.Stage.TRAIN or self.augmentation is None:
+            return feats
+        stored = getattr(batch, "aug_params", None)
+        if stored is not None:
+            params = stored.data
+        else:
+            params = self.augmentation.live_masks(lens, feats.shape[1], feats.shape[2])
+        return self.augmentation.mask(feats, params)
+
+    def draw_mixup(self, stage, batch_size: int) -> tuple[float, torch.Tensor] | None:
+        """``(λ, pairing)`` for mixup in training (hparam ``mixup_alpha`` > 0), else None."""
+        alpha = float(getattr(self.hparams, "mixup_alpha", 0.0) or 0.0)
+        if stage != sb.Stage.TRAIN or alpha <= 0 or batch_size < 2:
+            return None
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        return lam, torch.randperm(batch_size, device=self.device)
+
     def teacher_forward(
-        self, ids: list[str], feats: torch.Tensor, lens: torch.Tensor, placeholder: bool = False
+        self,
+        ids: list[str],
+        feats: torch.Tensor,
+        lens: torch.Tensor,
+        placeholder: bool = False,
+        batch=None,
+        mixing: tuple[float, torch.Tensor] | None = None,
     ) -> dict:
         """The teacher's outputs for the batch: from the cache when there is one, else live.
 
-        For a ``placeholder`` batch the cache returns zeros shaped like one cached utterance's
-        outputs, ``(B, ...)``: its ids are unreadable clips, which stage 3 never cached, and its
-        loss is multiplied by 0, so only shapes matter (KD losses align teacher and student frames).
+        Cached outputs come with the batch (``teacher_<name>``, read by the data pipeline for the
+        epoch's view; :mod:`kd_modules.replay`); without a ``batch`` they are looked up by id (view
+        0). With ``mixing`` (mixup's λ and pairing) the live teacher sees the mixed ``feats`` as the
+        student does, and cached outputs are mixed with the same λ and pairing. For a
+        ``placeholder`` batch the cache gives zeros shaped like one cached utterance's outputs,
+        ``(B, ...)``: its loss is multiplied by 0, so only shapes matter.
         """
-        if self.teacher_cache is not None and placeholder:
-            stand_in = next(iter(self.teacher_cache.entries))
-            outputs = self.teacher_cache.lookup([stand_in] * len(ids), self.device)
-            return {name: torch.zeros_like(value) for name, value in outputs.items()}
-        if self.teacher_cache is not None:
-            return self.teacher_cache.lookup(ids, self.device)
-        if self.teacher is None:
-            raise RuntimeError("teacher_forward called but this Brain has no teacher")
-        return self.teacher(feats, lens)
+        cache = self.teacher_cache
+        if cache is None:
+            if self.teacher is None:
+                raise RuntimeError("teacher_forward called but this Brain has no teacher")
+            return self.teacher(feats, lens)
+        if placeholder:
+            example = cache.example()
+            return {
+                name: value.new_zeros(len(ids), *value.shape).to(self.device)
+                for name, value in example.items()
+            }
+        if batch is not None and hasattr(batch, f"teacher_{cache.names[0]}"):
+            outputs = {name: getattr(batch, f"teacher_{name}").data for name in cache.names}
+            outputs = {name: value.to(self.device) for name, value in outputs.items()}
+        else:
+            outputs = cache.lookup(ids, self.device)
+        return mix(outputs, *mixing) if mixing is not None else outputs
 
     def distill_loss(self, student_out: dict, teacher_out: dict, lens, targets) -> torch.Tensor:
         """Weighted sum of the KD terms; each term is logged by name (``kd_<name>``).
@@ -340,6 +408,8 @@ class DistillBrain(sb.Brain):
         ``step``) continues the sums saved with it instead.
         """
         self.progress.reset(epoch)
+        if stage == sb.Stage.TRAIN and self.view_replay is not None:
+            self.view_replay.epoch = epoch  # before the loader forks its workers for the epoch
         if stage == sb.Stage.TRAIN and self.step > 0 and self.progress.resume(epoch):
             logger.info("Epoch %s resumed at step %d with its term sums", epoch, self.step)
         self.epoch = epoch

@@ -24,6 +24,9 @@ seeds="1"                     # student seeds (integers, e.g. "1 2 3")
 ngpu=1                        # > 1 launches torchrun (DDP), one process per device
 device=auto                   # auto | cpu | cuda | cuda:N
 use_cache=true                # true | false: KD students read stage 3's teacher cache
+augment=true                  # true | false: every run trains with SpecAugment-style masks; KD
+                              # students replay the teacher's cached views (kd_modules.augment)
+check_cache=0                 # stage 3: re-run the live teacher on N cached clips and compare
 allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
 sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
@@ -34,10 +37,11 @@ data_dir=data                 # prepared manifests (stage 1)
 exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
 python=python3                # the Python interpreter that has kd_modules' requirements
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
-teacher_args="--augment True" # overrides for the teacher only (stage 2): SpecAugment-style masking
+teacher_args=""               # overrides for the teacher only (stage 2)
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache allow_unfinished_teacher sample_rate convert min_duration_s download
+seeds ngpu device use_cache augment check_cache allow_unfinished_teacher sample_rate convert
+min_duration_s download
 update_readme data_dir exp_dir python extra_args teacher_args"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
@@ -60,6 +64,8 @@ check_ints seeds 1
 check_int ngpu 1
 check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
 check_choice use_cache true false
+check_choice augment true false
+check_int check_cache 0
 check_choice allow_unfinished_teacher true false
 check_int sample_rate 1
 check_choice convert auto sox soundfile none
@@ -86,6 +92,7 @@ if [ "$device" = auto ]; then
     device=$($python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 fi
 cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
+augment_flag=$([ "$augment" = true ] && echo True || echo False)
 unfinished_args=()
 [ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
 
@@ -94,7 +101,7 @@ fold_args() {
     local fold=$1
     echo "--data_folder $data_dir/$dataset/fold$fold --dataset $dataset --fold $fold" \
         "--n_classes $n_classes --exp_root $exp_dir --device $device" \
-        "--sample_rate $sample_rate $extra_args"
+        "--sample_rate $sample_rate --augment $augment_flag $extra_args"
 }
 teacher_folder() { echo "$exp_dir/$dataset/fold$1/teacher/$teacher/none/seed$teacher_seed"; }
 student_folder() { echo "$exp_dir/$dataset/fold$1/student/$2/$3/seed$4"; }
@@ -151,7 +158,7 @@ for fold in $folds; do
             # shellcheck disable=SC2046
             $python cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
                 $(fold_args "$fold") --output_folder "$tdir" --teacher_folder "$tdir" \
-                "${unfinished_args[@]}"
+                --check_cache "$check_cache" "${unfinished_args[@]}"
         done
     fi
     for arch in $students; do

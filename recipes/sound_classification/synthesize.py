@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Stage 6, data-free KD: synthesise a pool of log-Mel spectrograms from the teacher, then distil
+a student on the pool alone (validated and tested on real clips).
+
+    python synthesize.py hparams/common.yaml hparams/student/xvector_small.yaml \
+        hparams/synthesis/frami.yaml hparams/kd/frami.yaml --data_folder data/fsdd/fold1 \
+        --n_classes 10 --teacher_folder exp/fsdd/fold1/teacher/xvector_large/none/seed1 \
+        --pool_folder exp/fsdd/fold1/pool/xvector_large_seed1/frami/seed1 \
+        --output_folder exp/fsdd/fold1/student/xvector_small/frami/seed1
+
+The pool (``kd_modules.synthesis.pool``) is built once per synthesiser, teacher and seed and
+shared by the methods that use it (FRAMI with and without hidden-state reuse); a killed synthesis
+resumes at its first unwritten batch. Under torchrun each rank synthesises its share of the pool
+and the KD runs as DDP. The real training clips are never read here: only the teacher saw them.
+``--test_only`` evaluates a finished run (stage 7), ``--skip_test True`` trains only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.utils.data_pipeline import provides, takes
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from kd_modules.brains.classification import filterbanks
+from kd_modules.brains.datafree import DataFreeBrain
+from kd_modules.dataio import read_json
+from kd_modules.experiment import (
+    SessionClock,
+    build_brain,
+    check_run_record,
+    file_sha256,
+    folder_lock,
+    load_teacher,
+    run_record,
+    train_run,
+    training_status,
+    training_wall_time_s,
+)
+from kd_modules.hparams import load_composed, parse_recipe_arguments, run_main, write_composed
+from kd_modules.results import write_results
+from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402
+
+logger = logging.getLogger(__name__)
+REAL_EXAMPLES = "real_examples.pt"  # one real clip's features per class, for the figure
+
+
+def plan_of(hparams: dict) -> list:
+    """The pool's batches, from its keys."""
+    return pool_plan(
+        hparams["n_classes"], hparams["samples_per_class"], hparams["synthesis_batch_size"],
+        hparams["min_frames"], hparams["max_frames"], hparams["synthesis_seed"],
+    )  # fmt: skip
+
+
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if rank_and_world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def save_real_examples(hparams: dict, dataset: DynamicItemDataset, path: Path) -> None:
+    """Features (T, F) of the first validation clip of each class, beside the pool."""
+    examples = {}
+    for index in range(len(dataset)):
+        item = dataset[index]
+        label = int(item["label_id"])
+        if label not in examples and item["sig"].numel():
+            wav = item["sig"].unsqueeze(0)
+            feats = filterbanks(hparams["compute_features"], hparams["normalize"], wav,
+                                torch.ones(1))  # fmt: skip
+            examples[label] = feats[0]
+    torch.save(examples, path)
+
+
+def build_pool(hparams: dict, run_opts: dict, teacher, valid_set) -> SyntheticPool:
+    """Synthesise (or finish, or reuse) the run's pool; every rank returns once it is complete."""
+    folder = Path(hparams["pool_folder"])
+    pool, plan = SyntheticPool(folder), plan_of(hparams)
+    synthesizer = hparams["synthesizer"](teacher=teacher.model, device=run_opts["device"])
+    record = {"teacher_fingerprint": teacher.fingerprint, "synthesizer": synthesizer.settings(),
+              "plan": [[b.index, list(b.targets), b.frames, b.seed] for b in plan]}  # fmt: skip
+    rank, world = rank_and_world()
+    main = if_main_process()
+    with folder_lock(folder, "synthetic pool") if main else contextlib.nullcontext():
+        run_on_main(check_run_record, args=[folder, record])
+        if not pool.complete(plan):
+            with SessionClock(folder) if main else contextlib.nullcontext():
+                synthesize_pool(synthesizer, pool, plan, rank, world, progress=main)
+                barrier()
+            if main:
+                pool.merge(plan)
+                save_real_examples(hparams, valid_set, folder / REAL_EXAMPLES)
+        barrier()
+    return pool
+
+
+def pool_summary(pool: SyntheticPool) -> dict:
+    """What the results table reports for a data-free run: time and size of its pool."""
+    record = read_json(pool.folder / "run_record.json")
+    return {
+        "synthesizer": record["synthesizer"]["name"],
+        "pool": str(pool.folder.resolve()),
+        "samples": len(pool.manifest()),
+        "wall_time_s": training_wall_time_s(pool.folder),
+        "manifest_sha256": file_sha256(pool.manifest_file),
+    }
+
+
+def pool_dataset(pool: SyntheticPool) -> DynamicItemDataset:
+    """The pool as a dataset of ``feats`` (T, F) and ``label_id`` (the synthesis target)."""
+    data = {
+        sample_id: {"path": str(pool.folder / entry["path"]), "label_id": entry["label_id"]}
+        for sample_id, entry in pool.manifest().items()
+    }
+
+    @takes("path")
+    @provides("feats")
+    def load(path: str) -> torch.Tensor:
+        return torch.load(path, map_location="cpu")
+
+    @takes("label_id")
+    @provides("label_id")
+    def label(label_id: int) -> torch.Tensor:
+        return torch.LongTensor([label_id])
+
+    return DynamicItemDataset(data, dynamic_items=[load, label],
+                              output_keys=["id", "feats", "label_id"])  # fmt: skip
+
+
+def write_datafree_results(brain, hparams: dict, datasets: dict, pool: SyntheticPool) -> None:
+    """The recipe's results.json, plus the pool's synthesis time and size."""
+    output = Path(hparams["output_folder"])
+    write_run_results(brain, hparams, datasets, training_status(output))
+    if if_main_process():
+        results = read_json(output / "results.json")
+        results["synthesis"] = pool_summary(pool)
+        write_results(output / "results.json", results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    files, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_composed(files, overrides)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    output = Path(hparams["output_folder"])
+    with folder_lock(output) if if_main_process() else contextlib.nullcontext():
+        composed = output / "composed.yaml"
+        run_on_main(write_composed, args=[files, composed])
+        sb.create_experiment_directory(
+            hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
+        )
+        datasets = dataio_prepare(hparams)  # real valid/test only: "train" is replaced below
+        teacher = None if run_opts["test_only"] else load_teacher(hparams)
+        if teacher is not None:
+            pool = build_pool(hparams, run_opts, teacher, datasets["valid"])
+        else:
+            pool = SyntheticPool(hparams["pool_folder"])
+        datasets["train"] = pool_dataset(pool)
+        record = run_record(hparams, teacher, SPLITS)
+        record["pool_manifest"] = file_sha256(pool.manifest_file)
+        run_on_main(check_run_record, args=[output, record])
+        hparams["train_dataloader_options"] = hparams["pool_dataloader_options"]
+        brain = build_brain(DataFreeBrain, hparams, run_opts, teacher)
+        if not run_opts["test_only"]:
+            train_run(brain, hparams, datasets, teacher, None, record)
+        if not hparams["skip_test"]:
+            write_datafree_results(brain, hparams, datasets, pool)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

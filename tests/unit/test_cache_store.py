@@ -1,0 +1,210 @@
+"""The on-disk teacher cache and seeded augmentation replay, on real FSDD clips.
+
+The teacher is the recipe's x-vector (random weights are enough: the cache must reproduce whatever
+the teacher computes). Views are 0.3 s random crops with time and frequency masks, so every view
+of every clip has the same length and the build can batch them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import FSDD_CLIPS, RECIPE
+
+from kd_modules.augment import AugmentPolicy, epoch_view, mix
+from kd_modules.cache import TeacherCache, build_teacher_cache, cache_key, stored_ids
+from kd_modules.dataio import read_audio
+from kd_modules.hparams import load_composed
+from kd_modules.replay import CacheMismatchError, ViewReplay, verify_cache
+from kd_modules.teacher import Teacher
+
+HP = RECIPE / "hparams"
+N_CLIPS = 12
+VIEWS = 3
+
+
+def recipe_model(seed: int) -> dict:
+    """The recipe's student x-vector, initialised from ``seed`` (its YAML seeds torch)."""
+    return load_composed(
+        [HP / "common.yaml", HP / "student/xvector_small.yaml", HP / "kd/none.yaml"],
+        {"data_folder": "unused", "output_folder": "unused", "n_classes": 10, "seed": seed},
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    hparams = recipe_model(0)
+    teacher = Teacher(hparams["model"], taps={"frames": "encoder.blocks.5"})
+    front = hparams["compute_features"], hparams["normalize"]
+
+    def front_end(wavs, lens):
+        return front[1](front[0](wavs), lens)
+
+    policy = AugmentPolicy(random_crop=True, crop_samples=4800, spec_masks=True)
+    replay = ViewReplay(policy, front_end, seed=7, n_views=VIEWS)
+    clips = sorted(FSDD_CLIPS.glob("*.flac"))[:N_CLIPS]
+    signals = {clip.stem: read_audio(clip, 16000) for clip in clips}
+    return {"teacher": teacher, "replay": replay, "signals": signals, "hparams": hparams}
+
+
+def build(setup, folder, **kwargs):
+    settings = {"names_of": "test"}
+    options = {"n_views": VIEWS, "batch_size": 8, "shard_size": 5, "dtype": "float32", **kwargs}
+    examples = kwargs.pop("examples", None) or list(setup["signals"].items())
+    options.pop("examples", None)
+    return build_teacher_cache(
+        setup["teacher"], examples, setup["replay"].features, setup["replay"].make_view,
+        folder, settings, **options,
+    )  # fmt: skip
+
+
+def one_view(setup, utt_id: str, view: int) -> tuple[dict, torch.Tensor]:
+    """The teacher's outputs on one view, computed alone (batch of one)."""
+    replay = setup["replay"]
+    wave, state = replay.make_view(utt_id, setup["signals"][utt_id], view)
+    feats, params = replay.features([(utt_id, view, wave, state)])
+    outputs = setup["teacher"](feats, torch.ones(1))
+    return {name: value[0] for name, value in outputs.items()}, params[0]
+
+
+def test_batched_build_equals_one_clip_at_a_time(setup, tmp_path):
+    cache = TeacherCache(build(setup, tmp_path / "batched", batch_size=8))
+    assert len(cache) == N_CLIPS and cache.n_views == VIEWS
+    assert sorted(cache.names) == ["embedding", "frames", "logits"]
+    ids = list(setup["signals"])
+    random.Random(0).shuffle(ids)  # keyed by id, never by position
+    for utt_id in ids:
+        for view in range(VIEWS):
+            stored, params = cache.read(utt_id, view)
+            alone, alone_params = one_view(setup, utt_id, view)
+            assert torch.equal(params, alone_params)
+            for name, value in alone.items():
+                torch.testing.assert_close(stored[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_views_differ_and_epochs_visit_them(setup, tmp_path):
+    cache = TeacherCache(build(setup, tmp_path / "c"))
+    utt_id = next(iter(setup["signals"]))
+    params = [cache.read(utt_id, view)[1] for view in range(VIEWS)]
+    assert len({tuple(p.tolist()) for p in params}) == VIEWS, params
+    seen = {epoch_view(7, utt_id, epoch, VIEWS) for epoch in range(1, 30)}
+    assert seen == set(range(VIEWS))
+
+
+def test_replayed_student_input_is_the_teachers_view(setup, tmp_path):
+    """A KD run reads the epoch's view (parameters + outputs) from the cache, crops the waveform
+    and masks the features with the stored parameters, as the Brain does: the live teacher on
+    that input gives the cached outputs."""
+    cache = TeacherCache(build(setup, tmp_path / "c"))
+    replay, policy = setup["replay"], setup["replay"].policy
+    item = replay.dataset_item(cache)
+    for epoch in (1, 2, 3):
+        replay.epoch = epoch
+        for utt_id, sig in setup["signals"].items():
+            params, *outputs = list(item.func(utt_id))
+            n = torch.tensor([sig.numel()])
+            wavs, lens = policy.crop_batch(sig[None], n, params[None, 0])
+            feats = policy.mask(replay.front_end(wavs, lens), params[None])
+            live = setup["teacher"](feats, lens)
+            for name, value in zip(cache.names, outputs):
+                torch.testing.assert_close(value, live[name][0], rtol=1e-3, atol=1e-4)
+    replay.epoch = 1
+
+
+def test_killed_build_resumes_and_keeps_finished_shards(setup, tmp_path):
+    folder = tmp_path / "c"
+    examples = list(setup["signals"].items())
+
+    class Killed(Exception):
+        pass
+
+    def killed_after(count):
+        yield from examples[:count]
+        raise Killed
+
+    with pytest.raises(Killed):
+        build(setup, folder, examples=killed_after(11), batch_size=1)
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 2 and len(stored_ids(folder)) == 10  # 2 shards of 5; 1 clip lost
+    with pytest.raises(FileNotFoundError, match="No finished teacher cache"):
+        TeacherCache(folder)
+    mtimes = [shard.stat().st_mtime_ns for shard in shards]
+    build(setup, folder, examples=examples)
+    assert [shard.stat().st_mtime_ns for shard in shards] == mtimes, "finished shards kept"
+    assert len(TeacherCache(folder)) == N_CLIPS
+
+
+def test_ranks_write_their_own_shards(setup, tmp_path):
+    folder = tmp_path / "c"
+    examples = list(setup["signals"].items())
+    build(setup, folder, rank=1, examples=examples[1::2])
+    assert not (folder / "meta.json").exists()
+    build(setup, folder, rank=0, examples=examples[0::2])
+    assert {p.name.split("-")[1] for p in folder.glob("shard-*")} == {"r0", "r1"}
+    cache = TeacherCache(folder)
+    assert len(cache) == N_CLIPS
+    assert json.loads((folder / "meta.json").read_text())["utterances"] == N_CLIPS
+
+
+def test_unreadable_clips_are_recorded_not_stored(setup, tmp_path):
+    examples = list(setup["signals"].items())
+    bad = examples[3][0]
+    examples[3] = (bad, torch.zeros(0))  # what the data pipeline gives for an unreadable clip
+    cache = TeacherCache(build(setup, tmp_path / "c", examples=examples))
+    assert bad not in cache and cache.unreadable(bad) and len(cache) == N_CLIPS - 1
+    params, *outputs = list(setup["replay"].dataset_item(cache).func(bad))
+    assert all(value.numel() == 0 for value in outputs)
+
+
+def test_half_precision_and_top_k_storage(setup, tmp_path):
+    exact = TeacherCache(build(setup, tmp_path / "f32"))
+    half = TeacherCache(build(setup, tmp_path / "f16", dtype="float16", topk=3))
+    assert half.meta["n_classes"] == 10
+    for utt_id in setup["signals"]:
+        full, _ = exact.read(utt_id, 1)
+        small, _ = half.read(utt_id, 1)
+        torch.testing.assert_close(small["frames"], full["frames"], rtol=2e-3, atol=2e-3)
+        top = full["logits"].topk(3)
+        torch.testing.assert_close(small["logits"][top.indices], top.values, rtol=2e-3, atol=2e-3)
+        others = torch.ones(10, dtype=torch.bool)
+        others[top.indices] = False
+        assert torch.all(small["logits"][others] == small["logits"][top.indices].min())
+    size = sum(p.stat().st_size for p in (tmp_path / "f16").glob("shard-*"))
+    assert size < 0.6 * sum(p.stat().st_size for p in (tmp_path / "f32").glob("shard-*"))
+
+
+def test_check_cache_passes_and_catches_another_teacher(setup, tmp_path):
+    cache = TeacherCache(build(setup, tmp_path / "c", dtype="float16"))
+    worst = verify_cache(cache, setup["teacher"], setup["replay"], setup["signals"])
+    assert worst < 1e-2
+    other = Teacher(recipe_model(1)["model"], taps={"frames": "encoder.blocks.5"})
+    with pytest.raises(CacheMismatchError, match="differs from the live teacher"):
+        verify_cache(cache, other, setup["replay"], setup["signals"])
+    reseeded = ViewReplay(setup["replay"].policy, setup["replay"].front_end, seed=8, n_views=3)
+    with pytest.raises(CacheMismatchError, match="augmentation parameters"):
+        verify_cache(cache, setup["teacher"], reseeded, setup["signals"])
+
+
+def test_cache_key_covers_augmentation_and_storage(tmp_path):
+    manifest = tmp_path / "train.json"
+    manifest.write_text("{}")
+    base = cache_key("f" * 16, {"n_mels": 40}, {}, manifest)
+    policy = AugmentPolicy(spec_masks=True)
+    keys = {
+        base,
+        cache_key("f" * 16, {"n_mels": 40}, {}, manifest, augmentation=policy.settings()),
+        cache_key("f" * 16, {"n_mels": 40}, {}, manifest, augmentation={"n_views": 2}),
+        cache_key("f" * 16, {"n_mels": 40}, {}, manifest, storage={"dtype": "float16"}),
+        cache_key("f" * 16, {"n_mels": 64}, {}, manifest),
+    }
+    assert len(keys) == 5
+
+
+def test_mixup_mixes_teacher_outputs_with_the_inputs_pairing():
+    teacher = {"logits": torch.eye(3), "ids": torch.tensor([0, 1, 2])}
+    mixed = mix(teacher, 0.75, torch.tensor([2, 0, 1]))
+    torch.testing.assert_close(mixed["logits"][0], torch.tensor([0.75, 0.0, 0.25]))
+    assert torch.equal(mixed["ids"], teacher["ids"])  # integer outputs are not mixed
