@@ -240,18 +240,23 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def audio_pipeline(sample_rate: int) -> Callable[[str], torch.Tensor]:
+def audio_pipeline(
+    sample_rate: int, max_duration_s: float | None = None
+) -> Callable[[str], torch.Tensor]:
     """A DynamicItemDataset item ``wav -> sig`` that never raises on a bad file.
 
     A missing or corrupt file gives an empty tensor (and a warning naming it), so an epoch goes
-    on; pair it with :class:`SkipBadCollate`, which drops such examples from the batch.
+    on; pair it with :class:`SkipBadCollate`, which drops such examples from the batch. With
+    ``max_duration_s`` the signal is cut to its first seconds (deterministic, so a teacher cache
+    stays valid).
     """
+    max_samples = None if max_duration_s is None else int(max_duration_s * sample_rate)
 
     @takes("wav")
     @provides("sig")
     def read_sig(wav: str) -> torch.Tensor:
         try:
-            return read_audio(wav, sample_rate)
+            return read_audio(wav, sample_rate)[:max_samples]
         except AudioReadError as err:
             logger.warning("skipping example: %s", err)
             return torch.zeros(0)

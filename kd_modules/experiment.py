@@ -513,6 +513,7 @@ def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dic
         "teacher_taps": hparams["teacher_taps"],
         "teacher_folder": str(hparams["teacher_folder"]),
         "teacher_checkpoint": teacher.checkpoint,
+        "fingerprint": teacher.fingerprint,
         "augmentation": replay.settings(),
     }
     views = lambda batch: replay.features(batch, device)  # noqa: E731

@@ -138,6 +138,13 @@ def _count(value: float) -> str:
 
 
 PERCENT_METRICS = {"accuracy", "eer", "micro_auprc", "macro_auprc", "micro_f1"}
+
+
+def is_percent(name: str) -> bool:
+    """A rate shown in %: a PERCENT_METRICS name, alone or after a level (``coarse_micro_f1``)."""
+    return any(name == rate or name.endswith(f"_{rate}") for rate in PERCENT_METRICS)
+
+
 ROLE_ORDER = {"teacher": 0, "student": 1}
 
 
@@ -159,7 +166,7 @@ def results_table(runs: list[dict]) -> str:
         group = groups[key]
         cells = [*key, str(len(group))]
         for name in metric_names:
-            scale = 100.0 if name in PERCENT_METRICS else 1.0
+            scale = 100.0 if is_percent(name) else 1.0
             cells.append(_mean_std([run["metrics"].get(name) for run in group], scale))
         cells.append(_count(group[0]["params"]))
         cells.append(_count(group[0]["macs"]))
@@ -204,7 +211,8 @@ def history_figure(history: list[dict], title: str) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_metric = fig.subplots(1, 2)
     names = sorted({name for entry in history for name in entry["stats"]} - COUNT_STATS)
-    losses, rates = [n for n in names if n not in RATE_STATS], [n for n in names if n in RATE_STATS]
+    rates = [n for n in names if n in RATE_STATS or is_percent(n)]
+    losses = [n for n in names if n not in rates]
     for axis, drawn in ((ax_loss, losses), (ax_metric, rates)):
         for colour, name in enumerate(drawn):
             _draw_stat(axis, history, name, f"C{colour}")
@@ -228,6 +236,50 @@ def plot_history(history_file: str | Path, png: str | Path, title: str | None = 
     fig = history_figure(history, title or str(Path(history_file).parent))
     fig.savefig(png, dpi=80)
     return fig
+
+
+# The data-free comparison (FRAMI's table): (row label, role, method); students of every arch.
+DATAFREE_ROWS = (
+    ("teacher", "teacher", "none"), ("student on real data", "student", "none"),
+    ("KD on real data", "student", "kd"), ("DeepInversion", "student", "deepinversion"),
+    ("CMI", "student", "cmi"), ("FRAMI w/o reuse", "student", "frami_noreuse"),
+    ("FRAMI", "student", "frami"),
+)  # fmt: skip
+
+
+def datafree_tables(runs: list[dict]) -> str:
+    """FRAMI's comparison per dataset and student arch, when any run is data-free ("" if none).
+
+    Rows: teacher, student on real data, KD on real data, DeepInversion, CMI, FRAMI without and
+    with hidden-state reuse (rows without runs are left out); accuracy mean ± std over seeds and
+    folds; for data-free rows the synthesis wall time (s) and the number of synthetic samples of
+    their pools (mean ± std over the pools).
+    """
+    datafree = [run for run in runs if run.get("synthesis")]
+    sections = []
+    for dataset, arch in sorted({(run["dataset"], run["arch"]) for run in datafree}):
+        lines = [f"### Data-free KD: {dataset}, student {arch}", "",
+                 "| model | runs | accuracy | synthesis s | synthetic samples |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for label, role, method in DATAFREE_ROWS:
+            group = [
+                run for run in runs
+                if (run["dataset"], run["role"], run["method"]) == (dataset, role, method)
+                and (role == "teacher" or run["arch"] == arch)
+            ]  # fmt: skip
+            if not group:
+                continue
+            pools = [run["synthesis"] for run in group if run.get("synthesis")]
+            accuracy = _mean_std([run["metrics"].get("accuracy") for run in group], 100.0)
+            seconds = _mean_std([p["wall_time_s"] for p in pools], digits=0) if pools else "–"
+            samples = _mean_std([p["samples"] for p in pools], digits=0) if pools else "–"
+            lines.append(f"| {label} | {len(group)} | {accuracy} | {seconds} | {samples} |")
+        sections.append("\n".join(lines))
+    if not sections:
+        return ""
+    note = ("Accuracy in % on the real test split, mean ± std over seeds and folds; data-free "
+            "students never saw a real training clip.")  # fmt: skip
+    return "\n" + "\n\n".join(sections) + "\n\n" + note + "\n"
 
 
 def update_readme(readme: str | Path, table: str) -> None:
@@ -264,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         if history.is_file():
             title = str(top / history.parent.relative_to(args.exp_dir))
             plot_history(history, history.parent / "curves.png", title)
-    table = results_table(runs)
+    table = results_table(runs) + datafree_tables(runs)
     Path(args.out).write_text(f"# {args.title}\n\n{table}")
     if args.readme:
         update_readme(args.readme, table)

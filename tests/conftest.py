@@ -61,3 +61,24 @@ def write_fsdd_manifests(folder: Path, per_split: dict[str, int]) -> Path:
 def fsdd_manifests(tmp_path: Path) -> Path:
     """A tiny real-audio classification task: 10 digits x (4 train, 1 valid, 1 test) clips."""
     return write_fsdd_manifests(tmp_path / "data", {"train": 4, "valid": 1, "test": 1})
+
+
+AUDIO_TAGGING = REPO / "recipes" / "audio_tagging"
+
+
+def load_module(name: str, path: Path):
+    """Import a recipe script by path under a unique ``name`` (recipes' train.py / local/*.py
+    would clash as top-level modules); its folder is on sys.path while it imports its siblings."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark: epoch time of a student alone, KD with the live teacher, and KD from the cache.
 
-All three train the same student architecture on the same manifests, interleaved epoch by epoch
-(alone, live, cache, alone, live, cache, ...) so machine noise hits them alike; the first round is
-a warm-up and is discarded. Prints the median epoch time of each and its ratio to the student
-alone. The goal of the teacher cache: KD-from-cache <= 1.10x the student alone.
+Every variant trains the same student architecture on the same manifests with the same
+augmentation (SpecAugment-style masks by default, ``--augment False`` for none); the cache
+variants replay the teacher's stored views (kd_modules.replay), so no teacher runs. Variants are
+interleaved epoch by epoch (alone, KD live, KD cache, SP live, SP cache, ...) so machine noise
+hits them alike; the first round is a warm-up and is discarded. Prints each variant's median
+epoch time and its ratio to the student alone. Goals: KD from the cache <= 1.10x, SP <= 1.15x.
 
     cd recipes/sound_classification && python ../../tools/benchmark_kd.py \
-        --data_folder data/fsdd/fold1 \
-        --teacher_folder exp/fsdd/fold1/teacher/xvector_large/none/seed1
+        --data_folder data/urbansound8k/fold1 --methods kd sp fitnets \
+        --teacher_folder exp/urbansound8k/fold1/teacher/xvector_large/none/seed1
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "sound_classification"
 sys.path.insert(0, str(RECIPE))
 
-from cache_teacher import main as build_cache  # noqa: E402
 from train import dataio_prepare, make_brain  # noqa: E402
 
-from kd_modules.experiment import load_teacher_side  # noqa: E402
+from kd_modules.experiment import load_teacher_side, run_cache_stage  # noqa: E402
 from kd_modules.hparams import load_composed  # noqa: E402
 
 
@@ -40,7 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_folder", required=True, help="folder with train/valid/test.json")
     parser.add_argument("--teacher_folder", required=True, help="a trained teacher (stage 2)")
     parser.add_argument("--student", default="xvector_small")
-    parser.add_argument("--method", default="kd", help="hparams/kd/<method>.yaml")
+    parser.add_argument("--methods", nargs="+", default=["kd"], help="hparams/kd/<method>.yaml")
+    parser.add_argument("--augment", default="True", help="SpecAugment-style masks (True/False)")
+    parser.add_argument("--cache_views", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="measured epochs per variant")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_workers", type=int, default=2)
@@ -50,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_variant(args, method: str, use_cache: bool, work: Path, n_classes: int):
-    """A (brain, train set) pair for one variant; the brain has no checkpointer (no disk I/O)."""
+    """A (brain, train set, loader options, YAML files) tuple for one variant; the brain has no
+    checkpointer (no disk I/O)."""
     files = [
         RECIPE / "hparams" / "common.yaml",
         RECIPE / "hparams" / "student" / f"{args.student}.yaml",
@@ -63,14 +67,32 @@ def make_variant(args, method: str, use_cache: bool, work: Path, n_classes: int)
         "n_classes": n_classes,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
+        "augment": args.augment == "True",
+        "cache_views": args.cache_views,
     }
     if method != "none":
         overrides.update(teacher_folder=args.teacher_folder, use_teacher_cache=use_cache)
     hparams = load_composed(files, overrides)
     teacher, cache = load_teacher_side(hparams)
+    train_set = dataio_prepare(hparams)["train"]
+    if cache is not None:
+        hparams["view_replay"].attach(train_set, cache)
     run_opts = {"device": args.device, "noprogressbar": True, "precision": args.precision}
     brain = make_brain(hparams, run_opts, teacher, cache, checkpoints=False)
-    return brain, dataio_prepare(hparams)["train"], hparams["train_dataloader_options"], files
+    return brain, train_set, hparams["train_dataloader_options"], files
+
+
+def build_cache(args, files: list[Path], work: Path, n_classes: int) -> float:
+    """Stage 3 for one method, as run.sh runs it; returns its wall time in seconds."""
+    start = time.perf_counter()
+    run_cache_stage(
+        [*map(str, files), "--data_folder", args.data_folder, "--output_folder",
+         str(work / "probe"), "--exp_root", str(work), "--n_classes", str(n_classes),
+         "--teacher_folder", args.teacher_folder, "--device", args.device,
+         "--augment", args.augment, "--cache_views", str(args.cache_views)],
+        dataio_prepare,
+    )  # fmt: skip
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -79,17 +101,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     n_classes = len(json.loads((Path(args.data_folder).parent / "labels.json").read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        variants = {
-            "student alone": make_variant(args, "none", False, work, n_classes),
-            "KD, live teacher": make_variant(args, args.method, False, work, n_classes),
-        }
-        _, _, _, files = variants["KD, live teacher"]
-        start = time.perf_counter()
-        build_cache([*map(str, files), "--data_folder", args.data_folder, "--output_folder",
-                     str(work / "probe"), "--exp_root", str(work), "--n_classes", str(n_classes),
-                     "--teacher_folder", args.teacher_folder, "--device", args.device])  # fmt: skip
-        cache_build_s = time.perf_counter() - start
-        variants["KD, teacher cache"] = make_variant(args, args.method, True, work, n_classes)
+        variants = {"student alone": make_variant(args, "none", False, work, n_classes)}
+        build_s = {}
+        for method in args.methods:
+            variants[f"{method}, live teacher"] = live = make_variant(
+                args, method, False, work, n_classes
+            )
+            build_s[method] = build_cache(args, live[3], work, n_classes)
+            variants[f"{method}, teacher cache"] = make_variant(args, method, True, work, n_classes)
         times: dict[str, list[float]] = {name: [] for name in variants}
         for epoch in range(1, args.rounds + 2):
             for name, (brain, train_set, loader_opts, _) in variants.items():
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     base = statistics.median(times["student alone"])
     print(f"\nEpoch time, median of {args.rounds} interleaved epochs ({len(train_set)} clips, "
           f"batch {args.batch_size}, device {args.device}, precision {args.precision}, "
-          f"method {args.method}):")  # fmt: skip
+          f"augment {args.augment}, {args.cache_views} cached views):")  # fmt: skip
     print("| variant | median epoch s | ratio to student alone | all epochs s |\n|---|---|---|---|")
     result = {}
     for name, values in times.items():
@@ -112,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result[name] = median / base
         spread = ", ".join(f"{v:.2f}" for v in values)
         print(f"| {name} | {median:.2f} | {median / base:.2f}x | {spread} |")
-    print(f"\nBuilding the teacher cache once took {cache_build_s:.1f} s.")
+    for method, seconds in build_s.items():
+        print(f"Stage 3 for {method} ({args.cache_views} views per clip) took {seconds:.1f} s.")
     return result
 
 

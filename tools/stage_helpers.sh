@@ -144,3 +144,43 @@ json_field() {
 value = json.load(open(sys.argv[1]))[sys.argv[2]]
 print(" ".join(map(str, value)) if isinstance(value, list) else value)' "$1" "$2"
 }
+
+# ----- what every KD recipe's run.sh shares -----------------------------------------------------
+
+# check_kd_options: the options every KD recipe has (methods, students, teacher, seeds, launcher,
+# device, cache, conversion, output folders), checked before any stage.
+check_kd_options() {
+    check_yaml_names methods hparams/kd '*'
+    check_yaml_names students hparams/student +
+    check_yaml_names teacher hparams/teacher 1
+    check_int teacher_seed 0
+    check_ints seeds 1
+    check_int ngpu 1
+    check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
+    check_choice use_cache true false
+    check_choice allow_unfinished_teacher true false
+    check_int sample_rate 1
+    check_choice convert auto sox soundfile none
+    if [ "$stage" -le 1 ]; then check_writable_dir data_dir; fi  # stages 0 and 1 write it
+    check_writable_dir exp_dir
+}
+
+# set_kd_flags: resolve --device auto (cuda when torch sees a GPU), and set cache_flag (True /
+# False, for --use_teacher_cache) and unfinished_args (the train.py flag of
+# --allow_unfinished_teacher true, else empty) for the stages to pass on.
+# shellcheck disable=SC2034  # cache_flag and unfinished_args are the caller's
+set_kd_flags() {
+    if [ "$device" = auto ]; then
+        device=$($python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+    fi
+    cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
+    unfinished_args=()
+    [ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
+    return 0
+}
+
+# log_environment: stage 0's line with the torch / SpeechBrain versions and CUDA availability.
+log_environment() {
+    $python -c "import kd_modules, speechbrain, torch; print('torch', torch.__version__, \
+'speechbrain', speechbrain.__version__, 'cuda', torch.cuda.is_available())"
+}

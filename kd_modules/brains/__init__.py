@@ -1,6 +1,15 @@
 """SpeechBrain Brains: DistillBrain (teacher plumbing) and the task brains built on it."""
 
 from kd_modules.brains.classification import ClassificationBrain
+from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.brains.distill import DistillBrain, KDObjective
+from kd_modules.brains.tagging import TaggingBrain, TagLayout
 
-__all__ = ["ClassificationBrain", "DistillBrain", "KDObjective"]
+__all__ = [
+    "ClassificationBrain",
+    "DataFreeBrain",
+    "DistillBrain",
+    "KDObjective",
+    "TagLayout",
+    "TaggingBrain",
+]

@@ -3,6 +3,7 @@
 from .base import KDLoss, align_time, length_mask
 from .embeddings import EmbeddingKD
 from .features import IUSP, FitNetsHint, SimilarityPreserving
+from .inversion import InfoNCE, bn_statistics_gap, info_nce, l2_prior, total_variation
 from .logits import HintonKD, SigmoidKD
 from .multilevel import MultiLevelKD
 from .registry import LOSSES, build_loss
@@ -13,11 +14,16 @@ __all__ = [
     "EmbeddingKD",
     "FitNetsHint",
     "HintonKD",
+    "InfoNCE",
     "KDLoss",
     "MultiLevelKD",
     "SigmoidKD",
     "SimilarityPreserving",
     "align_time",
+    "bn_statistics_gap",
     "build_loss",
+    "info_nce",
+    "l2_prior",
     "length_mask",
+    "total_variation",
 ]

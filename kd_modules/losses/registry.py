@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import KDLoss
 from .embeddings import EmbeddingKD
 from .features import IUSP, FitNetsHint, SimilarityPreserving
+from .inversion import InfoNCE
 from .logits import HintonKD, SigmoidKD
 from .multilevel import MultiLevelKD
 
@@ -16,6 +17,7 @@ LOSSES: dict[str, type[KDLoss]] = {
     "iusp": IUSP,
     "embedding": EmbeddingKD,
     "mlkd": MultiLevelKD,
+    "infonce": InfoNCE,
 }
 
 

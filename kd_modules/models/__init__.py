@@ -2,5 +2,12 @@
 
 from kd_modules.models.classifier import EmbeddingClassifier
 from kd_modules.models.pooling import FiniteStatisticsPooling, use_finite_statistics_pooling
+from kd_modules.models.tagger import CNNTagger, ConvLSTMTagger
 
-__all__ = ["EmbeddingClassifier", "FiniteStatisticsPooling", "use_finite_statistics_pooling"]
+__all__ = [
+    "CNNTagger",
+    "ConvLSTMTagger",
+    "EmbeddingClassifier",
+    "FiniteStatisticsPooling",
+    "use_finite_statistics_pooling",
+]

@@ -2,7 +2,7 @@
 # Sound classification (ESC-50, UrbanSound8K, AudioMNIST, FSDD): teacher, student alone and KD
 # students (Hinton KD, FitNets, SP). Stages follow the repository's convention:
 #   0 check  1 prepare  2 teacher  3 teacher cache  4 student alone  5 KD students
-#   6 (data-free synthesis: FRAMI, not in this recipe yet)  7 evaluate  8 report
+#   6 data-free KD (synthesise a pool per synthesiser, distil on it)  7 evaluate  8 report
 # Re-running the same command resumes: finished stages are skipped, training resumes from the
 # last checkpoint. Example:
 #   ./run.sh --dataset urbansound8k --data_root /data/UrbanSound8K --folds "1 2" --seeds "1 2 3"
@@ -16,7 +16,8 @@ dataset=fsdd                  # esc50 | urbansound8k | audiomnist | fsdd
 data_root=""                  # the dataset's official layout (see README.md)
 split=official                # official | seeded (a seeded grouped split, for partial copies)
 folds=""                      # default: the prepared folds, else every official fold ("1" seeded)
-methods="kd fitnets sp"       # KD methods of stage 5 (hparams/kd/<method>.yaml)
+methods="kd fitnets sp"       # KD methods (hparams/kd/<method>.yaml): real-data ones go to stage 5,
+                              # data-free ones (deepinversion cmi frami_noreuse frami) to stage 6
 students="xvector_small"      # student architectures (hparams/student/<arch>.yaml)
 teacher=xvector_large         # teacher architecture (hparams/teacher/<arch>.yaml)
 teacher_seed=1                # the teacher's seed (an integer)
@@ -38,14 +39,15 @@ exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stage
 python=python3                # the Python interpreter that has kd_modules' requirements
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
 teacher_args=""               # overrides for the teacher only (stage 2)
+synthesis_args=""             # overrides for stage 6 only (synthesis and data-free KD)
 
 options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
 seeds ngpu device use_cache augment check_cache allow_unfinished_teacher sample_rate convert
 min_duration_s download
-update_readme data_dir exp_dir python extra_args teacher_args"
+update_readme data_dir exp_dir python extra_args teacher_args synthesis_args"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
-        6 data-free synthesis (not in this recipe yet), 7 evaluate, 8 report"
+        6 data-free KD (synthesis + distillation), 7 evaluate, 8 report"
 # shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
 # shellcheck source=../../tools/stage_helpers.sh
@@ -142,6 +144,22 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
         "$data_dir/$dataset/labels.json")
 fi
 
+# A method whose kd YAML names a synthesiser (`synthesis: <name>`) is data-free: stage 6 trains
+# it. The others are real-data KD methods: stages 3 and 5.
+synthesis_of() { sed -n 's/^synthesis: *\([A-Za-z0-9_]*\).*/\1/p' "hparams/kd/$1.yaml"; }
+kd_methods="" datafree_methods=""
+for method in $methods; do
+    if [ -n "$(synthesis_of "$method")" ]; then datafree_methods+=" $method"
+    else kd_methods+=" $method"; fi
+done
+datafree_yaml() {  # ARCH METHOD: the composition of a data-free run
+    echo "hparams/common.yaml hparams/student/$1.yaml hparams/synthesis/$(synthesis_of "$2").yaml" \
+        "hparams/kd/$2.yaml"
+}
+pool_folder() {  # FOLD METHOD SEED: one pool per fold, teacher, synthesiser and seed
+    echo "$exp_dir/$dataset/fold$1/pool/${teacher}_seed$teacher_seed/$(synthesis_of "$2")/seed$3"
+}
+
 for fold in $folds; do
     tdir=$(teacher_folder "$fold")
     # shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
@@ -153,7 +171,7 @@ for fold in $folds; do
     fi
     first_student=${students%% *}
     if want 3 && [ "$use_cache" = true ]; then
-        for method in $methods; do
+        for method in $kd_methods; do
             log "stage 3: teacher cache for $method, fold $fold"
             # shellcheck disable=SC2046
             $python cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
@@ -171,7 +189,7 @@ for fold in $folds; do
                     --seed "$seed" --output_folder "$sdir" --skip_test True
             fi
             if want 5; then
-                for method in $methods; do
+                for method in $kd_methods; do
                     sdir=$(student_folder "$fold" "$arch" "$method" "$seed")
                     log "stage 5: student $arch with $method, fold $fold, seed $seed -> $sdir"
                     # shellcheck disable=SC2046
@@ -184,8 +202,27 @@ for fold in $folds; do
     done
 done
 
+if want 6 && [ -z "$datafree_methods" ]; then
+    log "stage 6: no data-free method in --methods (e.g. frami, deepinversion, cmi): skipped"
+fi
 if want 6; then
-    log "stage 6: data-free synthesis (FRAMI) is not part of this recipe yet: skipped"
+    for fold in $folds; do
+        tdir=$(teacher_folder "$fold")
+        for arch in $students; do
+            for seed in $seeds; do
+                for method in $datafree_methods; do
+                    sdir=$(student_folder "$fold" "$arch" "$method" "$seed")
+                    pool=$(pool_folder "$fold" "$method" "$seed")
+                    log "stage 6: $method, fold $fold, seed $seed: pool $pool -> $sdir"
+                    # shellcheck disable=SC2046,SC2086
+                    launch synthesize.py $(datafree_yaml "$arch" "$method") $(fold_args "$fold") \
+                        --seed "$seed" --output_folder "$sdir" --teacher_folder "$tdir" \
+                        --pool_folder "$pool" --skip_test True "${unfinished_args[@]}" \
+                        $synthesis_args
+                done
+            done
+        done
+    done
 fi
 
 if want 7; then
@@ -199,11 +236,18 @@ if want 7; then
                 # shellcheck disable=SC2046
                 evaluate_once "$(student_folder "$fold" "$arch" none "$seed")" train.py \
                     $(yaml "student/$arch.yaml" none) $(fold_args "$fold") --seed "$seed"
-                for method in $methods; do
+                for method in $kd_methods; do
                     # shellcheck disable=SC2046
                     evaluate_once "$(student_folder "$fold" "$arch" "$method" "$seed")" train.py \
                         $(yaml "student/$arch.yaml" "$method") $(fold_args "$fold") \
                         --seed "$seed" --teacher_folder "$tdir"
+                done
+                for method in $datafree_methods; do
+                    # shellcheck disable=SC2046,SC2086
+                    evaluate_once "$(student_folder "$fold" "$arch" "$method" "$seed")" \
+                        synthesize.py $(datafree_yaml "$arch" "$method") $(fold_args "$fold") \
+                        --seed "$seed" --teacher_folder "$tdir" \
+                        --pool_folder "$(pool_folder "$fold" "$method" "$seed")" $synthesis_args
                 done
             done
         done
@@ -222,5 +266,9 @@ if want 8; then
     title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
     $python -m kd_modules.results "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
         --title "$title" "${readme_flag[@]}"
+    if [ -n "$datafree_methods" ]; then  # synthetic spectrograms per class beside real ones
+        $python -m kd_modules.synthesis.figures "$exp_dir/$dataset" \
+            --labels "$data_dir/$dataset/labels.json" --out "$exp_dir/$dataset/synthesis_grid.png"
+    fi
 fi
 log "done"

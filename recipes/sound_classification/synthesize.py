@@ -46,12 +46,13 @@ from kd_modules.experiment import (
 from kd_modules.hparams import load_composed, parse_recipe_arguments, run_main, write_composed
 from kd_modules.results import write_results
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
+from kd_modules.synthesis.figures import REAL_EXAMPLES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402
 
 logger = logging.getLogger(__name__)
-REAL_EXAMPLES = "real_examples.pt"  # one real clip's features per class, for the figure
+
 
 
 def plan_of(hparams: dict) -> list:

@@ -38,13 +38,7 @@ def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
     Clips are cut to ``max_duration_s`` from their start; random crops and masks are the Brain's
     (``augmentation``), so that a KD run from the teacher cache can replay the stored views.
     """
-    read = audio_pipeline(hparams["sample_rate"])
-    max_samples = int(hparams["max_duration_s"] * hparams["sample_rate"])
-
-    @takes("wav")
-    @provides("sig")
-    def read_and_cut(wav: str) -> torch.Tensor:
-        return read(wav)[:max_samples]
+    read_and_cut = audio_pipeline(hparams["sample_rate"], hparams["max_duration_s"])
 
     @takes("label_id")
     @provides("label_id")

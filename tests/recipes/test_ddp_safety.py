@@ -30,28 +30,31 @@ TIMEOUT_S = 300
 
 
 def run_sh(tmp: Path, *args: str, epochs: int = EPOCHS) -> str:
-    """Run run.sh; kill its whole process group (torchrun and workers) when it overruns."""
+    """Run run.sh; on a hang, SIGTERM its process group (torchrun then stops its workers, which
+    run in sessions of their own) and fail. Output goes to a file: a pipe could be held open."""
     command = [
         "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--device", "cpu",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
         "--use_cache", "false", "--extra_args",
         f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1", *args,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command,
-        cwd=RECIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{' '.join(args)} hung for {TIMEOUT_S} s:\n{output[-6000:]}")
+    log = tmp / f"run_sh_stage{args[1]}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=RECIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            pytest.fail(f"{' '.join(args)} hung for {TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
+    output = log.read_text()
     assert proc.returncode == 0, f"{' '.join(args)}: exit {proc.returncode}\n{output[-8000:]}"
     return output
 

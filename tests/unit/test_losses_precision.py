@@ -21,6 +21,7 @@ from kd_modules.losses import (
     EmbeddingKD,
     FitNetsHint,
     HintonKD,
+    InfoNCE,
     KDLoss,
     MultiLevelKD,
     SigmoidKD,
@@ -106,6 +107,12 @@ def case_mlkd() -> Case:
     return loss, {**s_logits, **s_emb}, {**t_logits, **t_emb}, None
 
 
+def case_infonce() -> Case:
+    # Projections of two views (64 samples, 128 dims) of entries about 12.
+    a, b = _randn(64, 128, scale=12.0, seed=7), _randn(64, 128, scale=12.0, seed=8)
+    return InfoNCE(tau=0.1), {"projection": a}, {"projection": b}, None
+
+
 CASES = {
     "hinton": case_hinton,
     "sigmoid": case_sigmoid,
@@ -117,6 +124,7 @@ CASES = {
     "embedding_cosine": case_embedding_cosine,
     "embedding_mse": case_embedding_mse,
     "mlkd": case_mlkd,
+    "infonce": case_infonce,
 }
 
 

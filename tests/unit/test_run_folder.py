@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import RECIPE, write_fsdd_manifests
-from speechbrain.dataio.dataloader import make_dataloader
 
 from kd_modules.brains import ClassificationBrain
-from kd_modules.brains.classification import filterbanks
 from kd_modules.cache import TeacherCache, build_teacher_cache
 from kd_modules.checkpoints import COMPLETE, Checkpointer
-from kd_modules.dataio import SkipBadCollate
 from kd_modules.experiment import (
     FolderBusyError,
     RunRecordMismatch,
@@ -270,26 +267,27 @@ def test_cache_build_killed_mid_split_leaves_no_finished_cache(teacher, tmp_path
         {"data_folder": str(data), "output_folder": str(tmp_path), "n_classes": 10,
          "teacher_folder": str(teacher)},  # fmt: skip
     )
-    train_set = recipe_train.dataio_prepare(hparams)["train"]
-    loader = list(make_dataloader(train_set, batch_size=1, collate_fn=SkipBadCollate()))
+    examples = [(item["id"], item["sig"]) for item in recipe_train.dataio_prepare(hparams)["train"]]
+    replay = hparams["view_replay"]
 
-    def features(batch):
-        wavs, lens = batch.sig
-        return filterbanks(hparams["compute_features"], hparams["normalize"], wavs, lens), lens
+    def build(items):
+        return build_teacher_cache(
+            model, items, replay.features, replay.make_view, folder, {}, shard_size=4
+        )
 
     def killed_midway():
-        yield from loader[:5]
+        yield from examples[:6]
         raise Interrupt("killed while caching")
 
     folder = tmp_path / "cache"
     with pytest.raises(Interrupt):
-        build_teacher_cache(model, {"train": killed_midway()}, features, folder, {})
-    (folder / "train.pt.tmp").write_bytes(b"half a file")  # as a kill during torch.save leaves
-    with pytest.raises(FileNotFoundError, match="run the cache stage"):
+        build(killed_midway())
+    (folder / ".shard-r0-000001.safetensors.1234abcd.tmp").write_bytes(b"half a shard")
+    with pytest.raises(FileNotFoundError, match="No finished teacher cache"):
         TeacherCache(folder)
-    build_teacher_cache(model, {"train": loader[:5]}, features, folder, {})
-    assert not (folder / "train.pt.tmp").exists()
-    with pytest.raises(KeyError, match="lacks 35 of the 40 utterances"):
+    build(examples[:6])  # resumes: keeps the finished shard, drops the half-written one
+    assert not list(folder.glob("*.tmp"))
+    with pytest.raises(KeyError, match="lacks 34 of the 40 utterances"):
         TeacherCache(folder).check_covers(data / "train.json")
 
 

@@ -1,0 +1,139 @@
+"""Multi-label tagging (urban sound tagging): binary cross-entropy + KD terms, DCASE metrics.
+
+Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``targets``
+(``(B, K)`` in {0, 1}), and the hparams of :class:`ClassificationBrain`'s front end plus
+``tag_layout`` (a :class:`TagLayout`: which of the K outputs are fine tags, X tags and coarse
+classes) and ``selection_key`` (the validation metric that keeps the best checkpoint, e.g.
+``coarse_micro_auprc``). Outside training it collects every clip's sigmoid scores, computes the
+DCASE 2019 Task 5 metrics at the coarse and fine levels and, in the test stage, keeps the scores
+(``test_predictions``) for the submission CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+
+from kd_modules.brains.classification import ClassificationBrain
+from kd_modules.dataio import is_placeholder
+from kd_modules.metrics import CoarseClass, dcase_coarse_metrics, dcase_fine_metrics
+
+
+@dataclass
+class TagLayout:
+    """The K outputs of a two-level tagger: ``fine`` tag names, then ``coarse`` class names.
+
+    ``fine_taxonomy`` has one entry per coarse class: its complete fine tags and its X tag as
+    indices into ``fine`` (see :func:`kd_modules.metrics.dcase_fine_metrics`).
+    """
+
+    fine: list[str]
+    coarse: list[str]
+    fine_taxonomy: list[CoarseClass]
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TagLayout:
+        """Read the layout a prepare stage wrote (keys ``fine``, ``coarse``, ``fine_taxonomy``)."""
+        layout = json.loads(Path(path).read_text())
+        return cls(layout["fine"], layout["coarse"], layout["fine_taxonomy"])
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.fine) + len(self.coarse)
+
+    def metrics(self, truth: np.ndarray, scores: np.ndarray) -> tuple[dict, dict]:
+        """DCASE metrics of ``(N, K)`` truth and scores: ``{level_metric: value}`` (coarse_ and
+        fine_ micro/macro AUPRC and micro-F1) and ``{level: per-class AUPRC list}``."""
+        n_fine = len(self.fine)
+        levels = {
+            "coarse": dcase_coarse_metrics(truth[:, n_fine:], scores[:, n_fine:]),
+            "fine": dcase_fine_metrics(truth[:, :n_fine], scores[:, :n_fine], self.fine_taxonomy),
+        }
+        flat = {
+            f"{level}_{name}": value
+            for level, result in levels.items()
+            for name, value in result.items()
+            if name != "class_auprc"
+        }
+        return flat, {level: result["class_auprc"] for level, result in levels.items()}
+
+
+class TaggingBrain(ClassificationBrain):
+    """Train a tagger alone, or a student from a teacher; report the DCASE metrics.
+
+    The front end and the forward passes (student, teacher or its cache, placeholders for
+    unreadable batches) are :class:`ClassificationBrain`'s; this class changes the task loss
+    (BCE over every output), the metrics and the checkpoint selection.
+    """
+
+    def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
+        """BCE (+ weighted KD terms in training); outside training, collect the scores.
+
+        With mixup (``ClassificationBrain.compute_forward`` mixed the inputs and ``self.mixing``
+        holds λ and the pairing), the BCE targets are mixed alike (soft multi-label targets).
+        """
+        student, teacher, lens = predictions
+        targets = batch.targets.data.float()  # (B, K)
+        mixing = getattr(self, "mixing", None) if stage == sb.Stage.TRAIN else None
+        if mixing is not None:  # mixup: the inputs were mixed, so are the targets
+            lam, perm = mixing
+            targets = lam * targets + (1.0 - lam) * targets[perm]
+        loss = F.binary_cross_entropy_with_logits(student["logits"].float(), targets)
+        if is_placeholder(batch):
+            return self.placeholder_loss(loss, student, teacher, lens, targets)
+        self.log_terms(bce=loss)
+        if teacher is not None:
+            loss = loss + self.distill_loss(student, teacher, lens, targets)
+        if stage != sb.Stage.TRAIN:
+            self.scores.append(student["logits"].detach().float().sigmoid().cpu())
+            self.truth.append(targets.cpu())
+            self.ids.extend(batch.id)
+        return loss
+
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
+        """Reset the term accumulators and the collected scores."""
+        super().on_stage_start(stage, epoch)
+        self.scores: list[torch.Tensor] = []
+        self.truth: list[torch.Tensor] = []
+        self.ids: list[str] = []
+
+    def stage_metrics(self) -> dict:
+        """DCASE metrics of the scores collected in this stage (per-class AUPRC kept aside)."""
+        layout: TagLayout = self.hparams.tag_layout
+        truth, scores = torch.cat(self.truth).numpy(), torch.cat(self.scores).numpy()
+        metrics, self.class_auprc = layout.metrics(truth, scores)
+        return metrics
+
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
+        """Log the epoch, anneal the learning rate, keep the best checkpoint by
+        ``selection_key``; in the test stage keep the scores in ``test_predictions``."""
+        stats = {"loss": stage_loss, **self.term_means()}
+        if self.skipped_clips:
+            stats["skipped_clips"] = self.skipped_clips
+        if stage != sb.Stage.TRAIN and self.scores:
+            stats.update(self.stage_metrics())
+        elapsed = self.finish_epoch(stage, epoch, stats)
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {**stats, "epoch_time_s": elapsed}
+        elif stage == sb.Stage.VALID:
+            key = self.hparams.selection_key
+            old_lr, new_lr = self.hparams.lr_annealing(stats["loss"])
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                {"epoch": epoch, "lr": old_lr}, train_stats=self.train_stats, valid_stats=stats
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={key: stats[key], "epoch": epoch}, max_keys=[key], num_to_keep=1
+            )
+        else:
+            self.test_stats = stats
+            self.test_predictions = (list(self.ids), torch.cat(self.scores).numpy())
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )

@@ -1,0 +1,112 @@
+"""Stage 1's audio work for every recipe: check each clip, convert it once, count the bad ones.
+
+A prepare script lists ``(source, destination)`` pairs; :func:`convert_clips` decodes every source
+in full once (a truncated FLAC with a valid header counts as unreadable too), converts it to mono
+16-bit audio at the recipe's rate (SoX when available, else soundfile + torchaudio) unless it is
+up to date, and returns each clip's duration or the reason it is unusable. Nothing here knows a
+dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kd_modules.dataio import (
+    AudioReadError,
+    audio_info,
+    convert_audio,
+    remove_stale_temp_files,
+    sox_available,
+    verify_audio,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PrepareError(RuntimeError):
+    """The data cannot give what was asked for (no metadata, a split without audio, ...)."""
+
+
+def conversion_backend(choice: str) -> str | None:
+    """The backend for ``--convert`` auto | sox | soundfile | none (None: no conversion)."""
+    if choice == "none":
+        logger.info("no conversion: manifests point at the original files")
+        return None
+    available = sox_available()
+    if choice == "sox" and not available:
+        raise PrepareError("--convert sox needs the SoX binary on PATH and the sox package")
+    backend = choice if choice != "auto" else ("sox" if available else "soundfile")
+    if backend == "sox":
+        logger.info("converting with SoX")
+    elif choice == "auto":
+        logger.info("SoX binary not found: converting with soundfile + torchaudio resampler")
+    else:
+        logger.info("converting with soundfile + torchaudio resampler")
+    return backend
+
+
+def remove_stale_conversions(audio_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed conversion left in ``audio_dir``; log them."""
+    stale = remove_stale_temp_files(audio_dir)
+    if stale:
+        logger.warning(
+            "removed %d temporary file(s) left by an interrupted run in %s", len(stale), audio_dir
+        )
+    return stale
+
+
+def convert_clips(
+    clips: list[tuple[str, str | None]], sample_rate: int, backend: str | None
+) -> list[tuple[float | None, str | None]]:
+    """Check (and convert) every ``(source, destination)`` clip in a pool of min(4, cpus) workers.
+
+    ``destination`` None (or ``backend`` None) only checks the source. Returns, per clip in
+    order, ``(duration_s, None)`` for a usable clip or ``(None, reason)`` for an unreadable one.
+    """
+    jobs = [(src, None if backend is None else dst, sample_rate, backend) for src, dst in clips]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
+        return list(
+            tqdm(
+                pool.imap(_process_clip, jobs, chunksize=8),
+                total=len(jobs),
+                desc="checking" if backend is None else "converting",
+                disable=None,
+            )
+        )
+
+
+def _init_worker() -> None:
+    """One torch thread per worker: 4 workers x N threads would oversubscribe the CPUs."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _process_clip(job: tuple[str, str | None, int, str | None]) -> tuple[float | None, str | None]:
+    """(duration, None) for a good clip, converted first if asked; (None, reason) for a bad one."""
+    src, dst, sample_rate, backend = job
+    try:
+        if dst is None:
+            return verify_audio(src).duration, None
+        if not _up_to_date(src, dst, sample_rate):
+            convert_audio(src, dst, sample_rate, backend)
+        return audio_info(dst).duration, None
+    except AudioReadError as err:
+        return None, err.reason
+
+
+def _up_to_date(src: str, dst: str, sample_rate: int) -> bool:
+    """A converted copy newer than its source, mono, at the wanted rate."""
+    if not os.path.isfile(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+        return False
+    try:
+        info = audio_info(dst)
+    except AudioReadError:
+        return False
+    return info.sample_rate == sample_rate and info.channels == 1

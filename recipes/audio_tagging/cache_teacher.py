@@ -1,0 +1,23 @@
+#!/usr/bin/env python3
+"""Stage 3: run the frozen teacher once over the training clips and cache its outputs.
+
+Takes the same arguments as a KD run of train.py (the composition names the teacher folder, its
+taps and the feature settings); the library's cache stage (kd_modules.experiment) stores the
+logits and the tapped frame features (at the tapped layer's own frame rate) under
+``<exp_root>/cache/<fingerprint>-<settings>/``, which a KD run with ``--use_teacher_cache True``
+reads instead of running the teacher every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from train import dataio_prepare
+
+from kd_modules.experiment import run_cache_stage
+from kd_modules.hparams import run_main
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")
+    run_main(lambda argv: print(run_cache_stage(argv, dataio_prepare)), sys.argv[1:])

@@ -1,0 +1,261 @@
+"""Stage 1 of audio tagging: the SONYC-UST release (DCASE 2019 Task 5) -> SpeechBrain manifests.
+
+    python local/prepare.py --data_root /data/sonyc-ust --out_dir data/sonyc_ust
+
+Reads ``annotations.csv`` (one row per clip and annotator) and the release's
+``dcase-ust-taxonomy.yaml`` (the copy shipped in local/ when the release lacks one). Writes
+``out_dir/{train,valid,test}.json`` (+ ``eval.json`` when the later eval release is present),
+``labels.json`` (the output columns: fine tags with X tags, then coarse classes, and the
+fine-level taxonomy), ``prepare_report.json`` and ``.done`` (the arguments: a rerun with the same
+ones is skipped).
+
+- ``train`` rows are the training pool; ``valid`` is carved from it, grouped by ``sensor_id`` (no
+  sensor on both sides), for checkpoint selection. ``validate`` rows are the reported test set
+  (``test.json``); rows of any other split (the eval release) go to ``eval.json``.
+- Each manifest entry keeps, per output column, ``verified`` (the organisers' verified row,
+  ``annotator_id`` 0, or null) and ``votes`` (the fraction of the other annotators who marked
+  it); train.py turns them into targets (verified when present, else ``train_targets: any`` or
+  ``majority``). Test and eval clips are scored on verified rows only: one without is skipped
+  and counted.
+- Extra columns (proximity, later releases' spatiotemporal columns) are ignored and listed in the
+  report. Rows whose audio is missing are skipped and counted; unreadable clips too; a split
+  whose audio is missing altogether stops the run with an error naming it. Audio is converted
+  once to ``--sample_rate`` (mono 16-bit WAV under ``out_dir/audio/``, SoX when available).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from taxonomy import read_layout, release_taxonomy
+
+from kd_modules.conversion import (
+    PrepareError,
+    conversion_backend,
+    convert_clips,
+    remove_stale_conversions,
+)
+from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
+from kd_modules.splits import stratified_group_split
+
+logger = logging.getLogger(__name__)
+
+ID_COLUMNS = ("split", "sensor_id", "audio_filename", "annotator_id")
+ROLE_OF_SPLIT = {"train": "train", "validate": "test"}  # any other split: the eval release
+VERIFIED = 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_root", required=True, type=Path, help="the release's folder")
+    parser.add_argument("--out_dir", required=True, type=Path, help="e.g. data/sonyc_ust")
+    parser.add_argument("--valid_fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    return parser.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The arguments that decide the output, as recorded in ``.done``."""
+    return {
+        "dataset": "sonyc_ust",
+        "data_root": str(args.data_root.resolve()),
+        "valid_fraction": args.valid_fraction,
+        "seed": args.seed,
+        "sample_rate": args.sample_rate,
+        "convert": args.convert,
+    }
+
+
+def read_annotations(path: Path, layout: dict) -> tuple[list[dict], list[str]]:
+    """The rows of ``annotations.csv`` and its columns the task does not use."""
+    if not path.is_file():
+        raise PrepareError(f"no annotations.csv in {path.parent} (is --data_root the release?)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = list(reader.fieldnames or [])
+    needed = [*ID_COLUMNS, *(f"{c}_presence" for c in layout["fine"] + layout["coarse"])]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise PrepareError(f"{path}: missing columns {missing[:5]} ({len(missing)} in all)")
+    return rows, [c for c in columns if c not in needed]
+
+
+def _present(value: str) -> int:
+    """A presence cell as 0/1 (the release has 0 and 1; anything but a positive number is 0)."""
+    try:
+        return int(float(value) > 0)
+    except ValueError:
+        return 0
+
+
+def group_clips(rows: list[dict], layout: dict) -> list[dict]:
+    """One entry per (split, clip): its verified labels (or None) and the annotators' votes."""
+    columns = [f"{c}_presence" for c in layout["fine"] + layout["coarse"]]
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        grouped[(row["split"], row["audio_filename"])].append(row)
+    clips = []
+    for (split, name), members in grouped.items():
+        verified = [r for r in members if int(float(r["annotator_id"])) == VERIFIED]
+        others = [r for r in members if int(float(r["annotator_id"])) != VERIFIED]
+        votes = [sum(_present(r[c]) for r in others) / len(others) for c in columns]
+        clips.append(
+            {
+                "split": split,
+                "audio_filename": name,
+                "sensor_id": members[0]["sensor_id"],
+                "annotators": len(others),
+                "verified": [_present(verified[-1][c]) for c in columns] if verified else None,
+                "votes": votes if others else None,
+            }
+        )
+    return clips
+
+
+def audio_folder(root: Path, split: str) -> Path:
+    """Where a split's audio lives: ``<split>/``, or ``audio-<split>/`` / ``audio-eval/``."""
+    for name in (split, f"audio-{split}", "audio-eval"):
+        if (root / name).is_dir():
+            return root / name
+    return root / split
+
+
+def locate(clips: list[dict], root: Path) -> tuple[list[dict], list[str]]:
+    """Clips whose audio exists (``src`` set); stop when a split has no audio at all."""
+    present, missing = [], []
+    for split in sorted({clip["split"] for clip in clips}):
+        folder = audio_folder(root, split)
+        members = [clip for clip in clips if clip["split"] == split]
+        found = []
+        for clip in members:
+            clip["src"] = resolve_audio_path(folder / clip["audio_filename"])
+            (found if clip["src"] is not None else missing).append(clip)
+        if not found:
+            raise PrepareError(
+                f"SONYC-UST: the {split} split has no audio under {folder} (0 of its "
+                f"{len(members)} annotated clips present); download it or check --data_root"
+            )
+        logger.info("%s: %d of %d clips have audio", split, len(found), len(members))
+        present += found
+    return present, [f"{c['split']}/{c['audio_filename']}" for c in missing]
+
+
+def convert(clips: list[dict], args) -> tuple[list[dict], list[str]]:
+    """Check and convert every present clip; (usable clips with ``wav`` set, unreadable files)."""
+    backend = conversion_backend(args.convert)
+    out_audio = args.out_dir.resolve() / "audio"
+    remove_stale_conversions(out_audio)
+    jobs = [
+        (str(c["src"]), str(out_audio / c["split"] / Path(c["audio_filename"]).with_suffix(".wav")))
+        for c in clips
+    ]
+    usable, corrupt = [], []
+    for clip, (src, dst), (duration, error) in zip(
+        clips, jobs, convert_clips(jobs, args.sample_rate, backend)
+    ):
+        if error is not None:
+            logger.warning("skipping %s: %s", src, error)
+            corrupt.append(src)
+            continue
+        clip["wav"] = str(Path(dst if backend else src).resolve())
+        clip["duration"] = round(duration, 4)
+        usable.append(clip)
+    return usable, corrupt
+
+
+def carve_valid(train: list[dict], layout: dict, args) -> tuple[list[dict], list[dict]]:
+    """Split the training pool into train / valid by sensor, stratified by the first coarse
+    class each clip has (its training target)."""
+    n_fine = len(layout["fine"])
+
+    def first_class(clip: dict) -> str:
+        labels = clip["verified"] or [int(v > 0) for v in clip["votes"]]
+        coarse = [name for name, on in zip(layout["coarse"], labels[n_fine:]) if on]
+        return coarse[0] if coarse else "none"
+
+    fractions = {"train": 1.0 - args.valid_fraction, "valid": args.valid_fraction}
+    carved = stratified_group_split(
+        [first_class(c) for c in train],
+        [c["sensor_id"] for c in train],
+        fractions,
+        args.seed,
+        cover=("train",),
+    )
+    return [train[i] for i in carved["train"]], [train[i] for i in carved["valid"]]
+
+
+def manifest(clips: list[dict]) -> dict[str, dict]:
+    """SpeechBrain JSON manifest: id (split/file stem) -> entry."""
+    keys = ("wav", "duration", "audio_filename", "sensor_id", "annotators", "verified", "votes")
+    return {
+        f"{c['split']}/{Path(c['audio_filename']).stem}": {k: c[k] for k in keys} for c in clips
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = settings_of(args)
+    done = args.out_dir / ".done"
+    if done.is_file() and read_json(done) == settings:
+        logger.info("SONYC-UST already prepared with these arguments in %s: skipping", args.out_dir)
+        return
+    done.unlink(missing_ok=True)
+    taxonomy = release_taxonomy(args.data_root)
+    layout = read_layout(taxonomy)
+    rows, ignored = read_annotations(args.data_root / "annotations.csv", layout)
+    clips = group_clips(rows, layout)
+    present, missing = locate(clips, args.data_root)
+    usable, corrupt = convert(present, args)
+    roles = defaultdict(list)
+    unverified = []
+    for clip in usable:
+        role = ROLE_OF_SPLIT.get(clip["split"], "eval")
+        if role != "train" and clip["verified"] is None:
+            unverified.append(f"{clip['split']}/{clip['audio_filename']}")
+            continue
+        roles[role].append(clip)
+    roles["train"], roles["valid"] = carve_valid(roles["train"], layout, args)
+    sizes = {}
+    for role in ("train", "valid", "test", "eval"):
+        if role == "eval" and not roles[role]:
+            (args.out_dir / "eval.json").unlink(missing_ok=True)
+            continue
+        write_json_atomic(args.out_dir / f"{role}.json", manifest(roles[role]))
+        sizes[role] = len(roles[role])
+    report = {
+        **settings,
+        "taxonomy": str(taxonomy),
+        "rows": len(rows),
+        "clips": len(clips),
+        "missing": len(missing),
+        "missing_files": missing,
+        "corrupt": len(corrupt),
+        "corrupt_files": corrupt,
+        "unverified_test_clips": unverified,
+        "ignored_columns": ignored,
+        "splits": sizes,
+    }
+    write_json_atomic(args.out_dir / "labels.json", layout)
+    write_json_atomic(args.out_dir / "prepare_report.json", report)
+    write_json_atomic(done, settings)
+    logger.info(
+        "SONYC-UST: %s; %d missing, %d unreadable, %d test clips without a verified row -> %s",
+        sizes, len(missing), len(corrupt), len(unverified), args.out_dir,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        main()
+    except PrepareError as error:
+        logger.error("%s", error)
+        sys.exit(1)

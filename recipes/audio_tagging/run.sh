@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Audio tagging on SONYC-UST v1 (DCASE 2019 Task 5): a CNN teacher, students of three sizes alone
+# and with sigmoid KD, SP, IUSP, KD+SP, KD+IUSP and FitNets; the DCASE metrics and the IUSP
+# paper's table. Stages follow the repository's convention:
+#   0 check  1 prepare  2 teacher  3 teacher cache  4 students alone  5 KD students
+#   6 (data-free synthesis: not part of this recipe)  7 evaluate  8 report
+# Re-running the same command resumes: finished stages are skipped, training resumes from the
+# last checkpoint. Examples:
+#   ./run.sh --data_root /data/sonyc-ust --seeds "1 2 3"
+#   ./run.sh --standin true --device cpu --students crnn --extra_args "--number_of_epochs 2"
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(cd ../.. && pwd)
+
+stage=0                       # first stage to run (0-8)
+stop_stage=8                  # last stage to run (0-8)
+data_root=""                  # the SONYC-UST release: annotations.csv, taxonomy, train/, validate/
+standin=false                 # true | false: stage 0 builds a small stand-in tree (README.md)
+methods="kd sp iusp kd_sp kd_iusp fitnets"  # KD methods of stage 5 (hparams/kd/<method>.yaml)
+students="crnn cnn_small cnn_medium"  # student architectures (hparams/student/<arch>.yaml)
+teacher=cnn10                 # teacher architecture (hparams/teacher/<arch>.yaml)
+teacher_seed=1                # the teacher's seed (an integer)
+seeds="1"                     # student seeds (integers, e.g. "1 2 3")
+ngpu=1                        # > 1 launches torchrun (DDP), one process per device
+device=auto                   # auto | cpu | cuda | cuda:N
+use_cache=true                # true | false: KD students read stage 3's teacher cache
+allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
+sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
+convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+data_dir=data                 # prepared manifests (stage 1)
+exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
+python=python3                # the Python interpreter that has kd_modules' requirements
+extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
+teacher_args=""               # overrides for the teacher only (stage 2)
+
+options="stage stop_stage data_root standin methods students teacher teacher_seed seeds ngpu
+device use_cache allow_unfinished_teacher sample_rate convert data_dir exp_dir python extra_args
+teacher_args"
+help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
+Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
+        6 (not in this recipe), 7 evaluate, 8 report"
+# shellcheck source=../../tools/parse_options.sh
+. "$root/tools/parse_options.sh"
+# shellcheck source=../../tools/stage_helpers.sh
+. "$root/tools/stage_helpers.sh"
+
+# ----- options: checked before any stage, so that a typo never costs a training run ------------
+check_stage_range 8
+check_choice standin true false
+check_kd_options
+
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+data="$data_dir/sonyc_ust"
+exp="$exp_dir/sonyc_ust"
+set_kd_flags
+
+yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
+run_args() {
+    echo "--data_folder $data --n_outputs $n_outputs --exp_root $exp_dir --device $device" \
+        "--sample_rate $sample_rate $extra_args"
+}
+tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
+student_folder() { echo "$exp/student/$1/$2/seed$3"; }
+
+if want 0; then
+    log "stage 0: checking the environment and the dataset root"
+    log_environment
+    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ]; then
+        if [ -z "$data_root" ] && [ "$standin" = true ]; then
+            data_root="$data_dir/standin"
+            log "stage 0: building the stand-in tree $data_root (not SONYC-UST: README.md)"
+            $python local/make_standin.py --out "$data_root" >/dev/null
+        fi
+        [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md), \
+or --standin true for the stand-in demo"
+        [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+    fi
+fi
+
+if want 1; then
+    [ -n "$data_root" ] || [ "$standin" = false ] || data_root="$data_dir/standin"
+    [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md)"
+    log "stage 1: preparing SONYC-UST manifests from $data_root"
+    $python local/prepare.py --data_root "$data_root" --out_dir "$data" \
+        --sample_rate "$sample_rate" --convert "$convert"
+fi
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
+    [ -f "$data/labels.json" ] || die "no prepared data in $data: run stage 1 first"
+    n_outputs=$($python -c "import json, sys; d = json.load(open(sys.argv[1])); \
+print(len(d['fine']) + len(d['coarse']))" "$data/labels.json")
+fi
+
+# shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
+if want 2; then
+    log "stage 2: teacher $teacher -> $tdir"
+    launch train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) --role teacher \
+        --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
+fi
+if want 3 && [ "$use_cache" = true ]; then
+    for method in $methods; do
+        log "stage 3: teacher cache for $method"
+        # shellcheck disable=SC2046
+        $python cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") $(run_args) \
+            --output_folder "$tdir" --teacher_folder "$tdir" "${unfinished_args[@]}"
+    done
+fi
+for arch in $students; do
+    for seed in $seeds; do
+        if want 4; then
+            sdir=$(student_folder "$arch" none "$seed")
+            log "stage 4: student $arch alone, seed $seed -> $sdir"
+            # shellcheck disable=SC2046
+            launch train.py $(yaml "student/$arch.yaml" none) $(run_args) --seed "$seed" \
+                --output_folder "$sdir" --skip_test True
+        fi
+        for method in $methods; do
+            want 5 || break
+            sdir=$(student_folder "$arch" "$method" "$seed")
+            log "stage 5: student $arch with $method, seed $seed -> $sdir"
+            # shellcheck disable=SC2046
+            launch train.py $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
+                --output_folder "$sdir" --teacher_folder "$tdir" --use_teacher_cache "$cache_flag" \
+                --skip_test True "${unfinished_args[@]}"
+        done
+    done
+done
+
+if want 6; then
+    log "stage 6: data-free synthesis is not part of this recipe: skipped"
+fi
+
+if want 7; then
+    # shellcheck disable=SC2046,SC2086
+    evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) \
+        --role teacher --seed "$teacher_seed" $teacher_args
+    for arch in $students; do
+        for seed in $seeds; do
+            for method in none $methods; do
+                teacher_flag=()
+                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
+                # shellcheck disable=SC2046
+                evaluate_once "$(student_folder "$arch" "$method" "$seed")" train.py \
+                    $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
+                    "${teacher_flag[@]}"
+            done
+        done
+    done
+fi
+
+if want 8; then
+    log "stage 8: collecting results into $exp/RESULTS.md"
+    $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
+        --title "Audio tagging: SONYC-UST ($(json_field "$data/.done" data_root), seeds $seeds)"
+    $python local/report.py "$exp" --out "$exp/RESULTS.md" --figure "$exp/frame_similarity.png"
+fi
+log "done"

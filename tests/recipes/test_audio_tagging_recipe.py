@@ -1,0 +1,153 @@
+"""End to end: the audio-tagging ``run.sh`` on the SONYC-UST stand-in tree, every stage 0-8.
+
+One module-scoped run (a tiny teacher, the one-conv + LSTM student with every method, 2 epochs,
+about 2-3 minutes on 2 CPU cores) is shared by the tests. The predictions CSVs are scored again
+here against the verified rows of ``annotations.csv`` (read with the csv module), through the
+library's DCASE metrics, and must give the numbers results.json reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import AUDIO_TAGGING, load_module
+
+from kd_modules.metrics import dcase_coarse_metrics, dcase_fine_metrics
+from kd_modules.results import REQUIRED_FIELDS
+
+pytestmark = pytest.mark.slow
+
+RECIPE = AUDIO_TAGGING
+standin = load_module("audio_tagging_standin", RECIPE / "local" / "make_standin.py")
+
+METHODS = ("kd", "sp", "iusp", "kd_sp", "kd_iusp", "fitnets")
+RUNS = [("teacher", "cnn10", "none"), *(("student", "crnn", m) for m in ("none", *METHODS))]
+N_VALIDATE = 12
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Experiment:
+    tree: Path
+    exp: Path
+    data: Path
+    proc: subprocess.CompletedProcess
+
+    def run_dir(self, role: str, arch: str, method: str) -> Path:
+        return self.exp / role / arch / method / "seed1"
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Experiment:
+    root = tmp_path_factory.mktemp("audio_tagging")
+    tree = root / "release"
+    standin.main(["--out", str(tree), "--n_train", "40", "--n_validate", str(N_VALIDATE)])
+    command = [
+        "bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--data_root", str(tree),
+        "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
+        "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
+        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 32",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command,
+        cwd=RECIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, explain(proc)
+    return Experiment(tree, root / "exp" / "sonyc_ust", root / "data" / "sonyc_ust", proc)
+
+
+def verified_truth(tree: Path, columns: list[str]) -> dict[str, list[int]]:
+    """validate clip -> its verified (annotator 0) row over ``columns``, from annotations.csv."""
+    with open(tree / "annotations.csv", newline="") as f:
+        return {
+            row["audio_filename"]: [int(row[f"{c}_presence"]) for c in columns]
+            for row in csv.DictReader(f)
+            if row["split"] == "validate" and row["annotator_id"] == "0"
+        }
+
+
+def test_every_stage_runs_in_order(experiment: Experiment):
+    lines = [line for line in experiment.proc.stdout.splitlines() if "[run.sh] stage " in line]
+    stages = [int(line.split("stage ")[1].split(":")[0]) for line in lines]
+    assert stages == sorted(stages) and sorted(set(stages)) == list(range(9)), stages
+    assert experiment.proc.stdout.rstrip().endswith("[run.sh] done")
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda run: f"{run[0]}-{run[2]}")
+def test_results_json(experiment: Experiment, run):
+    results = json.loads((experiment.run_dir(*run) / "results.json").read_text())
+    assert not [name for name in REQUIRED_FIELDS if name not in results]
+    assert (results["task"], results["dataset"]) == ("audio_tagging", "sonyc_ust")
+    assert (results["role"], results["arch"], results["method"]) == run
+    assert sorted(results["metrics"]) == sorted(
+        f"{level}_{name}" for level in ("coarse", "fine")
+        for name in ("micro_auprc", "macro_auprc", "micro_f1")
+    )  # fmt: skip
+    assert all(0.0 <= value <= 1.0 for value in results["metrics"].values())
+    assert results["predictions"] == {"validate": "predictions_validate.csv"}
+    assert len(results["class_auprc"]["coarse"]) == 8 == len(results["class_auprc"]["fine"])
+    assert "best validation coarse_micro_auprc" in results["selection"]
+    assert results["params"] > 0 and results["macs"] > 0
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda run: f"{run[0]}-{run[2]}")
+def test_predictions_csv_reproduces_the_reported_metrics(experiment: Experiment, run):
+    folder = experiment.run_dir(*run)
+    results = json.loads((folder / "results.json").read_text())
+    labels = json.loads((experiment.data / "labels.json").read_text())
+    with open(folder / "predictions_validate.csv", newline="") as f:
+        reader = csv.reader(f)
+        header, rows = next(reader), list(reader)
+    assert header == ["audio_filename", *labels["fine"], *labels["coarse"]]
+    assert any(name.split("_")[0].endswith("-X") for name in header)  # X tags included
+    truth = verified_truth(experiment.tree, labels["fine"] + labels["coarse"])
+    assert sorted(row[0] for row in rows) == sorted(truth) and len(rows) == N_VALIDATE
+    scores = np.array([[float(x) for x in row[1:]] for row in rows])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    y = np.array([truth[row[0]] for row in rows])
+    n_fine = len(labels["fine"])
+    coarse = dcase_coarse_metrics(y[:, n_fine:], scores[:, n_fine:])
+    fine = dcase_fine_metrics(y[:, :n_fine], scores[:, :n_fine], labels["fine_taxonomy"])
+    for level, metrics in (("coarse", coarse), ("fine", fine)):
+        for name in ("micro_auprc", "macro_auprc", "micro_f1"):
+            assert metrics[name] == pytest.approx(results["metrics"][f"{level}_{name}"], abs=1e-12)
+
+
+def test_kd_students_read_the_teacher_cache(experiment: Experiment):
+    teacher = json.loads((experiment.run_dir(*RUNS[0]) / "results.json").read_text())
+    for run in RUNS[2:]:
+        info = json.loads((experiment.run_dir(*run) / "train_info.json").read_text())
+        assert info["teacher_fingerprint"] == teacher["model_fingerprint"]
+        cache = Path(info["teacher_cache"])
+        assert (cache / "meta.json").is_file(), run
+        history = json.loads((experiment.run_dir(*run) / "history.json").read_text())
+        terms = {name for entry in history for name in entry["stats"] if name.startswith("kd_")}
+        expected = {f"kd_{term}" for term in run[2].split("_")}
+        assert terms == expected, run
+
+
+def test_report_has_the_paper_table_and_the_similarity_figure(experiment: Experiment):
+    report = (experiment.exp / "RESULTS.md").read_text()
+    assert "## The paper's table" in report and "### student crnn" in report
+    table = report.split("### student crnn")[1]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["none", *METHODS]  # header, then every method in the paper's order
+    assert "(iusp vs sp, coarse micro-AUPRC)" in table and "27.1 %–122.4 %" in table
+    assert (experiment.exp / "frame_similarity.png").read_bytes()[:8] == PNG_MAGIC
+    assert "curves.png" in {p.name for p in experiment.run_dir(*RUNS[1]).iterdir()}

@@ -1,0 +1,199 @@
+"""Audio-tagging stage 1 on the SONYC-UST stand-in tree (real UrbanSound8K / ESC-50 clips).
+
+The expected targets are recomputed here from ``annotations.csv`` with the csv module alone, so
+the prepare script and train.py's target rule are checked against the release's own rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import AUDIO_TAGGING, load_module
+
+from kd_modules.conversion import PrepareError
+from kd_modules.dataio import read_json
+
+standin = load_module("audio_tagging_standin", AUDIO_TAGGING / "local" / "make_standin.py")
+prepare = load_module("audio_tagging_prepare", AUDIO_TAGGING / "local" / "prepare.py")
+train = load_module("audio_tagging_train", AUDIO_TAGGING / "train.py")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """The stand-in release, built from the clips in tests/samples (40 train, 12 validate)."""
+    out = tmp_path_factory.mktemp("sonyc") / "release"
+    standin.main(["--out", str(out), "--n_train", "40", "--n_validate", "12", "--clip_s", "1.0"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(tree: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    prepare.main(["--data_root", str(tree), "--out_dir", str(out)])
+    return out
+
+
+def csv_rows(tree: Path) -> dict[tuple[str, str], list[dict]]:
+    """(split, audio_filename) -> its annotation rows, read with the csv module alone."""
+    clips = defaultdict(list)
+    with open(tree / "annotations.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            clips[(row["split"], row["audio_filename"])].append(row)
+    return clips
+
+
+def columns(prepared: Path) -> list[str]:
+    labels = read_json(prepared / "labels.json")
+    return [f"{name}_presence" for name in labels["fine"] + labels["coarse"]]
+
+
+def expected_targets(rows: list[dict], cols: list[str], rule: str) -> list[int]:
+    verified = [r for r in rows if r["annotator_id"] == "0"]
+    if verified:
+        return [int(verified[0][c]) for c in cols]
+    others = [r for r in rows if r["annotator_id"] != "0"]
+    votes = [sum(int(r[c]) for r in others) for c in cols]
+    if rule == "any":
+        return [int(v >= 1) for v in votes]
+    return [int(2 * v > len(others)) for v in votes]
+
+
+def all_entries(prepared: Path) -> dict[str, dict]:
+    return {
+        utt: entry
+        for role in ("train", "valid", "test")
+        for utt, entry in read_json(prepared / f"{role}.json").items()
+    }
+
+
+def test_missing_and_corrupt_clips_are_skipped_and_counted(tree: Path, prepared: Path):
+    report = read_json(prepared / "prepare_report.json")
+    assert report["missing"] == 1 and report["missing_files"] == [f"train/{standin.MISSING}"]
+    assert report["corrupt"] == 1
+    assert report["corrupt_files"] == [str(tree / "train" / standin.CORRUPT)]
+    names = {entry["audio_filename"] for entry in all_entries(prepared).values()}
+    assert standin.MISSING not in names and standin.CORRUPT not in names
+    assert len(names) == 40 + 12  # every other annotated clip is there
+    assert report["splits"] == {
+        role: len(read_json(prepared / f"{role}.json")) for role in ("train", "valid", "test")
+    }
+
+
+def test_extra_columns_are_ignored_and_listed(prepared: Path):
+    ignored = read_json(prepared / "prepare_report.json")["ignored_columns"]
+    assert "latitude" in ignored and "hour" in ignored
+    assert "1-1_small-sounding-engine_proximity" in ignored
+    assert not any(name.endswith("_presence") for name in ignored)
+
+
+@pytest.mark.parametrize("rule", ["any", "majority"])
+def test_training_targets_follow_verified_rows_then_the_rule(tree, prepared, rule):
+    rows, cols = csv_rows(tree), columns(prepared)
+    disagreeing = 0
+    for role in ("train", "valid"):
+        for entry in read_json(prepared / f"{role}.json").values():
+            clip_rows = rows[("train", entry["audio_filename"])]
+            crowd = [[r[c] for c in cols] for r in clip_rows if r["annotator_id"] != "0"]
+            disagreeing += len({tuple(votes) for votes in crowd}) > 1
+            got = train.clip_targets(entry, rule)
+            assert got == expected_targets(clip_rows, cols, rule), entry["audio_filename"]
+    assert disagreeing >= 5  # the stand-in's annotators do disagree
+
+
+def test_any_and_majority_differ_on_disagreeing_annotators(prepared: Path):
+    differ = [
+        entry
+        for entry in read_json(prepared / "train.json").values()
+        if train.clip_targets(entry, "any") != train.clip_targets(entry, "majority")
+    ]
+    assert differ, "no clip where one annotator alone marked a tag"
+    for entry in differ:
+        assert entry["verified"] is None  # a verified row settles every disagreement
+
+
+def test_verified_rows_win_over_the_crowd(prepared: Path):
+    verified = [e for e in read_json(prepared / "train.json").values() if e["verified"]]
+    assert verified
+    for entry in verified:
+        assert train.clip_targets(entry, "any") == entry["verified"]
+        assert train.clip_targets(entry, "majority") == entry["verified"]
+
+
+def test_test_ground_truth_is_the_verified_row_only(tree: Path, prepared: Path):
+    rows, cols = csv_rows(tree), columns(prepared)
+    test = read_json(prepared / "test.json")
+    assert len(test) == 12
+    for entry in test.values():
+        clip_rows = rows[("validate", entry["audio_filename"])]
+        assert {r["annotator_id"] for r in clip_rows} >= {"0"}
+        assert any(int(r["annotator_id"]) < 0 for r in clip_rows)  # SONYC-team row ignored
+        truth = [int(r[c]) for r in clip_rows if r["annotator_id"] == "0" for c in cols]
+        assert train.clip_targets(entry, "any") == truth == entry["verified"]
+
+
+def test_a_clip_with_only_x_tags(prepared: Path):
+    labels = read_json(prepared / "labels.json")
+    fine, coarse = labels["fine"], labels["coarse"]
+    voice = labels["fine_taxonomy"][coarse.index("7_human-voice")]
+    x_only = [
+        entry
+        for entry in all_entries(prepared).values()
+        if entry["verified"]
+        and entry["verified"][voice["incomplete"]]
+        and not any(entry["verified"][i] for i in voice["complete"])
+    ]
+    assert x_only, "the stand-in should hold a verified clip tagged only 7-X"
+    for entry in x_only:
+        assert entry["verified"][len(fine) + coarse.index("7_human-voice")] == 1
+
+
+def test_valid_is_carved_from_train_by_sensor(prepared: Path):
+    sensors = {
+        role: {e["sensor_id"] for e in read_json(prepared / f"{role}.json").values()}
+        for role in ("train", "valid", "test")
+    }
+    assert sensors["valid"] and not sensors["train"] & sensors["valid"]
+    assert not (sensors["train"] | sensors["valid"]) & sensors["test"]
+
+
+def test_layout_and_conversion(prepared: Path):
+    labels = read_json(prepared / "labels.json")
+    assert len(labels["fine"]) == 29 and len(labels["coarse"]) == 8
+    assert labels["fine"][3] == "1-X_engine-of-uncertain-size"
+    entry = next(iter(read_json(prepared / "test.json").values()))
+    assert Path(entry["wav"]).parent == prepared.resolve() / "audio" / "validate"
+    import soundfile
+
+    info = soundfile.info(entry["wav"])
+    assert (info.samplerate, info.channels) == (16000, 1)  # converted from the tree's 22.05 kHz
+
+
+def test_rerun_with_the_same_arguments_is_skipped(tree, prepared, caplog):
+    before = (prepared / "train.json").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        prepare.main(["--data_root", str(tree), "--out_dir", str(prepared)])
+    assert "already prepared" in caplog.text
+    assert (prepared / "train.json").stat().st_mtime_ns == before
+
+
+def test_a_split_without_audio_is_an_error_naming_it(tree: Path, tmp_path: Path):
+    copy = tmp_path / "release"
+    shutil.copytree(tree, copy, ignore=shutil.ignore_patterns("validate"))
+    with pytest.raises(PrepareError, match=r"the validate split has no audio under .*validate"):
+        prepare.main(["--data_root", str(copy), "--out_dir", str(tmp_path / "out")])
+
+
+def test_release_without_taxonomy_uses_the_shipped_copy(tree: Path, tmp_path: Path):
+    copy = tmp_path / "release"
+    shutil.copytree(tree, copy)
+    (copy / "dcase-ust-taxonomy.yaml").unlink()
+    out = tmp_path / "out"
+    prepare.main(["--data_root", str(copy), "--out_dir", str(out), "--convert", "none"])
+    report = read_json(out / "prepare_report.json")
+    assert Path(report["taxonomy"]) == AUDIO_TAGGING / "local" / "dcase-ust-taxonomy.yaml"
+    assert json.loads((out / "labels.json").read_text())["coarse"][0] == "1_engine"
