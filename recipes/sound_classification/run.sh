@@ -174,7 +174,7 @@ for fold in $folds; do
         for method in $kd_methods; do
             log "stage 3: teacher cache for $method, fold $fold"
             # shellcheck disable=SC2046
-            $python cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
+            launch cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
                 $(fold_args "$fold") --output_folder "$tdir" --teacher_folder "$tdir" \
                 --check_cache "$check_cache" "${unfinished_args[@]}"
         done
