@@ -22,7 +22,6 @@ from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 
-from kd_modules.brains.classification import filterbanks
 from kd_modules.brains.distill import DistillBrain
 from kd_modules.cache import TeacherCache, build_teacher_cache
 from kd_modules.dataio import AudioReadError, SkipBadCollate, read_audio
@@ -191,23 +190,25 @@ def test_placeholder_adds_nothing_to_the_accuracy(bad_setup):
 
 def test_placeholder_with_the_teacher_cache_uses_zeros_not_the_missing_ids(bad_setup):
     hparams = bad_setup["hparams"]
-
-    def features(batch):
-        wavs, lens = batch.sig
-        return filterbanks(hparams["compute_features"], hparams["normalize"], wavs, lens), lens
-
-    splits = {"train": bad_setup["good_single"], "bad": bad_setup["bad_single"]}
+    replay = hparams["view_replay"]
+    examples = [
+        (batch.id[0], batch.sig.data[0])
+        for batch in bad_setup["good_single"] + bad_setup["bad_single"]
+        if not batch.placeholder
+    ] + [("0_truncated", torch.zeros(0)), ("1_missing", torch.zeros(0))]
     folder = build_teacher_cache(
-        bad_setup["teacher"], splits, features, bad_setup["root"] / "cache", {}
-    )
+        bad_setup["teacher"], examples, replay.features, replay.make_view,
+        bad_setup["root"] / "cache", {},
+    )  # fmt: skip
     cache = TeacherCache(folder)
-    assert len(cache.entries) == len(bad_setup["good_single"])  # the bad clips are not cached
-    assert not {"0_truncated", "1_missing"} & set(cache.entries)
+    assert len(cache) == len(bad_setup["good_single"])  # the bad clips are not cached
+    assert not {"0_truncated", "1_missing"} & set(cache.index)
+    assert cache.unreadable("0_truncated") and cache.unreadable("1_missing")
 
     brain = make_brain(bad_setup, cache=cache)
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     _, teacher, _ = assert_placeholder_step(brain, bad_setup["bad"][0])
-    some = next(iter(cache.entries.values()))
+    some = cache.example()
     assert {name: tuple(value.shape) for name, value in teacher.items()} == {
         name: (2, *value.shape) for name, value in some.items()
     }

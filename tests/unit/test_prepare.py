@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from kd_modules import conversion
 from kd_modules.dataio import audio_info, read_audio, read_json
 from kd_modules.splits import stratified_group_split
 
@@ -274,7 +275,7 @@ def test_audiomnist_paper_folds_via_cli(tmp_path):
 
 def test_without_sox_converts_with_soundfile(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(prepare, "sox_available", lambda: False)
+    monkeypatch.setattr(conversion, "sox_available", lambda: False)
     with pytest.raises(prepare.PrepareError, match="--convert sox needs the SoX binary"):
         run(
             "audiomnist", SAMPLES / "audiomnist", tmp_path / "a", "--folds", "1", "--convert", "sox"
@@ -351,7 +352,7 @@ def test_stale_temp_file_of_a_killed_run_is_removed(tmp_path, george_fsdd, caplo
 @pytest.mark.parametrize("convert", ["none", "sox"])
 def test_truncated_flac_is_skipped_as_corrupt(tmp_path, convert, caplog):
     """Half of a real 5 s FLAC: the header is intact; SoX would decode 2.3 s of it silently."""
-    if convert == "sox" and not prepare.sox_available():
+    if convert == "sox" and not conversion.sox_available():
         pytest.skip("SoX binary or sox package not available")
     root = shutil.copytree(SAMPLES / "esc50" / "ESC-50-master", tmp_path / "ESC-50-master")
     truncated = root / "audio" / "4-183992-A-0.flac"

@@ -30,25 +30,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import multiprocessing
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from tqdm import tqdm
-
-from kd_modules.dataio import (
-    AudioReadError,
-    audio_info,
-    convert_audio,
-    read_json,
-    remove_stale_temp_files,
-    resolve_audio_path,
-    sox_available,
-    verify_audio,
-    write_json_atomic,
+from kd_modules.conversion import (
+    PrepareError,
+    conversion_backend,
+    convert_clips,
+    remove_stale_conversions,
 )
+from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
 
 logger = logging.getLogger(__name__)
@@ -56,10 +49,6 @@ logger = logging.getLogger(__name__)
 DATASETS = ("esc50", "urbansound8k", "audiomnist", "fsdd")
 ROLES = ("train", "valid", "test")
 MIN_DURATION_S = 0.14  # the teacher's 15-frame TDNN context at a 10 ms hop (see above)
-
-
-class PrepareError(RuntimeError):
-    """The data cannot give what was asked for (no metadata, an empty protocol split, ...)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -108,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as err:
         raise PrepareError(str(err)) from err
     (args.out_dir / ".done").unlink(missing_ok=True)
-    stale = _remove_stale_temp_files(args.out_dir / "audio")
+    stale = remove_stale_conversions(args.out_dir / "audio")
     rows, labels = dataset.read_rows(root)
     _check_labels(rows, labels, dataset.TITLE)
     present = _locate(rows, dataset.audio_dir(root), dataset.TITLE)
@@ -209,16 +198,6 @@ def _locate(rows: list[dict], audio_dir: Path, title: str) -> list[dict]:
     return present
 
 
-def _remove_stale_temp_files(audio_dir: Path) -> list[Path]:
-    """Remove the temporary files a killed conversion left in ``audio_dir``; log them."""
-    stale = remove_stale_temp_files(audio_dir)
-    if stale:
-        logger.warning(
-            "removed %d temporary file(s) left by an interrupted run in %s", len(stale), audio_dir
-        )
-    return stale
-
-
 def _check_protocol(
     dataset: ModuleType, rows: list[dict], available: list[dict], fold: int
 ) -> None:
@@ -235,57 +214,22 @@ def _check_protocol(
             )
 
 
-def _backend(choice: str) -> str | None:
-    """The conversion backend to use (None for no conversion), logged once."""
-    if choice == "none":
-        logger.info("no conversion: manifests point at the original files")
-        return None
-    available = sox_available()
-    if choice == "sox" and not available:
-        raise PrepareError("--convert sox needs the SoX binary on PATH and the sox package")
-    backend = choice if choice != "auto" else ("sox" if available else "soundfile")
-    if backend == "sox":
-        logger.info("converting with SoX")
-    elif choice == "auto":
-        logger.info("SoX binary not found: converting with soundfile + torchaudio resampler")
-    else:
-        logger.info("converting with soundfile + torchaudio resampler")
-    return backend
-
-
 def _check_and_convert(present: list[dict], args) -> tuple[list[dict], list[dict]]:
     """Check every present clip (and convert it); set ``wav`` and ``duration``.
 
-    Returns (usable rows, corrupt rows). Runs in a pool of min(4, cpus) workers.
+    Returns (usable rows, corrupt rows); kd_modules.conversion does the work.
     """
-    backend = _backend(args.convert)
+    backend = conversion_backend(args.convert)
     out_audio = args.out_dir.resolve() / "audio"
-    jobs = [
-        (
-            str(row["src"]),
-            None if backend is None else str((out_audio / row["rel"]).with_suffix(".wav")),
-            args.sample_rate,
-            backend,
-        )
-        for row in present
-    ]
-    workers = max(1, min(4, os.cpu_count() or 1))
-    with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
-        results = list(
-            tqdm(
-                pool.imap(_process_clip, jobs, chunksize=8),
-                total=len(jobs),
-                desc="checking" if backend is None else "converting",
-                disable=None,
-            )
-        )
+    jobs = [(str(row["src"]), str((out_audio / row["rel"]).with_suffix(".wav"))) for row in present]
+    results = convert_clips(jobs, args.sample_rate, backend)
     usable, corrupt = [], []
     for row, job, (duration, error) in zip(present, jobs, results):
         if error is not None:
             logger.warning("skipping %s: %s", row["src"], error)
             corrupt.append(row)
             continue
-        row["wav"] = str(Path(job[1] or job[0]).resolve())
+        row["wav"] = str(Path(job[1] if backend else job[0]).resolve())
         row["duration"] = round(duration, 4)
         usable.append(row)
     logger.info("%d clips readable, %d unreadable skipped", len(usable), len(corrupt))
@@ -309,37 +253,6 @@ def _drop_short(rows: list[dict], min_duration_s: float) -> tuple[list[dict], li
     if short:
         logger.info("%d clips shorter than %s s skipped", len(short), min_duration_s)
     return kept, short
-
-
-def _init_worker() -> None:
-    """One torch thread per worker: 4 workers x N threads would oversubscribe the CPUs."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _process_clip(job: tuple[str, str | None, int, str | None]) -> tuple[float | None, str | None]:
-    """(duration, None) for a good clip, converted first if asked; (None, reason) for a bad one."""
-    src, dst, sample_rate, backend = job
-    try:
-        if dst is None:
-            return verify_audio(src).duration, None
-        if not _up_to_date(src, dst, sample_rate):
-            convert_audio(src, dst, sample_rate, backend)
-        return audio_info(dst).duration, None
-    except AudioReadError as err:
-        return None, err.reason
-
-
-def _up_to_date(src: str, dst: str, sample_rate: int) -> bool:
-    """A converted copy newer than its source, mono, at the wanted rate."""
-    if not os.path.isfile(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
-        return False
-    try:
-        info = audio_info(dst)
-    except AudioReadError:
-        return False
-    return info.sample_rate == sample_rate and info.channels == 1
 
 
 def _official_split(dataset, rows, usable, fold, args) -> dict[str, dict]:
