@@ -14,7 +14,7 @@ import logging
 import shutil
 
 from speechbrain.utils import checkpoints as sb_checkpoints
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class Checkpointer(sb_checkpoints.Checkpointer):
         checkpoint = super().save_checkpoint(meta or {}, end_of_epoch, name, verbosity)
         if checkpoint is not None:
             (checkpoint.path / COMPLETE).touch()
+        # Every rank must see the marker before any of them lists checkpoints again (SpeechBrain
+        # deletes old ones with one broadcast per checkpoint: ranks that disagree deadlock).
+        ddp_barrier()
         return checkpoint
 
     def _list_checkpoint_dirs(self) -> list:

@@ -391,6 +391,25 @@ def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
             train_run(brain, hparams, datasets, teacher, cache, record)
         if not hparams["skip_test"]:
             recipe.write_results(brain, hparams, datasets, training_status(output))
+    end_distributed(brain)
+
+
+def end_distributed(brain) -> None:
+    """Under torchrun: release the DDP-wrapped modules, then the process group, in step.
+
+    Left to interpreter shutdown, gloo's worker threads can be destroyed with work still queued
+    and abort a rank ("terminate called without an active exception") after a finished run.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    brain.modules = None  # drops the DDP wrappers (and their reducers' pending work)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 # ----- evaluation and results.json ---------------------------------------------------------------

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 RUN_SH = RECIPE / "run.sh"
 EPOCHS = 2
 STEPS_PER_EPOCH = 2  # 4 training clips, batch size 1, 2 ranks
-TIMEOUT_S = 300
+TIMEOUT_S = 240  # a normal stage-5 run takes ~10 s
 
 
 def run_sh(tmp: Path, *args: str, epochs: int = EPOCHS) -> str:
