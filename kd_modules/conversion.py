@@ -1,10 +1,10 @@
 """Stage 1's audio work for every recipe: check each clip, convert it once, count the bad ones.
 
-A prepare script lists ``(source, destination)`` pairs; :func:`convert_clips` decodes every source
-in full once (a truncated FLAC with a valid header counts as unreadable too), converts it to mono
-16-bit audio at the recipe's rate (SoX when available, else soundfile + torchaudio) unless it is
-up to date, and returns each clip's duration or the reason it is unusable. Nothing here knows a
-dataset.
+A prepare script hands its clips to :func:`check_and_convert` (or lists ``(source,
+destination)`` pairs for :func:`convert_clips`), which decodes every source in full once (a
+truncated FLAC with a valid header counts as unreadable too), converts it to mono 16-bit audio at
+the recipe's rate (SoX when available, else soundfile + torchaudio) unless it is up to date, and
+returns each clip's duration or the reason it is unusable. Nothing here knows a dataset.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -30,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 class PrepareError(RuntimeError):
     """The data cannot give what was asked for (no metadata, a split without audio, ...)."""
+
+
+def run_prepare(main: Callable[[], None]) -> None:
+    """A prepare script's entry point: INFO logging with timestamps; a PrepareError ends it as
+    one logged error line and exit status 1 (no traceback: the data, not the code, is wrong)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        main()
+    except PrepareError as error:
+        logger.error("%s", error)
+        sys.exit(1)
 
 
 def conversion_backend(choice: str) -> str | None:
@@ -79,6 +92,30 @@ def convert_clips(
                 disable=None,
             )
         )
+
+
+def check_and_convert(
+    clips: list[dict], destination: Callable[[dict], Path], sample_rate: int, choice: str
+) -> tuple[list[dict], list[dict]]:
+    """Check (and convert, per ``--convert`` ``choice``) each clip's ``src`` to
+    ``destination(clip)``; set ``wav`` (the converted copy, or the source without conversion)
+    and ``duration`` (seconds, 4 decimals) on the usable ones. Returns (usable, unreadable)
+    clips in order; each unreadable one is logged with its reason."""
+    backend = conversion_backend(choice)
+    jobs = [(str(clip["src"]), str(destination(clip))) for clip in clips]
+    usable, unreadable = [], []
+    for clip, (src, dst), (duration, error) in zip(
+        clips, jobs, convert_clips(jobs, sample_rate, backend)
+    ):
+        if error is not None:
+            logger.warning("skipping %s: %s", src, error)
+            unreadable.append(clip)
+            continue
+        clip["wav"] = str(Path(dst if backend else src).resolve())
+        clip["duration"] = round(duration, 4)
+        usable.append(clip)
+    logger.info("%d clips readable, %d unreadable skipped", len(usable), len(unreadable))
+    return usable, unreadable
 
 
 def _init_worker() -> None:

@@ -58,24 +58,12 @@ check_stage_range 8
 check_choice dataset esc50 urbansound8k audiomnist fsdd
 check_choice split official seeded
 check_ints folds 0
-check_yaml_names methods hparams/kd '*'
-check_yaml_names students hparams/student +
-check_yaml_names teacher hparams/teacher 1
-check_int teacher_seed 0
-check_ints seeds 1
-check_int ngpu 1
-check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
-check_choice use_cache true false
 check_choice augment true false
 check_int check_cache 0
-check_choice allow_unfinished_teacher true false
-check_int sample_rate 1
-check_choice convert auto sox soundfile none
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.14'
 check_choice download true false
 check_choice update_readme true false
-if [ "$stage" -le 1 ]; then check_writable_dir data_dir; fi  # stage 0 (download), 1 write it
-check_writable_dir exp_dir
+check_kd_options  # methods, students, teacher, seeds, device, cache, conversion, folders
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 prepared="$data_dir/$dataset/.done"  # stage 1's arguments: the split and folds it prepared
@@ -90,13 +78,8 @@ if [ -z "$folds" ]; then
     elif [ "$split" = seeded ]; then folds="1"
     else folds="$official_folds"; fi
 fi
-if [ "$device" = auto ]; then
-    device=$($python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-fi
-cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
+set_kd_flags  # device (auto resolved), cache_flag, unfinished_args
 augment_flag=$([ "$augment" = true ] && echo True || echo False)
-unfinished_args=()
-[ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 fold_args() {
@@ -110,8 +93,7 @@ student_folder() { echo "$exp_dir/$dataset/fold$1/student/$2/$3/seed$4"; }
 
 if want 0; then
     log "stage 0: checking the environment and the dataset root"
-    $python -c "import kd_modules, speechbrain, torch; print('torch', torch.__version__, \
-'speechbrain', speechbrain.__version__, 'cuda', torch.cuda.is_available())"
+    log_environment
     if [ "$stop_stage" -ge 1 ] && [ ! -f "$prepared" ]; then
         if [ -z "$data_root" ] && [ "$download" = true ]; then
             data_root=$(local/download.sh "$dataset" "$data_dir/downloads")

@@ -110,6 +110,18 @@ def build_pool(hparams: dict, run_opts: dict, teacher, valid_set) -> SyntheticPo
     return pool
 
 
+def use_pool_schedule(hparams: dict) -> None:
+    """Train on the pool with ``pool_lr_annealing`` instead of common.yaml's ``lr_annealing``.
+
+    common.yaml's NewBob halves the rate whenever the *real* validation loss fails to improve;
+    on synthetic training batches it often does not, even while the real accuracy rises, and
+    NewBob then decays the rate to nothing (the checkpoint is still chosen by real validation
+    accuracy). The synthesis YAMLs set a fixed cosine over the epochs (ours).
+    """
+    hparams["lr_annealing"] = hparams["pool_lr_annealing"]
+    hparams["checkpointer"].add_recoverable("lr_annealing", hparams["pool_lr_annealing"])
+
+
 def pool_summary(pool: SyntheticPool) -> dict:
     """What the results table reports for a data-free run: time and size of its pool."""
     record = read_json(pool.folder / "run_record.json")
@@ -175,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         record["pool_manifest"] = file_sha256(pool.manifest_file)
         run_on_main(check_run_record, args=[output, record])
         hparams["train_dataloader_options"] = hparams["pool_dataloader_options"]
+        use_pool_schedule(hparams)
         brain = build_brain(DataFreeBrain, hparams, run_opts, teacher)
         if not run_opts["test_only"]:
             train_run(brain, hparams, datasets, teacher, None, record)

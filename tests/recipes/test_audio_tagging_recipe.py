@@ -1,9 +1,11 @@
 """End to end: the audio-tagging ``run.sh`` on the SONYC-UST stand-in tree, every stage 0-8.
 
 One module-scoped run (a tiny teacher, the one-conv + LSTM student with every method, 2 epochs,
-about 2-3 minutes on 2 CPU cores) is shared by the tests. The predictions CSVs are scored again
-here against the verified rows of ``annotations.csv`` (read with the csv module), through the
-library's DCASE metrics, and must give the numbers results.json reports.
+about 2-3 minutes on 2 CPU cores) is shared by the tests; the tree holds an eval release too. The
+predictions CSVs of validate and eval are scored again here against the verified rows of
+``annotations.csv`` (read with the csv module), through the library's DCASE metrics, and must
+give the numbers results.json reports. The same command run a second time must resume: nothing
+is prepared, trained or evaluated again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +33,8 @@ standin = load_module("audio_tagging_standin", RECIPE / "local" / "make_standin.
 
 METHODS = ("kd", "sp", "iusp", "kd_sp", "kd_iusp", "fitnets")
 RUNS = [("teacher", "cnn10", "none"), *(("student", "crnn", m) for m in ("none", *METHODS))]
-N_VALIDATE = 12
+N_VALIDATE, N_EVAL = 12, 6
+TEST_SETS = {"validate": ("validate", N_VALIDATE), "eval": (standin.EVAL_SPLIT, N_EVAL)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,6 +44,7 @@ class Experiment:
     exp: Path
     data: Path
     proc: subprocess.CompletedProcess
+    command: list[str]
 
     def run_dir(self, role: str, arch: str, method: str) -> Path:
         return self.exp / role / arch / method / "seed1"
@@ -49,18 +54,8 @@ def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Experiment:
-    root = tmp_path_factory.mktemp("audio_tagging")
-    tree = root / "release"
-    standin.main(["--out", str(tree), "--n_train", "40", "--n_validate", str(N_VALIDATE)])
-    command = [
-        "bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--data_root", str(tree),
-        "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
-        "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
-        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 32",
-    ]  # fmt: skip
-    proc = subprocess.run(
+def run_sh(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
         command,
         cwd=RECIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -68,17 +63,53 @@ def experiment(tmp_path_factory) -> Experiment:
         text=True,
         timeout=900,
     )
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Experiment:
+    root = tmp_path_factory.mktemp("audio_tagging")
+    tree = root / "release"
+    standin.main(["--out", str(tree), "--n_train", "40", "--n_validate", str(N_VALIDATE),
+                  "--n_eval", str(N_EVAL)])  # fmt: skip
+    command = [
+        "bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--data_root", str(tree),
+        "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
+        "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
+        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 32",
+    ]  # fmt: skip
+    proc = run_sh(command)
     assert proc.returncode == 0, explain(proc)
-    return Experiment(tree, root / "exp" / "sonyc_ust", root / "data" / "sonyc_ust", proc)
+    return Experiment(tree, root / "exp" / "sonyc_ust", root / "data" / "sonyc_ust", proc, command)
 
 
-def verified_truth(tree: Path, columns: list[str]) -> dict[str, list[int]]:
-    """validate clip -> its verified (annotator 0) row over ``columns``, from annotations.csv."""
+def saved_state(experiment: Experiment) -> dict[str, int]:
+    """Path -> mtime of the prepared manifests, every teacher-cache file, and every file under
+    each run's save/ (checkpoints) and its results.json."""
+    cache = experiment.exp.parent / "cache"
+    paths = [*experiment.data.glob("*.json"), *sorted(cache.rglob("*"))]
+    assert any(path.name == "meta.json" for path in paths), f"no teacher cache under {cache}"
+    for run in RUNS:
+        folder = experiment.run_dir(*run)
+        paths += [folder / "results.json", *sorted((folder / "save").rglob("*"))]
+    kept = [path for path in paths if not path.name.startswith(".lock")]  # touched by any look
+    return {str(path): path.stat().st_mtime_ns for path in kept}
+
+
+@pytest.fixture(scope="module")
+def resumed(experiment: Experiment) -> tuple[dict, dict, subprocess.CompletedProcess]:
+    """The same command again: the saved state before and after, and the second run."""
+    before = saved_state(experiment)
+    second = run_sh(experiment.command)
+    return before, saved_state(experiment), second
+
+
+def verified_truth(tree: Path, columns: list[str], split: str) -> dict[str, list[int]]:
+    """``split``'s clip -> its verified (annotator 0) row over ``columns``, from annotations.csv."""
     with open(tree / "annotations.csv", newline="") as f:
         return {
             row["audio_filename"]: [int(row[f"{c}_presence"]) for c in columns]
             for row in csv.DictReader(f)
-            if row["split"] == "validate" and row["annotator_id"] == "0"
+            if row["split"] == split and row["annotator_id"] == "0"
         }
 
 
@@ -100,24 +131,28 @@ def test_results_json(experiment: Experiment, run):
         for name in ("micro_auprc", "macro_auprc", "micro_f1")
     )  # fmt: skip
     assert all(0.0 <= value <= 1.0 for value in results["metrics"].values())
-    assert results["predictions"] == {"validate": "predictions_validate.csv"}
+    assert results["predictions"] == {name: f"predictions_{name}.csv" for name in TEST_SETS}
+    assert results["test_sets"]["validate"] == results["metrics"]
+    assert sorted(results["test_sets"]["eval"]) == sorted(results["metrics"])
     assert len(results["class_auprc"]["coarse"]) == 8 == len(results["class_auprc"]["fine"])
     assert "best validation coarse_micro_auprc" in results["selection"]
     assert results["params"] > 0 and results["macs"] > 0
 
 
+@pytest.mark.parametrize("test_set", TEST_SETS)
 @pytest.mark.parametrize("run", RUNS, ids=lambda run: f"{run[0]}-{run[2]}")
-def test_predictions_csv_reproduces_the_reported_metrics(experiment: Experiment, run):
+def test_predictions_csv_reproduces_the_reported_metrics(experiment: Experiment, run, test_set):
     folder = experiment.run_dir(*run)
-    results = json.loads((folder / "results.json").read_text())
+    reported = json.loads((folder / "results.json").read_text())["test_sets"][test_set]
     labels = json.loads((experiment.data / "labels.json").read_text())
-    with open(folder / "predictions_validate.csv", newline="") as f:
+    with open(folder / f"predictions_{test_set}.csv", newline="") as f:
         reader = csv.reader(f)
         header, rows = next(reader), list(reader)
     assert header == ["audio_filename", *labels["fine"], *labels["coarse"]]
     assert any(name.split("_")[0].endswith("-X") for name in header)  # X tags included
-    truth = verified_truth(experiment.tree, labels["fine"] + labels["coarse"])
-    assert sorted(row[0] for row in rows) == sorted(truth) and len(rows) == N_VALIDATE
+    split, n_clips = TEST_SETS[test_set]
+    truth = verified_truth(experiment.tree, labels["fine"] + labels["coarse"], split)
+    assert sorted(row[0] for row in rows) == sorted(truth) and len(rows) == n_clips
     scores = np.array([[float(x) for x in row[1:]] for row in rows])
     assert ((scores >= 0) & (scores <= 1)).all()
     y = np.array([truth[row[0]] for row in rows])
@@ -126,7 +161,7 @@ def test_predictions_csv_reproduces_the_reported_metrics(experiment: Experiment,
     fine = dcase_fine_metrics(y[:, :n_fine], scores[:, :n_fine], labels["fine_taxonomy"])
     for level, metrics in (("coarse", coarse), ("fine", fine)):
         for name in ("micro_auprc", "macro_auprc", "micro_f1"):
-            assert metrics[name] == pytest.approx(results["metrics"][f"{level}_{name}"], abs=1e-12)
+            assert metrics[name] == pytest.approx(reported[f"{level}_{name}"], abs=1e-12)
 
 
 def test_kd_students_read_the_teacher_cache(experiment: Experiment):
@@ -151,3 +186,14 @@ def test_report_has_the_paper_table_and_the_similarity_figure(experiment: Experi
     assert "(iusp vs sp, coarse micro-AUPRC)" in table and "27.1 %–122.4 %" in table
     assert (experiment.exp / "frame_similarity.png").read_bytes()[:8] == PNG_MAGIC
     assert "curves.png" in {p.name for p in experiment.run_dir(*RUNS[1]).iterdir()}
+
+
+# ----- the same command again ---------------------------------------------------------------------
+def test_rerun_retrains_and_reevaluates_nothing(experiment: Experiment, resumed):
+    before, after, second = resumed
+    assert second.returncode == 0, explain(second)
+    assert after == before  # same manifests, checkpoints and results.json, same mtimes
+    assert "SONYC-UST already prepared with these arguments" in second.stderr
+    evaluated = re.findall(r"stage 7: (\S+) already evaluated", second.stdout)
+    assert sorted(evaluated) == sorted(str(experiment.run_dir(*run)) for run in RUNS)
+    assert second.stdout.rstrip().endswith("[run.sh] done")

@@ -21,13 +21,16 @@ from kd_modules.dataio import read_json
 standin = load_module("audio_tagging_standin", AUDIO_TAGGING / "local" / "make_standin.py")
 prepare = load_module("audio_tagging_prepare", AUDIO_TAGGING / "local" / "prepare.py")
 train = load_module("audio_tagging_train", AUDIO_TAGGING / "train.py")
+ROLES = ("train", "valid", "test", "eval")
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """The stand-in release, built from the clips in tests/samples (40 train, 12 validate)."""
+    """The stand-in release, built from the clips in tests/samples (40 train, 12 validate, and an
+    eval release of 6)."""
     out = tmp_path_factory.mktemp("sonyc") / "release"
-    standin.main(["--out", str(out), "--n_train", "40", "--n_validate", "12", "--clip_s", "1.0"])
+    standin.main(["--out", str(out), "--n_train", "40", "--n_validate", "12", "--n_eval", "6",
+                  "--clip_s", "1.0"])  # fmt: skip
     return out
 
 
@@ -65,9 +68,7 @@ def expected_targets(rows: list[dict], cols: list[str], rule: str) -> list[int]:
 
 def all_entries(prepared: Path) -> dict[str, dict]:
     return {
-        utt: entry
-        for role in ("train", "valid", "test")
-        for utt, entry in read_json(prepared / f"{role}.json").items()
+        utt: entry for role in ROLES for utt, entry in read_json(prepared / f"{role}.json").items()
     }
 
 
@@ -78,10 +79,8 @@ def test_missing_and_corrupt_clips_are_skipped_and_counted(tree: Path, prepared:
     assert report["corrupt_files"] == [str(tree / "train" / standin.CORRUPT)]
     names = {entry["audio_filename"] for entry in all_entries(prepared).values()}
     assert standin.MISSING not in names and standin.CORRUPT not in names
-    assert len(names) == 40 + 12  # every other annotated clip is there
-    assert report["splits"] == {
-        role: len(read_json(prepared / f"{role}.json")) for role in ("train", "valid", "test")
-    }
+    assert len(names) == 40 + 12 + 6  # every other annotated clip is there
+    assert report["splits"] == {role: len(read_json(prepared / f"{role}.json")) for role in ROLES}
 
 
 def test_extra_columns_are_ignored_and_listed(prepared: Path):
@@ -134,6 +133,24 @@ def test_test_ground_truth_is_the_verified_row_only(tree: Path, prepared: Path):
         assert any(int(r["annotator_id"]) < 0 for r in clip_rows)  # SONYC-team row ignored
         truth = [int(r[c]) for r in clip_rows if r["annotator_id"] == "0" for c in cols]
         assert train.clip_targets(entry, "any") == truth == entry["verified"]
+
+
+def test_another_split_is_the_eval_release(tree: Path, prepared: Path):
+    """Rows of a split other than train / validate go to eval.json, ground truth from their
+    verified rows; train.py then evaluates it too (its manifests include ``eval``)."""
+    rows, cols = csv_rows(tree), columns(prepared)
+    expected = {name for split, name in rows if split == standin.EVAL_SPLIT}
+    assert len(expected) == 6 and (tree / standin.EVAL_FOLDER).is_dir()
+    manifest = read_json(prepared / "eval.json")
+    assert {entry["audio_filename"] for entry in manifest.values()} == expected
+    for entry in manifest.values():
+        clip_rows = rows[(standin.EVAL_SPLIT, entry["audio_filename"])]
+        truth = [int(r[c]) for r in clip_rows if r["annotator_id"] == "0" for c in cols]
+        assert entry["verified"] == truth
+        assert Path(entry["wav"]).parent == prepared.resolve() / "audio" / standin.EVAL_SPLIT
+    assert read_json(prepared / "prepare_report.json")["splits"]["eval"] == 6
+    hparams = {f"{role}_annotation": str(prepared / f"{role}.json") for role in ROLES}
+    assert train.splits(hparams) == ROLES
 
 
 def test_a_clip_with_only_x_tags(prepared: Path):

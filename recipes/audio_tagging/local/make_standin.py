@@ -14,6 +14,10 @@ verified row (``annotator_id`` 0, the truth), as do a fifth of the training clip
 holds one annotated clip whose audio is missing and one corrupt clip (garbage bytes), as a partial
 or damaged download would. Clips are ``--clip_s`` long (the release's are 10 s) at ``--rate`` Hz
 (so that stage 1 really resamples), cut or tiled from the sources. Deterministic for a seed.
+
+``--n_eval N`` adds an evaluation release as later SONYC-UST versions ship one: N clips of another
+split (``EVAL_SPLIT``) with verified rows, their audio under ``audio-eval/``, drawn from the
+validate side's recordings (none of them is a training recording).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ CLASS_TAGS = {
 }  # fmt: skip
 MISSING = "99_000001.wav"
 CORRUPT = "98_000001.wav"
+EVAL_SPLIT, EVAL_FOLDER = "test", "audio-eval"  # a split prepare.py sends to eval.json
 
 
 @dataclass
@@ -73,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--esc50", type=Path, default=samples / "esc50")
     parser.add_argument("--n_train", type=int, default=60)
     parser.add_argument("--n_validate", type=int, default=20)
+    parser.add_argument("--n_eval", type=int, default=0, help="clips of an eval release (0: none)")
     parser.add_argument("--clip_s", type=float, default=4.0)
     parser.add_argument("--rate", type=int, default=22050)
     parser.add_argument("--mix_fraction", type=float, default=0.2)
@@ -130,7 +136,7 @@ def make_clips(pool: list[Source], split: str, n: int, sensors: range, args, rng
             others = [s for s in pool if s.tag not in (first.tag, None)]
             sources.append(rng.choice(others))
         sensor = sensors[index % len(sensors)]
-        verified = split == "validate" or rng.random() < 0.2
+        verified = split != "train" or rng.random() < 0.2
         clips.append(Clip(split, sensor, f"{sensor:02d}_{index:06d}.wav", sources, verified))
     return clips
 
@@ -168,13 +174,13 @@ def annotation_row(clip: Clip, annotator: int, tags: set[str], layout: dict, rng
 
 
 def annotate(clip: Clip, layout: dict, rng) -> None:
-    """Three crowd rows; validate adds a SONYC-team row; verified clips add annotator 0."""
+    """Three crowd rows; validate and eval add a SONYC-team row; verified clips add annotator 0."""
     all_tags = [fine.split("_")[0] for fine in layout["fine"]]
     for annotator in rng.sample(range(1, 500), 3):
         clip.rows.append(
             annotation_row(clip, annotator, annotator_tags(clip.tags, all_tags, rng), layout, rng)
         )
-    if clip.split == "validate":
+    if clip.split != "train":
         clip.rows.append(annotation_row(clip, -rng.randint(1, 5), clip.tags, layout, rng))
     if clip.verified:
         clip.rows.append(annotation_row(clip, 0, clip.tags, layout, rng))
@@ -206,15 +212,18 @@ def main(argv: list[str] | None = None) -> Path:
     pools = split_recordings(sources, args.n_train, args.n_validate, rng)
     clips = make_clips(pools["train"], "train", args.n_train, range(0, 12), args, rng)
     clips += make_clips(pools["validate"], "validate", args.n_validate, range(20, 24), args, rng)
+    if args.n_eval:
+        clips += make_clips(pools["validate"], EVAL_SPLIT, args.n_eval, range(30, 34), args, rng)
     clips += special_clips(pools["train"], rng)
-    for split in ("train", "validate"):
-        (args.out / split).mkdir(parents=True, exist_ok=True)
+    folders = {"train": "train", "validate": "validate", EVAL_SPLIT: EVAL_FOLDER}
     for clip in clips:
+        folder = args.out / folders[clip.split]
+        folder.mkdir(parents=True, exist_ok=True)
         annotate(clip, layout, rng)
         if clip.name == CORRUPT:
-            (args.out / clip.split / clip.name).write_bytes(b"RIFF\x00\x00\x00\x00garbage" * 64)
+            (folder / clip.name).write_bytes(b"RIFF\x00\x00\x00\x00garbage" * 64)
         elif clip.name != MISSING:
-            write_audio(clip, args.out / clip.split, args)
+            write_audio(clip, folder, args)
     rows = [row for clip in clips for row in clip.rows]
     with open(args.out / "annotations.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -36,9 +35,9 @@ from taxonomy import read_layout, release_taxonomy
 
 from kd_modules.conversion import (
     PrepareError,
-    conversion_backend,
-    convert_clips,
+    check_and_convert,
     remove_stale_conversions,
+    run_prepare,
 )
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
@@ -121,8 +120,10 @@ def group_clips(rows: list[dict], layout: dict) -> list[dict]:
 
 
 def audio_folder(root: Path, split: str) -> Path:
-    """Where a split's audio lives: ``<split>/``, or ``audio-<split>/`` / ``audio-eval/``."""
-    for name in (split, f"audio-{split}", "audio-eval"):
+    """Where a split's audio lives: ``<split>/`` or ``audio-<split>/``, and for the eval release
+    (a split other than train / validate) ``audio-eval/`` too, never for train or validate."""
+    eval_folder = ("audio-eval",) if split not in ROLE_OF_SPLIT else ()
+    for name in (split, f"audio-{split}", *eval_folder):
         if (root / name).is_dir():
             return root / name
     return root / split
@@ -149,26 +150,17 @@ def locate(clips: list[dict], root: Path) -> tuple[list[dict], list[str]]:
 
 
 def convert(clips: list[dict], args) -> tuple[list[dict], list[str]]:
-    """Check and convert every present clip; (usable clips with ``wav`` set, unreadable files)."""
-    backend = conversion_backend(args.convert)
+    """Check and convert every present clip to ``out_dir/audio/<split>/``; (usable clips with
+    ``wav`` set, unreadable files)."""
     out_audio = args.out_dir.resolve() / "audio"
     remove_stale_conversions(out_audio)
-    jobs = [
-        (str(c["src"]), str(out_audio / c["split"] / Path(c["audio_filename"]).with_suffix(".wav")))
-        for c in clips
-    ]
-    usable, corrupt = [], []
-    for clip, (src, dst), (duration, error) in zip(
-        clips, jobs, convert_clips(jobs, args.sample_rate, backend)
-    ):
-        if error is not None:
-            logger.warning("skipping %s: %s", src, error)
-            corrupt.append(src)
-            continue
-        clip["wav"] = str(Path(dst if backend else src).resolve())
-        clip["duration"] = round(duration, 4)
-        usable.append(clip)
-    return usable, corrupt
+    usable, corrupt = check_and_convert(
+        clips,
+        lambda clip: out_audio / clip["split"] / Path(clip["audio_filename"]).with_suffix(".wav"),
+        args.sample_rate,
+        args.convert,
+    )
+    return usable, [str(clip["src"]) for clip in corrupt]
 
 
 def carve_valid(train: list[dict], layout: dict, args) -> tuple[list[dict], list[dict]]:
@@ -253,9 +245,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        main()
-    except PrepareError as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_prepare(main)

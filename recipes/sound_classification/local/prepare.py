@@ -31,15 +31,14 @@ import argparse
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from kd_modules.conversion import (
     PrepareError,
-    conversion_backend,
-    convert_clips,
+    check_and_convert,
     remove_stale_conversions,
+    run_prepare,
 )
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
@@ -215,25 +214,15 @@ def _check_protocol(
 
 
 def _check_and_convert(present: list[dict], args) -> tuple[list[dict], list[dict]]:
-    """Check every present clip (and convert it); set ``wav`` and ``duration``.
-
-    Returns (usable rows, corrupt rows); kd_modules.conversion does the work.
-    """
-    backend = conversion_backend(args.convert)
+    """Check every present clip (and convert it to ``out_dir/audio/<rel>.wav``); set ``wav``
+    and ``duration``. Returns (usable rows, corrupt rows)."""
     out_audio = args.out_dir.resolve() / "audio"
-    jobs = [(str(row["src"]), str((out_audio / row["rel"]).with_suffix(".wav"))) for row in present]
-    results = convert_clips(jobs, args.sample_rate, backend)
-    usable, corrupt = [], []
-    for row, job, (duration, error) in zip(present, jobs, results):
-        if error is not None:
-            logger.warning("skipping %s: %s", row["src"], error)
-            corrupt.append(row)
-            continue
-        row["wav"] = str(Path(job[1] if backend else job[0]).resolve())
-        row["duration"] = round(duration, 4)
-        usable.append(row)
-    logger.info("%d clips readable, %d unreadable skipped", len(usable), len(corrupt))
-    return usable, corrupt
+    return check_and_convert(
+        present,
+        lambda row: (out_audio / row["rel"]).with_suffix(".wav"),
+        args.sample_rate,
+        args.convert,
+    )
 
 
 def _drop_short(rows: list[dict], min_duration_s: float) -> tuple[list[dict], list[dict]]:
@@ -324,9 +313,4 @@ def _write_outputs(args, dataset, labels, manifests, report: dict, settings: dic
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        main()
-    except PrepareError as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_prepare(main)
