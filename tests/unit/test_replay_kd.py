@@ -16,6 +16,7 @@ from kd_modules.brains import ClassificationBrain
 from kd_modules.cache import TeacherCache
 from kd_modules.experiment import load_teacher, run_cache_stage, teacher_cache_folder
 from kd_modules.hparams import load_composed
+from kd_modules.replay import CacheMismatchError
 
 HP = RECIPE / "hparams"
 CROP_S = 0.25  # shorter than every clip used: all views have the same length, nothing is padded
@@ -54,7 +55,7 @@ def exp(tmp_path_factory, recipe_train):
         str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/sp.yaml"),
         *common, "--teacher_folder", str(teacher), "--teacher_taps", "{frames: encoder.blocks.8}",
     ]  # fmt: skip
-    stage3_args = [*kd_args, "--output_folder", str(teacher)]
+    stage3_args = [*kd_args, "--output_folder", str(teacher), "--check_cache", "4"]
     folder = run_cache_stage(stage3_args, recipe_train.dataio_prepare)
     return {"root": root, "kd_args": kd_args, "cache": folder, "train": recipe_train}
 
@@ -99,6 +100,26 @@ def test_student_sees_the_view_the_cached_teacher_saw(exp, tmp_path, monkeypatch
     for utt, first_mask in views:
         per_clip.setdefault(utt, set()).add(first_mask)
     assert max(len(masks) for masks in per_clip.values()) > 1, "epochs replay other views"
+
+
+def test_check_cache_option_fails_loudly_on_a_corrupted_store(exp, recipe_train):
+    """Stage 3's ``--check_cache N`` on a finished store whose shard was altered on disk."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    shard = sorted(exp["cache"].glob("shard-*.safetensors"))[0]
+    original = shard.read_bytes()
+    tensors = load_file(str(shard))
+    with safe_open(str(shard), "pt") as handle:
+        metadata = handle.metadata()
+    try:
+        save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in tensors.items()},
+                  str(shard), metadata=metadata)  # fmt: skip
+        args = [*exp["kd_args"], "--output_folder", str(exp["root"] / "teacher")]
+        with pytest.raises(CacheMismatchError, match="differs from the live teacher"):
+            run_cache_stage([*args, "--check_cache", "24"], recipe_train.dataio_prepare)
+    finally:
+        shard.write_bytes(original)
 
 
 def test_mixup_from_the_cache_mixes_targets_like_inputs(exp, tmp_path, recipe_train):

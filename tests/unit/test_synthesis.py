@@ -314,6 +314,6 @@ def test_student_from_frami_samples_above_chance_on_held_back_clips(teacher, sha
     with torch.no_grad():
         accuracy = (student.eval()(*batch.f)["logits"].argmax(1) == labels).float().mean()
         teacher_accuracy = (teacher(*batch.f)["logits"].argmax(1) == labels).float().mean()
-    # chance is 0.1; measured 0.23 (teacher 0.94): above chance, far below the teacher
-    print("ACC", float(accuracy), float(teacher_accuracy))
-    assert len(clips) == 240 and accuracy >= 0.2, (float(accuracy), float(teacher_accuracy))
+    # chance is 0.1; teacher 0.94. Measured 0.41, 0.30, 0.31 (synthesis seeds 0, 1, 2) with the
+    # synthesisers' defaults; 0.23 before (lambda_bn 0.05, init_std 1, lr 0.1)
+    assert len(clips) == 240 and accuracy >= 0.25, (float(accuracy), float(teacher_accuracy))
