@@ -211,8 +211,14 @@ class TeacherCache:
             self._handles.popitem(last=False)
         return handle
 
-    def read(self, utt_id: str, view: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One view of one utterance: (output name -> float32 tensor, augmentation params)."""
+    def read(
+        self, utt_id: str, view: int = 0, dtype: torch.dtype | None = torch.float32
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One view of one utterance: (output name -> tensor, augmentation params).
+
+        Tensors come in ``dtype`` (float32 by default; None keeps the stored half precision, half
+        the bytes for a DataLoader worker to move: the Brain converts on its device).
+        """
         if utt_id not in self.index:
             raise KeyError(
                 f"Utterance {utt_id!r} is not in the teacher cache {self.folder}: rebuild it "
@@ -223,9 +229,10 @@ class TeacherCache:
         outputs = {}
         for name in self.names:
             if name == "logits" and self.meta.get("topk"):
-                outputs[name] = self._full_logits(handle, prefix)
+                value = self._full_logits(handle, prefix)
             else:
-                outputs[name] = handle.get_tensor(prefix + name).float()
+                value = handle.get_tensor(prefix + name)
+            outputs[name] = value.to(dtype) if dtype is not None else value
         return outputs, handle.get_tensor(prefix + PARAMS)
 
     def _full_logits(self, handle, prefix: str) -> torch.Tensor:

@@ -108,7 +108,7 @@ class ViewReplay:
                 for _ in names:
                     yield torch.zeros(0)
                 return
-            outputs, params = cache.read(utt_id, self.view_of(utt_id))
+            outputs, params = cache.read(utt_id, self.view_of(utt_id), dtype=None)
             yield params
             for name in names:
                 yield outputs[name]

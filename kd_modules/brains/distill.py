@@ -305,7 +305,7 @@ class DistillBrain(sb.Brain):
             }
         if batch is not None and hasattr(batch, f"teacher_{cache.names[0]}"):
             outputs = {name: getattr(batch, f"teacher_{name}").data for name in cache.names}
-            outputs = {name: value.to(self.device) for name, value in outputs.items()}
+            outputs = {name: value.to(self.device).float() for name, value in outputs.items()}
         else:
             outputs = cache.lookup(ids, self.device)
         return mix(outputs, *mixing) if mixing is not None else outputs

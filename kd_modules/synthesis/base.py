@@ -115,8 +115,10 @@ class DeepInversion(Synthesizer):
     lambda_bn, first_bn_weight : weight of R_BN, and the extra factor of its first layer (×10 in
         DeepInversion). R_BN compares variances, in squared feature units: on dB log-Mel inputs
         the first layer's gap is ~1e3–1e4 even for real clips, so ``lambda_bn`` must be small
-        (0.005, ours) or R_BN drowns the CE and the teacher does not assign the samples to their
-        targets (at 0.05: 10–14 % of a pool classified as its targets, vs 100 % at 0.005).
+        or R_BN drowns the CE and the teacher does not assign the samples to their targets. The
+        gap grows with the teacher: 0.005 (ours, the default) suits a 3-block x-vector (at 0.05:
+        10–14 % of a pool classified as its targets, 100 % at 0.005), 0.0005 the recipe's
+        5-block ``xvector_large`` (its step-0 gap is ~5× larger; 26 % at 0.005, 95 % at 0.0005).
     lambda_tv, tv_power, lambda_l2 : weights of the total-variation prior (time and frequency,
         power 1 or 2) and of the L2 prior.
     jitter_frames : random circular time shift of up to this many frames at every step.
