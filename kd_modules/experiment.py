@@ -362,9 +362,10 @@ def build_brain(brain_class, hparams: dict, run_opts, teacher=None, cache=None, 
     )
 
 
-def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
-    """A recipe's ``train.py`` main: compose the YAML, lock the run folder, check its record,
-    train (unless ``--test_only``) and evaluate (unless ``skip_test``)."""
+@contextlib.contextmanager
+def experiment_folder(argv: list[str] | None) -> Iterator[tuple[dict, dict, Path]]:
+    """Compose a run's YAML from ``argv``, join torchrun's process group, lock the run folder
+    (main process) and write its composed YAML; yields ``(hparams, run_opts, output folder)``."""
     import speechbrain as sb
     from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -380,6 +381,15 @@ def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
         sb.create_experiment_directory(
             hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
         )
+        yield hparams, run_opts, output
+
+
+def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
+    """A recipe's ``train.py`` main: compose the YAML, lock the run folder, check its record,
+    train (unless ``--test_only``) and evaluate (unless ``skip_test``)."""
+    from speechbrain.utils.distributed import run_on_main
+
+    with experiment_folder(argv) as (hparams, run_opts, output):
         datasets = recipe.dataio_prepare(hparams)
         teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
         if cache is not None:  # the training clips come with their cached views

@@ -22,7 +22,6 @@ import logging
 import sys
 from pathlib import Path
 
-import speechbrain as sb
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
@@ -35,6 +34,8 @@ from kd_modules.experiment import (
     SessionClock,
     build_brain,
     check_run_record,
+    end_distributed,
+    experiment_folder,
     file_sha256,
     folder_lock,
     load_teacher,
@@ -43,7 +44,7 @@ from kd_modules.experiment import (
     training_status,
     training_wall_time_s,
 )
-from kd_modules.hparams import load_composed, parse_recipe_arguments, run_main, write_composed
+from kd_modules.hparams import run_main
 from kd_modules.results import write_results
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
 from kd_modules.synthesis.figures import REAL_EXAMPLES
@@ -166,16 +167,7 @@ def write_datafree_results(brain, hparams: dict, datasets: dict, pool: Synthetic
 
 
 def main(argv: list[str] | None = None) -> None:
-    files, run_opts, overrides = parse_recipe_arguments(argv)
-    hparams = load_composed(files, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    output = Path(hparams["output_folder"])
-    with folder_lock(output) if if_main_process() else contextlib.nullcontext():
-        composed = output / "composed.yaml"
-        run_on_main(write_composed, args=[files, composed])
-        sb.create_experiment_directory(
-            hparams["output_folder"], hyperparams_to_save=str(composed), overrides=overrides
-        )
+    with experiment_folder(argv) as (hparams, run_opts, output):
         datasets = dataio_prepare(hparams)  # real valid/test only: "train" is replaced below
         teacher = None if run_opts["test_only"] else load_teacher(hparams)
         if teacher is not None:
@@ -193,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             train_run(brain, hparams, datasets, teacher, None, record)
         if not hparams["skip_test"]:
             write_datafree_results(brain, hparams, datasets, pool)
+    end_distributed(brain)
 
 
 if __name__ == "__main__":
