@@ -18,6 +18,8 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        "safetensors>=0.4",  # the teacher cache's shard format (kd_modules.cache)
+        "pyyaml",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
     entry_points={
