@@ -1,11 +1,12 @@
 """Single-label classification (sound classification, digits): cross-entropy + KD terms.
 
 Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``label_id``
-(``(B, 1)`` class ids), and hparams ``compute_features`` (waveforms -> ``(B, T, F)``) and
-``normalize`` (``(feats, lens) -> feats``). Training features go through the run's augmentation
-(``DistillBrain.augment_features``: masks drawn afresh, or replayed from the teacher cache) and,
-with ``mixup_alpha`` > 0, mixup (inputs, teacher outputs and the cross-entropy's targets share λ
-and the pairing). Validation accuracy selects the checkpoint.
+(``(B, 1)`` class ids), and hparams ``front_end`` (``(wavs, lens) -> (B, T, F)``, the clean
+features; ``kd_modules.replay.FrontEnd``, which the cache stage uses too). Training features go
+through the run's augmentation (``DistillBrain.augment_features``: masks drawn afresh, or
+replayed from the teacher cache) and, with ``mixup_alpha`` > 0, mixup (inputs, teacher outputs
+and the cross-entropy's targets share λ and the pairing). Validation accuracy selects the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -19,15 +20,6 @@ from kd_modules.brains.distill import DistillBrain
 from kd_modules.dataio import is_placeholder
 
 
-def filterbanks(compute_features, normalize, wavs: torch.Tensor, lens: torch.Tensor):
-    """The clean (unaugmented) front end: waveforms ``(B, S)`` -> features ``(B, T, F)``.
-
-    Shared by training and by the teacher-cache stage, so cached teacher outputs are computed on
-    exactly the features a KD run feeds the live teacher.
-    """
-    return normalize(compute_features(wavs), lens)
-
-
 class ClassificationBrain(DistillBrain):
     """Train a classifier alone, or a student from a teacher, and report accuracy."""
 
@@ -37,7 +29,7 @@ class ClassificationBrain(DistillBrain):
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "speed_perturb", False):
             wavs = self.hparams.speed_perturber(wavs)  # not replayable: refused with a cache
         wavs, lens = self.augment_waveforms(batch, wavs, lens, stage)
-        feats = filterbanks(self.hparams.compute_features, self.hparams.normalize, wavs, lens)
+        feats = self.hparams.front_end(wavs, lens)  # the clean features, as the cache stage's
         return self.augment_features(batch, feats, lens, stage), lens
 
     def compute_forward(self, batch, stage: sb.Stage):

@@ -27,7 +27,6 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from kd_modules.brains.classification import filterbanks
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.dataio import read_json
 from kd_modules.experiment import (
@@ -83,8 +82,7 @@ def save_real_examples(hparams: dict, dataset: DynamicItemDataset, path: Path) -
         label = int(item["label_id"])
         if label not in examples and item["sig"].numel():
             wav = item["sig"].unsqueeze(0)
-            feats = filterbanks(hparams["compute_features"], hparams["normalize"], wav,
-                                torch.ones(1))  # fmt: skip
+            feats = hparams["front_end"](wav, torch.ones(1))
             examples[label] = feats[0]
     torch.save(examples, path)
 

@@ -14,7 +14,6 @@ import torch
 from conftest import RECIPE, write_fsdd_manifests
 
 from kd_modules.brains import ClassificationBrain
-from kd_modules.brains.classification import filterbanks
 from kd_modules.cache import (
     TeacherCache,
     build_teacher_cache,
@@ -94,7 +93,7 @@ def test_teacher_run_writes_results_schema(setup):
     logits, targets = [], []
     for batch in loader:
         wavs, lens = batch.sig
-        feats = filterbanks(hparams["compute_features"], hparams["normalize"], wavs, lens)
+        feats = hparams["front_end"](wavs, lens)
         logits.append(teacher(feats, lens)["logits"])
         targets.append(batch.label_id.data.squeeze(-1))
     expected = accuracy(torch.cat(logits), torch.cat(targets))

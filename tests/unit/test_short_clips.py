@@ -10,7 +10,6 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.lobes.models.Xvector import Xvector
 from speechbrain.nnet.pooling import StatisticsPooling
 
-from kd_modules.brains.classification import filterbanks
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
 from kd_modules.models import EmbeddingClassifier, FiniteStatisticsPooling
@@ -47,7 +46,7 @@ def _assert_finite_step(model, front_end, wavs, lens) -> None:
     """Forward, cross-entropy and backward of a training step; everything must be finite."""
     model.train()
     model.zero_grad()
-    out = model(filterbanks(*front_end, wavs, lens), lens)
+    out = model(front_end(wavs, lens), lens)
     targets = torch.arange(wavs.shape[0]) % out["logits"].shape[1]
     loss = F.cross_entropy(out["logits"], targets)
     loss.backward()
@@ -57,7 +56,7 @@ def _assert_finite_step(model, front_end, wavs, lens) -> None:
         assert param.grad is None or torch.isfinite(param.grad).all(), name
     model.eval()
     with torch.no_grad():
-        assert torch.isfinite(model(filterbanks(*front_end, wavs, lens), lens)["logits"]).all()
+        assert torch.isfinite(model(front_end(wavs, lens), lens)["logits"]).all()
 
 
 # --- the library: statistics pooling -------------------------------------------------------
@@ -110,7 +109,7 @@ def test_classifier_with_a_160_sample_clip_in_a_batch_is_finite(tmp_path):
         n_classes=3,
     )
     hparams = _recipe_hparams(tmp_path, "student/xvector_small.yaml")
-    front_end = (hparams["compute_features"], hparams["normalize"])
+    front_end = hparams["front_end"]
     wavs, lens = _batch(read_audio(LONG_CLIP, RATE), read_audio(SHORT_SOURCE, RATE)[:160])
     _assert_finite_step(model, front_end, wavs, lens)
 
@@ -121,7 +120,7 @@ def test_classifier_with_a_160_sample_clip_in_a_batch_is_finite(tmp_path):
 @pytest.mark.parametrize("arch_file", ["teacher/xvector_large.yaml", "student/xvector_small.yaml"])
 def test_recipe_models_are_finite_at_the_minimum_duration(tmp_path, arch_file):
     hparams = _recipe_hparams(tmp_path, arch_file)
-    front_end = (hparams["compute_features"], hparams["normalize"])
+    front_end = hparams["front_end"]
     samples = round(_min_duration_s() * RATE)
     short = read_audio(SHORT_SOURCE, RATE)[:samples]
     assert short.numel() == samples and short.abs().max() > 0  # real speech, not padding

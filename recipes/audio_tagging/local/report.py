@@ -106,14 +106,13 @@ def clip_features(teacher_dir: Path, wav: str) -> torch.Tensor:
     """The clean features ``(1, T, F)`` of one clip through the teacher run's own front end."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from kd_modules.brains.classification import filterbanks
     from kd_modules.dataio import read_audio
 
     with open(teacher_dir / "hyperparams.yaml") as stream, preserved_random_state():
         hparams = load_hyperpyyaml(stream)
     rate = hparams["sample_rate"]
     sig = read_audio(wav, rate)[None, : int(hparams["max_duration_s"] * rate)]
-    return filterbanks(hparams["compute_features"], hparams["normalize"], sig, torch.ones(1))
+    return hparams["front_end"](sig, torch.ones(1))
 
 
 def draw_similarities(runs: list[dict], png: Path) -> Path | None:
