@@ -21,7 +21,7 @@ setup(
         "safetensors>=0.4",  # the teacher cache's shard format (kd_modules.cache)
         "pyyaml",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={"dev": ["pytest", "ruff", "captum"]},  # captum: the IG reference in tests
     entry_points={
         "console_scripts": [
             "kd-collect-results=kd_modules.results:main",

@@ -312,6 +312,7 @@ def build_teacher_cache(
     rank: int = 0,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
     barrier: Callable[[], None] = lambda: None,
+    targets: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> Path:
     """Run the teacher over every view of every example and store its outputs.
 
@@ -321,7 +322,9 @@ def build_teacher_cache(
     ``views(batch)`` turns a batch of same-length views into the teacher's input features
     ``(B, T, F)`` (front end + masks) and each view's parameter vector. Utterances already in a
     finished shard are skipped, so a killed build resumes; ``meta.json`` is written by rank 0
-    after ``barrier()`` once all ranks are done. A finished cache is returned at once.
+    after ``barrier()`` once all ranks are done. A finished cache is returned at once. With
+    ``targets`` (utterance ids -> their classes ``(B,)``) the teacher is called as
+    ``teacher(feats, lens, targets)``, for teachers whose outputs depend on the true class.
     """
     folder = Path(folder)
     if (folder / META).is_file():
@@ -348,7 +351,10 @@ def build_teacher_cache(
     for batch in progress(_length_buckets(readable(), n_views, make_view, batch_size)):
         feats, params = views(batch)
         lens = torch.ones(feats.shape[0], device=feats.device)
-        outputs = teacher(feats, lens)
+        if targets is None:
+            outputs = teacher(feats, lens)
+        else:
+            outputs = teacher(feats, lens, targets([utt for utt, *_ in batch]).to(feats.device))
         for row, (utt_id, view, _, _) in enumerate(batch):
             entry = {name: value[row] for name, value in outputs.items()}
             views_of = finished.setdefault(utt_id, [None] * n_views)

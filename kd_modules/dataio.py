@@ -79,22 +79,33 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch.Tensor:
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> torch.Tensor:
     """Return the file as a float32 mono waveform ``(samples,)``, resampled to ``sample_rate``.
 
-    Channels are averaged; ``sample_rate=None`` keeps the file's rate.
+    Channels are averaged; ``sample_rate=None`` keeps the file's rate. ``start``/``stop`` cut a
+    segment, in samples at the output rate: a file already at that rate is read from ``start``
+    to ``stop`` only (a 3 s training segment of a 20 s utterance reads 3 s), any other is read
+    whole, resampled, then cut.
     """
     path = Path(path)
     _check_file(path)
     try:
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        file_rate = soundfile.info(str(path)).samplerate
+        direct = sample_rate is None or sample_rate == file_rate
+        window = {"start": start, "stop": stop} if direct else {}
+        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True, **window)
     except (RuntimeError, soundfile.SoundFileError) as err:
         raise AudioReadError(path, f"corrupt or unreadable audio ({err})") from err
     if data.shape[0] == 0:
         raise AudioReadError(path, "no samples (0 frames)")
     wav = torch.from_numpy(data.mean(axis=1))
-    if sample_rate is not None and sample_rate != file_rate:
-        wav = torchaudio.functional.resample(wav, file_rate, sample_rate)
+    if not direct:
+        wav = torchaudio.functional.resample(wav, file_rate, sample_rate)[start:stop]
     return wav
 
 
@@ -262,6 +273,24 @@ def audio_pipeline(
             return torch.zeros(0)
 
     return read_sig
+
+
+def segment_pipeline(sample_rate: int) -> Callable[[str, int, int], torch.Tensor]:
+    """A DynamicItemDataset item ``(wav, start, stop) -> sig``: one segment of a recording
+    (manifests of fixed training segments, as SpeechBrain's VoxCeleb recipe writes them), read
+    without reading the rest when the file is at ``sample_rate``. Never raises on a bad file:
+    an empty tensor, as :func:`audio_pipeline`."""
+
+    @takes("wav", "start", "stop")
+    @provides("sig")
+    def read_segment(wav: str, start: int, stop: int) -> torch.Tensor:
+        try:
+            return read_audio(wav, sample_rate, int(start), int(stop))
+        except AudioReadError as err:
+            logger.warning("skipping example: %s", err)
+            return torch.zeros(0)
+
+    return read_segment
 
 
 class SkipBadCollate:

@@ -40,7 +40,7 @@ from typing import Any
 
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.dataio import write_json_atomic
-from kd_modules.teacher import Teacher
+from kd_modules.teacher import IntegratedTeacher, Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -260,12 +260,28 @@ def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
     return Path(hparams["exp_root"]) / "cache" / key
 
 
-def load_teacher(hparams: dict) -> Teacher:
-    """The frozen teacher of a KD run, refused while its training is unfinished."""
+def load_teacher(hparams: dict) -> Teacher | IntegratedTeacher:
+    """The frozen teacher of a KD run, refused while its training is unfinished; wrapped as an
+    :class:`IntegratedTeacher` when the composition has an ``integrated_input`` (IML-KD)."""
     require_finished_teacher(hparams["teacher_folder"], hparams["allow_unfinished_teacher"])
-    return Teacher.from_experiment(
+    teacher = Teacher.from_experiment(
         hparams["teacher_folder"], taps=hparams["teacher_taps"], **hparams["teacher_selection"]
     )
+    integrated = hparams.get("integrated_input")
+    if integrated is None:
+        return teacher
+    return IntegratedTeacher(teacher, integrated, score_key=hparams["attribution_score"])
+
+
+def teacher_targets(hparams: dict, dataset) -> Callable[[list[str]], Any] | None:
+    """Utterance ids -> their classes ``(B,)`` from the manifest field ``teacher_targets`` (for
+    a teacher whose outputs depend on the true class), or None when the key is unset."""
+    import torch
+
+    field = hparams.get("teacher_targets")
+    if not field:
+        return None
+    return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
 
 
 def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
@@ -555,12 +571,17 @@ def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dic
             progress=lambda it: tqdm(it, desc=f"teacher cache (rank {rank})", unit="batch",
                                      disable=not if_main_process()),
             barrier=dist.barrier if distributed else lambda: None,
+            targets=teacher_targets(hparams, dataset),
         )  # fmt: skip
     if hparams["check_cache"] > 0 and if_main_process():
         cache = TeacherCache(folder)
         count = min(hparams["check_cache"], len(cache))
         chosen = random.Random(0).sample(sorted(cache.index), count)
-        worst = verify_cache(cache, teacher, replay, {u: signal(u) for u in chosen}, device)
+        classes = teacher_targets(hparams, dataset)
+        labels = {u: int(classes([u])[0]) for u in chosen} if classes is not None else None
+        worst = verify_cache(
+            cache, teacher, replay, {u: signal(u) for u in chosen}, device, targets=labels
+        )
         logger.info("check_cache: %d cached clips match the live teacher (largest relative "
                     "error %.2g)", len(chosen), worst)  # fmt: skip
     return folder

@@ -133,6 +133,7 @@ def verify_cache(
     signals: dict[str, torch.Tensor],
     device: str | torch.device = "cpu",
     rtol: float = 1e-2,
+    targets: dict[str, int] | None = None,
 ) -> float:
     """Re-run the live teacher on the given cached utterances (one random view each) and compare.
 
@@ -140,7 +141,8 @@ def verify_cache(
     view is rebuilt from its seed (which must give the stored parameters) and every output must
     match the stored one within ``rtol`` of its largest magnitude (half-precision storage keeps
     about 3 significant digits). Returns the largest relative error; raises CacheMismatchError
-    naming the utterance, view and output otherwise.
+    naming the utterance, view and output otherwise. ``targets`` (utterance id -> class) go to
+    a teacher whose outputs depend on the true class.
     """
     worst = 0.0
     for utt_id, sig in signals.items():
@@ -154,7 +156,11 @@ def verify_cache(
                 f"{params[0].tolist()} but the cache stored {stored_params.tolist()} (another "
                 "augmentation policy or seed): rebuild the cache"
             )
-        live = teacher(feats, torch.ones(1, device=device))
+        ones = torch.ones(1, device=device)
+        if targets is None:
+            live = teacher(feats, ones)
+        else:
+            live = teacher(feats, ones, torch.tensor([targets[utt_id]], device=device))
         for name in cache.names:
             reference = live[name][0].float().cpu()
             if name == "logits" and cache.meta.get("topk"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
@@ -87,8 +88,14 @@ class Teacher:
         return self
 
     @torch.no_grad()
-    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:
-        """Teacher outputs for features ``(B, T, F)``, tapped features included, all detached."""
+    def __call__(
+        self, feats: torch.Tensor, lens: torch.Tensor | None = None, targets=None
+    ) -> dict:
+        """Teacher outputs for features ``(B, T, F)``, tapped features included, all detached.
+
+        ``targets`` (the batch's class ids) are ignored here; teachers whose outputs depend on
+        the labels (:class:`IntegratedTeacher`) read them.
+        """
         self.model.eval()  # whatever happened to it, the teacher runs with running statistics
         outputs = dict(self.model(feats, lens))
         outputs.update(self.taps.features)
@@ -128,3 +135,56 @@ class Teacher:
         teacher = cls(model, taps)
         teacher.checkpoint = str(checkpoint.path)
         return teacher
+
+
+class IntegratedTeacher:
+    """IML-KD's teacher: its outputs on the *integrated input* of each batch, and that input's
+    weight map.
+
+    For features ``x`` ``(B, T, F)`` and the true classes ``targets`` ``(B,)``, ``integrated``
+    (a :class:`kd_modules.attribution.IntegratedInput`) computes the integrated-gradients maps of
+    the teacher's ``score_key`` output of the true class (the AAM cosine of the true speaker,
+    METHODS.md §2) at each segment duration and their weight ``w`` ``(B, T', F)``; the teacher
+    then runs on ``x̃ = integrated.apply(x, w)``. Returns the teacher's outputs on ``x̃`` plus
+    ``ig_weight`` = ``w``, so a teacher cache stores the map with the outputs and a KD run
+    builds the student's ``x̃`` from the same map. Its fingerprint covers the teacher and the
+    integrated-input settings (a cache keyed by it is rebuilt when either changes).
+    """
+
+    def __init__(self, teacher: Teacher, integrated, score_key: str = "cosine") -> None:
+        self.teacher, self.integrated, self.score_key = teacher, integrated, score_key
+        self.checkpoint = getattr(teacher, "checkpoint", None)
+        settings = json.dumps({"score": score_key, **integrated.settings()}, sort_keys=True)
+        self.fingerprint = hashlib.sha256(
+            f"{teacher.fingerprint}:{settings}".encode()
+        ).hexdigest()[:16]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.teacher.model
+
+    def to(self, device: str | torch.device) -> IntegratedTeacher:
+        self.teacher.to(device)
+        return self
+
+    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None, targets=None) -> dict:
+        """Outputs on ``x̃`` plus ``ig_weight`` ``(B, T', F)``; ``targets`` ``(B,)`` required."""
+        if targets is None:
+            raise ValueError(
+                "IntegratedTeacher needs the batch's true classes (targets) to attribute the "
+                f"teacher's {self.score_key!r} score: pass them to the teacher call"
+            )
+        model, key = self.teacher.model.eval(), self.score_key
+        targets = torch.as_tensor(targets, device=feats.device).reshape(-1).long()
+
+        def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """(N, t, F) segments of the utterances ``rows`` -> (N,) true-class scores."""
+            out = model(x, torch.ones(x.shape[0], device=x.device))[key]
+            return out.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
+
+        if lens is None:
+            lens = torch.ones(feats.shape[0], device=feats.device)
+        with torch.enable_grad():
+            weight = self.integrated(score, feats.detach().float(), lens)
+        outputs = self.teacher(self.integrated.apply(feats, weight.to(feats.dtype)), lens)
+        return {**outputs, "ig_weight": weight.detach()}

@@ -3,6 +3,7 @@
 from kd_modules.brains.classification import ClassificationBrain
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.brains.distill import DistillBrain, KDObjective
+from kd_modules.brains.speaker import SpeakerBrain
 from kd_modules.brains.tagging import TaggingBrain, TagLayout
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "DataFreeBrain",
     "DistillBrain",
     "KDObjective",
+    "SpeakerBrain",
     "TagLayout",
     "TaggingBrain",
 ]

@@ -282,6 +282,7 @@ class DistillBrain(sb.Brain):
         placeholder: bool = False,
         batch=None,
         mixing: tuple[float, torch.Tensor] | None = None,
+        targets: torch.Tensor | None = None,
     ) -> dict:
         """The teacher's outputs for the batch: from the cache when there is one, else live.
 
@@ -290,12 +291,16 @@ class DistillBrain(sb.Brain):
         0). With ``mixing`` (mixup's λ and pairing) the live teacher sees the mixed ``feats`` as the
         student does, and cached outputs are mixed with the same λ and pairing. For a
         ``placeholder`` batch the cache gives zeros shaped like one cached utterance's outputs,
-        ``(B, ...)``: its loss is multiplied by 0, so only shapes matter.
+        ``(B, ...)``: its loss is multiplied by 0, so only shapes matter. ``targets`` (the
+        batch's classes ``(B,)``) go to a live teacher whose outputs depend on them
+        (:class:`~kd_modules.teacher.IntegratedTeacher`).
         """
         cache = self.teacher_cache
         if cache is None:
             if self.teacher is None:
                 raise RuntimeError("teacher_forward called but this Brain has no teacher")
+            if targets is not None:
+                return self.teacher(feats, lens, targets)
             return self.teacher(feats, lens)
         if placeholder:
             example = cache.example()
@@ -317,7 +322,7 @@ class DistillBrain(sb.Brain):
         (a huge weight overflows the sum, and the next step's NaN would be blamed on ``ce``).
         """
         terms = self.modules.kd_objective(student_out, teacher_out, lens, targets)
-        weights = unwrap_module(self.modules.kd_objective).weights
+        weights = self.warmed_up(unwrap_module(self.modules.kd_objective).weights)
         self.log_terms(**{f"kd_{name}": value for name, value in terms.items()})
         total = 0.0
         for name, value in terms.items():
@@ -332,6 +337,17 @@ class DistillBrain(sb.Brain):
             self._step_terms[f"kd_{name}"] = (weights[name], float(weighted.detach()))
             total = total + weighted
         return total
+
+    def warmed_up(self, weights: dict[str, float]) -> dict[str, float]:
+        """The terms' weights in this epoch: a term named in hparams ``kd_warmup_epochs``
+        (term -> N) grows linearly to its weight over its first N epochs (weight · epoch / N,
+        epochs counted from 1), as ENSKD warms up DKD; the others keep their weight."""
+        warmup = getattr(self.hparams, "kd_warmup_epochs", None) or {}
+        epoch = getattr(self, "epoch", None) or 1
+        return {
+            name: weight * min(1.0, epoch / warmup[name]) if warmup.get(name) else weight
+            for name, weight in weights.items()
+        }
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step: bool) -> None:
         """Stop as soon as an update made the student's parameters non-finite, naming the term.

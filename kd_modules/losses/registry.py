@@ -6,12 +6,13 @@ from .base import KDLoss
 from .embeddings import EmbeddingKD
 from .features import IUSP, FitNetsHint, SimilarityPreserving
 from .inversion import InfoNCE
-from .logits import HintonKD, SigmoidKD
+from .logits import DecoupledKD, HintonKD, SigmoidKD
 from .multilevel import MultiLevelKD
 
 LOSSES: dict[str, type[KDLoss]] = {
     "kd": HintonKD,
     "sigmoid_kd": SigmoidKD,
+    "dkd": DecoupledKD,
     "fitnets": FitNetsHint,
     "sp": SimilarityPreserving,
     "iusp": IUSP,

@@ -2,6 +2,7 @@
 
 from kd_modules.models.classifier import EmbeddingClassifier
 from kd_modules.models.pooling import FiniteStatisticsPooling, use_finite_statistics_pooling
+from kd_modules.models.speaker import SpeakerEmbeddingModel
 from kd_modules.models.tagger import CNNTagger, ConvLSTMTagger
 
 __all__ = [
@@ -9,5 +10,6 @@ __all__ = [
     "ConvLSTMTagger",
     "EmbeddingClassifier",
     "FiniteStatisticsPooling",
+    "SpeakerEmbeddingModel",
     "use_finite_statistics_pooling",
 ]

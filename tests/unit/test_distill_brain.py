@@ -225,3 +225,17 @@ def test_loading_the_teacher_keeps_the_callers_seeds(setup):
     Teacher.from_experiment(setup["teacher_dir"])
     assert os.environ["SB_GLOBAL_SEED"] == "7"
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_kd_warmup_grows_a_terms_weight_linearly_over_its_epochs():
+    """kd_warmup_epochs {dkd: 20}: epoch e weighs DKD by e/20 until epoch 20, others unchanged."""
+    from types import SimpleNamespace
+
+    from kd_modules.brains.distill import DistillBrain
+
+    weights = {"dkd": 2.0, "kd": 1.0}
+    for epoch, expected in ((1, 0.1), (10, 1.0), (20, 2.0), (35, 2.0)):
+        brain = SimpleNamespace(hparams=SimpleNamespace(kd_warmup_epochs={"dkd": 20}), epoch=epoch)
+        assert DistillBrain.warmed_up(brain, weights) == {"dkd": expected, "kd": 1.0}
+    brain = SimpleNamespace(hparams=SimpleNamespace(), epoch=1)
+    assert DistillBrain.warmed_up(brain, weights) == weights

@@ -338,7 +338,7 @@ def test_mlkd_zero_when_equal():
 
 def test_registry_builds_every_name_and_rejects_unknown():
     assert set(LOSSES) == {
-        "kd", "sigmoid_kd", "fitnets", "sp", "iusp", "embedding", "mlkd", "infonce"
+        "kd", "sigmoid_kd", "dkd", "fitnets", "sp", "iusp", "embedding", "mlkd", "infonce"
     }  # fmt: skip
     loss = build_loss("iusp", key="hint", layout="bctf")
     assert isinstance(loss, IUSP) and isinstance(loss, KDLoss) and loss.time_dim == 2

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kd_modules.losses import (
     IUSP,
     LOSSES,
+    DecoupledKD,
     EmbeddingKD,
     FitNetsHint,
     HintonKD,
@@ -63,6 +64,10 @@ def _seeded(factory: Callable[[], KDLoss]) -> KDLoss:
 
 def case_hinton() -> Case:
     return HintonKD(tau=4.0), *_logits(16, 50, scale=5.0), None
+
+
+def case_dkd() -> Case:
+    return DecoupledKD(alpha=1.0, beta=8.0, tau=4.0), *_logits(16, 50, scale=5.0), None
 
 
 def case_sigmoid() -> Case:
@@ -115,6 +120,7 @@ def case_infonce() -> Case:
 
 CASES = {
     "hinton": case_hinton,
+    "dkd": case_dkd,
     "sigmoid": case_sigmoid,
     "fitnets_frames": case_fitnets_frames,
     "fitnets_maps": case_fitnets_maps,
@@ -132,6 +138,10 @@ def test_every_registered_loss_has_a_case():
     assert {type(CASES[name]()[0]) for name in CASES} == set(LOSSES.values())
 
 
+# Class ids of the 16 clips of the logit cases (DKD needs them; every other loss ignores them).
+TARGETS = torch.arange(16) * 3
+
+
 def _cast(out: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     return {key: x.to(dtype) for key, x in out.items()}
 
@@ -146,17 +156,17 @@ def _half_and_reference(case: Case, dtype: torch.dtype) -> tuple[Tensor, Tensor]
     of the very same numbers (parameters and inputs rounded to ``dtype``)."""
     loss, s, t, lens = case
     rounded = copy.deepcopy(loss).to(dtype).float()  # float32 weights holding dtype's values
-    expected = rounded(_rounded(s, dtype), _rounded(t, dtype), lens)
-    value = rounded.to(dtype)(_cast(s, dtype), _cast(t, dtype), lens)
+    expected = rounded(_rounded(s, dtype), _rounded(t, dtype), lens, TARGETS)
+    value = rounded.to(dtype)(_cast(s, dtype), _cast(t, dtype), lens, TARGETS)
     return value, expected
 
 
 def _autocast_and_reference(case: Case, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """The loss of float32 tensors under CPU autocast to ``dtype``, and without autocast."""
     loss, s, t, lens = case
-    expected = loss(s, t, lens)
+    expected = loss(s, t, lens, TARGETS)
     with torch.autocast("cpu", dtype=dtype):
-        value = loss(s, t, lens)
+        value = loss(s, t, lens, TARGETS)
     return value, expected
 
 

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Speaker verification (VoxCeleb1, LibriSpeech): an ECAPA-TDNN teacher, smaller ECAPA students
+# alone and with logit KD, embedding KD, MLKD, DKD and IML-KD (with its ablations); EER and
+# minDCF with and without score normalisation. Stages follow the repository's convention:
+#   0 check  1 prepare  2 teacher  3 teacher cache (IML-KD: the integrated-gradients maps)
+#   4 students alone  5 KD students  6 (data-free KD: not part of this recipe)  7 verify  8 report
+# Re-running the same command resumes: finished stages are skipped, training resumes from the
+# last checkpoint. Examples:
+#   ./run.sh --dataset voxceleb1 --data_root /data/VoxCeleb1 --seeds "1 2 3"
+#   ./run.sh --dataset librispeech --data_root /data/LibriSpeech --teacher ecapa_tiny \
+#       --students ecapa_tiny --device cpu
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(cd ../.. && pwd)
+
+stage=0                       # first stage to run (0-8)
+stop_stage=8                  # last stage to run (0-8)
+dataset=voxceleb1             # voxceleb1 | librispeech
+data_root=""                  # the dataset's official layout (README.md)
+standin=false                 # true | false: stage 0 builds a small VoxCeleb1-layout stand-in
+trials=""                     # voxceleb1: the trial list (default <data_root>/veri_test2.txt)
+train_subsets="train-clean-100"   # librispeech: subsets of the training speakers
+test_subsets="test-clean test-other"  # librispeech: subsets of the test speakers (those present)
+methods="kd embedding_cosine embedding_mse mlkd dkd imlkd imlkd_1s imlkd_raw"  # hparams/kd/<m>.yaml
+students="ecapa_c512 ecapa_c256"  # student architectures (hparams/student/<arch>.yaml)
+teacher=ecapa_c1024           # teacher architecture (hparams/teacher/<arch>.yaml)
+teacher_seed=1                # the teacher's seed (an integer)
+seeds="1"                     # student seeds (integers, e.g. "1 2 3")
+ngpu=1                        # > 1 launches torchrun (DDP), one process per device
+device=auto                   # auto | cpu | cuda | cuda:N
+use_cache=true                # true | false: KD students read stage 3's teacher cache
+check_cache=0                 # stage 3: re-run the live teacher on N cached segments and compare
+allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
+sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
+convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+min_duration_s=0.5            # seconds: stage 1 skips (and counts) shorter utterances
+segment_s=3.0                 # seconds: the training segments stage 1 cuts
+update_readme=false           # true | false: stage 8 also writes README.md's results table
+data_dir=data                 # prepared manifests (stage 1)
+exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
+python=python3                # the Python interpreter that has kd_modules' requirements
+extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
+teacher_args=""               # overrides for the teacher only (stage 2)
+
+options="stage stop_stage dataset data_root standin trials train_subsets test_subsets methods
+students teacher teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
+sample_rate convert min_duration_s segment_s update_readme data_dir exp_dir python extra_args
+teacher_args"
+help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
+Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
+        6 (not in this recipe), 7 verify, 8 report"
+# shellcheck source=../../tools/parse_options.sh
+. "$root/tools/parse_options.sh"
+# shellcheck source=../../tools/stage_helpers.sh
+. "$root/tools/stage_helpers.sh"
+
+# ----- options: checked before any stage, so that a typo never costs a training run ------------
+check_stage_range 8
+check_choice dataset voxceleb1 librispeech
+check_choice standin true false
+check_int check_cache 0
+check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.5'
+check_pattern segment_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 3.0'
+check_choice update_readme true false
+check_kd_options
+[ "$standin" = false ] || [ "$dataset" = voxceleb1 ] ||
+    die "--standin true builds a VoxCeleb1-layout tree: use it with --dataset voxceleb1"
+
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+data="$data_dir/$dataset"
+exp="$exp_dir/$dataset"
+set_kd_flags
+
+yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
+yaml_value() { sed -n "s/^$2: *\([^ #]*\).*/\1/p" "hparams/$1"; }  # FILE KEY: a top-level scalar
+teacher_dim=$(yaml_value "teacher/$teacher.yaml" embedding_dim)
+run_args() {
+    echo "--data_folder $data --dataset $dataset --n_speakers $n_speakers --exp_root $exp_dir" \
+        "--device $device --sample_rate $sample_rate --teacher_embedding_dim $teacher_dim" \
+        "$extra_args"
+}
+tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
+student_folder() { echo "$exp/student/$1/$2/seed$3"; }
+
+if want 0; then
+    log "stage 0: checking the environment and the dataset root"
+    log_environment
+    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ]; then
+        if [ -z "$data_root" ] && [ "$standin" = true ]; then
+            data_root="$data_dir/standin"
+            log "stage 0: building the stand-in tree $data_root (not VoxCeleb1: README.md)"
+            $python local/make_standin.py --out "$data_root" >/dev/null
+        fi
+        [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout; \
+see README.md), or --standin true for the VoxCeleb1-layout stand-in"
+        [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+    fi
+fi
+
+if want 1; then
+    [ -n "$data_root" ] || [ "$standin" = false ] || data_root="$data_dir/standin"
+    [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout)"
+    log "stage 1: preparing $dataset manifests from $data_root"
+    trial_args=()
+    [ -z "$trials" ] || trial_args=(--trials "$trials")
+    # shellcheck disable=SC2086  # the subsets are word lists
+    $python local/prepare.py --dataset "$dataset" --data_root "$data_root" --out_dir "$data" \
+        --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s" \
+        --segment_s "$segment_s" --train_subsets $train_subsets --test_subsets $test_subsets \
+        "${trial_args[@]}"
+fi
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
+    [ -f "$data/speakers.json" ] || die "no prepared data in $data: run stage 1 first"
+    n_speakers=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
+        "$data/speakers.json")
+fi
+
+# shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
+if want 2; then
+    log "stage 2: teacher $teacher -> $tdir"
+    launch train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) --role teacher \
+        --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
+fi
+if want 3 && [ "$use_cache" = true ]; then
+    for method in $methods; do
+        log "stage 3: teacher cache for $method"
+        # shellcheck disable=SC2046
+        launch cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") $(run_args) \
+            --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache" \
+            "${unfinished_args[@]}"
+    done
+fi
+for arch in $students; do
+    for seed in $seeds; do
+        if want 4; then
+            sdir=$(student_folder "$arch" none "$seed")
+            log "stage 4: student $arch alone, seed $seed -> $sdir"
+            # shellcheck disable=SC2046
+            launch train.py $(yaml "student/$arch.yaml" none) $(run_args) --seed "$seed" \
+                --output_folder "$sdir" --skip_test True
+        fi
+        for method in $methods; do
+            want 5 || break
+            sdir=$(student_folder "$arch" "$method" "$seed")
+            log "stage 5: student $arch with $method, seed $seed -> $sdir"
+            # shellcheck disable=SC2046
+            launch train.py $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
+                --output_folder "$sdir" --teacher_folder "$tdir" --use_teacher_cache "$cache_flag" \
+                --skip_test True "${unfinished_args[@]}"
+        done
+    done
+done
+
+if want 6; then
+    log "stage 6: data-free distillation is not part of this recipe: skipped"
+fi
+
+if want 7; then
+    # shellcheck disable=SC2046,SC2086
+    evaluate_once "$tdir" verify.py $(yaml "teacher/$teacher.yaml" none) $(run_args) \
+        --role teacher --seed "$teacher_seed" $teacher_args
+    for arch in $students; do
+        for seed in $seeds; do
+            for method in none $methods; do
+                teacher_flag=()
+                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
+                # shellcheck disable=SC2046
+                evaluate_once "$(student_folder "$arch" "$method" "$seed")" verify.py \
+                    $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
+                    "${teacher_flag[@]}"
+            done
+        done
+    done
+fi
+
+if want 8; then
+    log "stage 8: collecting results into $exp/RESULTS.md"
+    readme_flag=()
+    [ "$update_readme" = true ] && readme_flag=(--readme README.md)
+    $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
+        --title "Speaker verification: $dataset ($(json_field "$data/.done" data_root), seeds $seeds)" \
+        "${readme_flag[@]}"
+    $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
+        --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
+fi
+log "done"
