@@ -43,7 +43,10 @@ def parse_recipe_arguments(argv: list[str] | None = None) -> tuple[list[str], di
 
     Leading arguments ending in ``.yaml`` are the composition; everything after goes through
     SpeechBrain's own parser, so ``--device``, ``--precision``, ``--distributed_backend`` etc.
-    mean what they mean in SpeechBrain, and other ``--key value`` pairs are YAML overrides.
+    mean what they mean in SpeechBrain, and other ``--key value`` pairs are YAML overrides. A
+    key given twice takes its last value (run.sh's ``--teacher_args`` come after
+    ``--extra_args``, so ``--teacher_args "--number_of_epochs 40"`` overrides the epochs that
+    ``--extra_args`` gives every run).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     files = []
@@ -51,8 +54,27 @@ def parse_recipe_arguments(argv: list[str] | None = None) -> tuple[list[str], di
         files.append(argv.pop(0))
     if not files:
         raise SystemExit("usage: train.py common.yaml [arch.yaml kd.yaml ...] [--key value ...]")
-    _, run_opts, overrides = sb.parse_arguments([files[0], *_per_rank_device(argv)])
+    argv = _last_value_wins(_per_rank_device(argv))
+    _, run_opts, overrides = sb.parse_arguments([files[0], *argv])
     return files, run_opts, overrides
+
+
+def _last_value_wins(argv: list[str]) -> list[str]:
+    """``--key value`` pairs (and ``--flag``s) with each key kept once, at its last value."""
+    options: dict[str, list[str]] = {}
+    index = 0
+    while index < len(argv):
+        key = argv[index].split("=", 1)[0]
+        has_value = "=" not in argv[index] and index + 1 < len(argv)
+        if has_value and not argv[index + 1].startswith("--"):
+            options.pop(key, None)
+            options[key] = argv[index : index + 2]
+            index += 2
+        else:
+            options.pop(key, None)
+            options[key] = [argv[index]]
+            index += 1
+    return [token for tokens in options.values() for token in tokens]
 
 
 def _per_rank_device(argv: list[str]) -> list[str]:

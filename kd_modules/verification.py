@@ -16,14 +16,13 @@ L2-normalised embedding of each of some training speakers):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd_modules.dataio import write_text_atomic
 from kd_modules.metrics import eer_min_dcf
 
 Trial = tuple[int, str, str]  # (label: 1 target / 0 non-target, enrol id, test id)
@@ -87,16 +86,7 @@ def write_scores(path: str | os.PathLike, trials: Sequence[Trial], scores) -> No
     if len(values) != len(trials):
         raise ValueError(f"{len(values)} scores for {len(trials)} trials")
     lines = [f"{label} {s:.9g} {enrol} {test}\n" for (label, enrol, test), s in zip(trials, values)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, "".join(lines))
 
 
 def read_scores(path: str | os.PathLike) -> tuple[list[Trial], Tensor]:

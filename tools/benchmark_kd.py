@@ -2,17 +2,21 @@
 """Benchmark: epoch time of a student alone, KD with the live teacher, and KD from the cache.
 
 Every variant trains the same student architecture on the same manifests with the same
-augmentation (SpecAugment-style masks by default, ``--augment False`` for none); the cache
-variants replay the teacher's stored views (kd_modules.replay), so no teacher runs. Variants are
+augmentation (``--augment``, ``--cache_views``: per recipe, RECIPE_DEFAULTS); the cache variants
+replay the teacher's stored views (kd_modules.replay), so no teacher runs. Variants are
 interleaved epoch by epoch (alone, KD live, KD cache, SP live, SP cache, ...) so machine noise
 hits them alike; the first round is a warm-up and is discarded. Prints each variant's median
-epoch time and its ratio to the student alone. Goals: KD from the cache <= 1.10x, SP <= 1.15x.
+epoch time and its ratios to the student alone and to logit KD (live and cached) when ``kd`` is
+among ``--methods``. Goals: KD from the cache <= 1.10x the student alone, SP <= 1.15x; IML-KD
+from the cache <= 1.25x logit KD.
 
 ``--recipe`` picks the recipe folder: its train.py (``dataio_prepare``, ``make_brain``), its
 hparams/ (``--student``, ``--methods``) and its label count (sound classification: ``n_classes``
 from the dataset's labels.json; audio tagging: ``n_outputs``, the fine and coarse columns of
-labels.json). ``--extra_args`` are HyperPyYAML overrides for every variant, as run.sh's; give the
-ones the teacher was trained with (e.g. ``--teacher_width 32``).
+labels.json; speaker verification: ``n_speakers`` from speakers.json, and
+``teacher_embedding_dim`` from the teacher's hyperparams.yaml). ``--extra_args`` are
+HyperPyYAML overrides for every variant, as run.sh's; give the ones the teacher was trained with
+(e.g. ``--teacher_width 32``).
 
     cd recipes/sound_classification && python ../../tools/benchmark_kd.py \
         --data_folder data/urbansound8k/fold1 --methods kd sp fitnets \
@@ -20,6 +24,9 @@ ones the teacher was trained with (e.g. ``--teacher_width 32``).
     cd recipes/audio_tagging && python ../../tools/benchmark_kd.py --recipe audio_tagging \
         --data_folder data/sonyc_ust --methods kd sp iusp \
         --teacher_folder exp/sonyc_ust/teacher/cnn10/none/seed1
+    cd recipes/speaker_verification && python ../../tools/benchmark_kd.py \
+        --recipe speaker_verification --data_folder data/librispeech --methods kd imlkd \
+        --teacher_folder exp/librispeech/teacher/ecapa_c1024/none/seed1
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import re
 import shlex
 import statistics
 import sys
@@ -42,13 +50,29 @@ from kd_modules.experiment import load_teacher_side, run_cache_stage
 from kd_modules.hparams import load_composed, parse_recipe_arguments
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STUDENT = {"sound_classification": "xvector_small", "audio_tagging": "cnn_medium"}
+# What each recipe's benchmark runs unless told otherwise; None leaves the recipe YAML's value.
+RECIPE_DEFAULTS = {
+    "sound_classification": {
+        "student": "xvector_small", "methods": ["kd"], "augment": "True", "cache_views": 8,
+    },
+    "audio_tagging": {
+        "student": "cnn_medium", "methods": ["kd"], "augment": "True", "cache_views": 8,
+    },
+    "speaker_verification": {
+        "student": "ecapa_c256", "methods": ["kd", "imlkd"], "augment": None, "cache_views": None,
+    },
+}  # fmt: skip
+RATIO_REFERENCES = ("student alone", "kd, live teacher", "kd, teacher cache")
 
 
 def label_args(recipe: str, data_folder: str) -> list[str]:
     """The recipe's output-size override, as its run.sh passes it: ``--n_classes`` (sound
-    classification: labels.json one level above the fold) or ``--n_outputs`` (audio tagging:
-    fine + coarse columns of the data folder's labels.json)."""
+    classification: labels.json one level above the fold), ``--n_outputs`` (audio tagging:
+    fine + coarse columns of the data folder's labels.json) or ``--n_speakers`` (speaker
+    verification: the entries of the data folder's speakers.json)."""
+    if recipe == "speaker_verification":
+        speakers = json.loads((Path(data_folder) / "speakers.json").read_text())
+        return ["--n_speakers", str(len(speakers))]
     if recipe == "audio_tagging":
         labels = json.loads((Path(data_folder) / "labels.json").read_text())
         return ["--n_outputs", str(len(labels["fine"]) + len(labels["coarse"]))]
@@ -56,8 +80,21 @@ def label_args(recipe: str, data_folder: str) -> list[str]:
     return ["--n_classes", str(len(labels))]
 
 
+def teacher_dim_args(recipe: str, teacher_folder: str) -> list[str]:
+    """Speaker verification's ``--teacher_embedding_dim`` (the teacher side of the embedding and
+    multi-level KD losses), read as run.sh reads it: the top-level ``embedding_dim:`` of the
+    teacher's YAML, here the hyperparams.yaml its run folder keeps; nothing for other recipes."""
+    if recipe != "speaker_verification":
+        return []
+    path = Path(teacher_folder) / "hyperparams.yaml"
+    found = re.search(r"^embedding_dim: *(\d+)", path.read_text(), flags=re.MULTILINE)
+    if found is None:
+        raise SystemExit(f"{path}: no top-level 'embedding_dim: <int>' (the teacher's size)")
+    return ["--teacher_embedding_dim", found.group(1)]
+
+
 def load_train_module(recipe_dir: Path) -> ModuleType:
-    """The recipe's train.py, imported by path under a unique name (both recipes have one), with
+    """The recipe's train.py, imported by path under a unique name (each recipe has one), with
     the recipe folder on sys.path while it imports its siblings; it must define
     ``dataio_prepare`` and ``make_brain``."""
     name = f"{recipe_dir.name}_train"
@@ -74,13 +111,13 @@ def load_train_module(recipe_dir: Path) -> ModuleType:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="sound_classification", choices=list(DEFAULT_STUDENT))
+    parser.add_argument("--recipe", default="sound_classification", choices=list(RECIPE_DEFAULTS))
     parser.add_argument("--data_folder", required=True, help="folder with train/valid/test.json")
     parser.add_argument("--teacher_folder", required=True, help="a trained teacher (stage 2)")
     parser.add_argument("--student", help="hparams/student/<name>.yaml (default: per recipe)")
-    parser.add_argument("--methods", nargs="+", default=["kd"], help="hparams/kd/<method>.yaml")
-    parser.add_argument("--augment", default="True", help="SpecAugment-style masks (True/False)")
-    parser.add_argument("--cache_views", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", help="hparams/kd/<m>.yaml (default: per recipe)")
+    parser.add_argument("--augment", help="SpecAugment masks, True/False (default: per recipe)")
+    parser.add_argument("--cache_views", type=int, help="views per clip (default: per recipe)")
     parser.add_argument("--rounds", type=int, default=4, help="measured epochs per variant")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_workers", type=int, default=2)
@@ -88,16 +125,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (AMP on CUDA)")
     parser.add_argument("--extra_args", default="", help='overrides, e.g. "--teacher_width 32"')
     args = parser.parse_args(argv)
-    args.student = args.student or DEFAULT_STUDENT[args.recipe]
+    for key, default in RECIPE_DEFAULTS[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     return args
 
 
 def common_args(args, work: Path) -> list[str]:
-    """The arguments every variant and the cache stage share (run.sh's run arguments)."""
+    """The arguments every variant and the cache stage share (run.sh's run arguments);
+    ``--augment`` / ``--cache_views`` only when set (None: the recipe YAML's value)."""
+    set_here = [arg for key in ("augment", "cache_views") if getattr(args, key) is not None
+                for arg in (f"--{key}", str(getattr(args, key)))]  # fmt: skip
     return [
         "--data_folder", args.data_folder, "--exp_root", str(work),
-        *label_args(args.recipe, args.data_folder), "--augment", args.augment,
-        "--cache_views", str(args.cache_views), *shlex.split(args.extra_args),
+        *label_args(args.recipe, args.data_folder),
+        *teacher_dim_args(args.recipe, args.teacher_folder),
+        *set_here, *shlex.split(args.extra_args),
     ]  # fmt: skip
 
 
@@ -137,6 +180,21 @@ def build_cache(args, train: ModuleType, files: list[Path], work: Path) -> float
     return time.perf_counter() - start
 
 
+def ratio_table(times: dict[str, list[float]]) -> list[str]:
+    """Markdown lines: each variant's median epoch time (seconds), its ratios to every variant of
+    RATIO_REFERENCES that was measured (the student alone; logit KD live and from the cache) and
+    its measured epochs."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    refs = [name for name in RATIO_REFERENCES if name in medians]
+    header = "".join(f" ratio to {ref} |" for ref in refs)
+    lines = [f"| variant | median epoch s |{header} all epochs s |", "|---" * (len(refs) + 3) + "|"]
+    for name, values in times.items():
+        ratios = "".join(f" {medians[name] / medians[ref]:.2f}x |" for ref in refs)
+        spread = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {name} | {medians[name]:.2f} |{ratios} {spread} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -162,21 +220,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     torch.cuda.synchronize()
                 if epoch > 1:  # the first round warms up (allocations, workers, caches)
                     times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["student alone"])
+    used = variants["student alone"][0].hparams  # the composed values, the recipe's defaults too
     print(f"\n{args.recipe}, student {args.student}: epoch time, median of {args.rounds} "
           f"interleaved epochs ({len(train_set)} clips, "
           f"batch {args.batch_size}, device {args.device}, precision {args.precision}, "
-          f"augment {args.augment}, {args.cache_views} cached views):")  # fmt: skip
-    print("| variant | median epoch s | ratio to student alone | all epochs s |\n|---|---|---|---|")
-    result = {}
-    for name, values in times.items():
-        median = statistics.median(values)
-        result[name] = median / base
-        spread = ", ".join(f"{v:.2f}" for v in values)
-        print(f"| {name} | {median:.2f} | {median / base:.2f}x | {spread} |")
+          f"augment {used.augment}, {used.cache_views} cached views):")  # fmt: skip
+    print("\n".join(ratio_table(times)))
     for method, seconds in build_s.items():
-        print(f"Stage 3 for {method} ({args.cache_views} views per clip) took {seconds:.1f} s.")
-    return result
+        print(f"Stage 3 for {method} ({used.cache_views} views per clip) took {seconds:.1f} s.")
+    base = statistics.median(times["student alone"])
+    return {name: statistics.median(values) / base for name, values in times.items()}
 
 
 if __name__ == "__main__":

@@ -184,3 +184,88 @@ log_environment() {
     $python -c "import kd_modules, speechbrain, torch; print('torch', torch.__version__, \
 'speechbrain', speechbrain.__version__, 'cuda', torch.cuda.is_available())"
 }
+
+# ----- stages 2-5 and 7, the same in every KD recipe --------------------------------------------
+# They read the caller's options (teacher, teacher_seed, teacher_args, students, seeds, use_cache,
+# check_cache, cache_flag, unfinished_args), an optional log_scope (e.g. ", fold 3", added to
+# every log line) and two functions the recipe defines:
+#   yaml ARCH_FILE METHOD             the YAML files of a run, e.g. yaml student/x.yaml kd
+#   student_folder ARCH METHOD SEED   a student's run folder
+# Each takes the teacher's run folder, the KD methods (one word list) and the arguments every
+# run gets (data folder, device, overrides...). Stages outside --stage..--stop_stage are skipped.
+
+# teacher_stage TDIR ARGS...: stage 2, the teacher (with --teacher_args).
+teacher_stage() {
+    local tdir=$1
+    shift
+    want 2 || return 0
+    log "stage 2: teacher $teacher${log_scope:-} -> $tdir"
+    # shellcheck disable=SC2046,SC2086  # word lists on purpose
+    launch train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
+        --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
+}
+
+# cache_stage TDIR METHODS ARGS...: stage 3, the teacher cache of each method (with the first
+# student's composition: the cache key does not depend on the student).
+cache_stage() {
+    local tdir=$1 methods=$2 method
+    shift 2
+    { want 3 && [ "$use_cache" = true ]; } || return 0
+    for method in $methods; do
+        log "stage 3: teacher cache for $method${log_scope:-}"
+        # shellcheck disable=SC2046
+        launch cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") "$@" \
+            --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache" \
+            "${unfinished_args[@]}"
+    done
+}
+
+# student_stages TDIR METHODS ARGS...: stage 4 (each student alone) and stage 5 (each student
+# with each method), per architecture and seed.
+student_stages() {
+    local tdir=$1 methods=$2 arch seed method sdir
+    shift 2
+    for arch in $students; do
+        for seed in $seeds; do
+            if want 4; then
+                sdir=$(student_folder "$arch" none "$seed")
+                log "stage 4: student $arch alone${log_scope:-}, seed $seed -> $sdir"
+                # shellcheck disable=SC2046
+                launch train.py $(yaml "student/$arch.yaml" none) "$@" --seed "$seed" \
+                    --output_folder "$sdir" --skip_test True
+            fi
+            want 5 || continue
+            for method in $methods; do
+                sdir=$(student_folder "$arch" "$method" "$seed")
+                log "stage 5: student $arch with $method${log_scope:-}, seed $seed -> $sdir"
+                # shellcheck disable=SC2046
+                launch train.py $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
+                    --output_folder "$sdir" --teacher_folder "$tdir" \
+                    --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}"
+            done
+        done
+    done
+}
+
+# evaluation_stage TDIR SCRIPT METHODS ARGS...: stage 7, SCRIPT --test_only on the teacher, each
+# student alone and each KD student, once each (evaluate_once).
+evaluation_stage() {
+    local tdir=$1 script=$2 methods=$3 arch seed method
+    shift 3
+    want 7 || return 0
+    # shellcheck disable=SC2046,SC2086
+    evaluate_once "$tdir" "$script" $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
+        --seed "$teacher_seed" $teacher_args
+    for arch in $students; do
+        for seed in $seeds; do
+            for method in none $methods; do
+                local teacher_flag=()
+                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
+                # shellcheck disable=SC2046
+                evaluate_once "$(student_folder "$arch" "$method" "$seed")" "$script" \
+                    $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
+                    "${teacher_flag[@]}"
+            done
+        done
+    done
+}

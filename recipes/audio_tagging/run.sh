@@ -24,6 +24,7 @@ seeds="1"                     # student seeds (integers, e.g. "1 2 3")
 ngpu=1                        # > 1 launches torchrun (DDP), one process per device
 device=auto                   # auto | cpu | cuda | cuda:N
 use_cache=true                # true | false: KD students read stage 3's teacher cache
+check_cache=0                 # stage 3: re-run the live teacher on N cached clips and compare
 allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
 sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
@@ -34,7 +35,8 @@ extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--num
 teacher_args=""               # overrides for the teacher only (stage 2)
 
 options="stage stop_stage data_root standin methods students teacher teacher_seed seeds ngpu
-device use_cache allow_unfinished_teacher sample_rate convert data_dir exp_dir python extra_args
+device use_cache check_cache allow_unfinished_teacher sample_rate convert data_dir exp_dir python
+extra_args
 teacher_args"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
@@ -47,6 +49,7 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD s
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
 check_stage_range 8
 check_choice standin true false
+check_int check_cache 0
 check_kd_options
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
@@ -90,62 +93,17 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
 print(len(d['fine']) + len(d['coarse']))" "$data/labels.json")
 fi
 
-# shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
-if want 2; then
-    log "stage 2: teacher $teacher -> $tdir"
-    launch train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) --role teacher \
-        --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
-fi
-if want 3 && [ "$use_cache" = true ]; then
-    for method in $methods; do
-        log "stage 3: teacher cache for $method"
-        # shellcheck disable=SC2046
-        $python cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") $(run_args) \
-            --output_folder "$tdir" --teacher_folder "$tdir" "${unfinished_args[@]}"
-    done
-fi
-for arch in $students; do
-    for seed in $seeds; do
-        if want 4; then
-            sdir=$(student_folder "$arch" none "$seed")
-            log "stage 4: student $arch alone, seed $seed -> $sdir"
-            # shellcheck disable=SC2046
-            launch train.py $(yaml "student/$arch.yaml" none) $(run_args) --seed "$seed" \
-                --output_folder "$sdir" --skip_test True
-        fi
-        for method in $methods; do
-            want 5 || break
-            sdir=$(student_folder "$arch" "$method" "$seed")
-            log "stage 5: student $arch with $method, seed $seed -> $sdir"
-            # shellcheck disable=SC2046
-            launch train.py $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
-                --output_folder "$sdir" --teacher_folder "$tdir" --use_teacher_cache "$cache_flag" \
-                --skip_test True "${unfinished_args[@]}"
-        done
-    done
-done
-
+# shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+teacher_stage "$tdir" $(run_args)
+# shellcheck disable=SC2046
+cache_stage "$tdir" "$methods" $(run_args)
+# shellcheck disable=SC2046
+student_stages "$tdir" "$methods" $(run_args)
 if want 6; then
     log "stage 6: data-free synthesis is not part of this recipe: skipped"
 fi
-
-if want 7; then
-    # shellcheck disable=SC2046,SC2086
-    evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) \
-        --role teacher --seed "$teacher_seed" $teacher_args
-    for arch in $students; do
-        for seed in $seeds; do
-            for method in none $methods; do
-                teacher_flag=()
-                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
-                # shellcheck disable=SC2046
-                evaluate_once "$(student_folder "$arch" "$method" "$seed")" train.py \
-                    $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
-                    "${teacher_flag[@]}"
-            done
-        done
-    done
-fi
+# shellcheck disable=SC2046
+evaluation_stage "$tdir" train.py "$methods" $(run_args)
 
 if want 8; then
     log "stage 8: collecting results into $exp/RESULTS.md"

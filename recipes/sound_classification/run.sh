@@ -89,7 +89,7 @@ fold_args() {
         "--sample_rate $sample_rate --augment $augment_flag $extra_args"
 }
 teacher_folder() { echo "$exp_dir/$dataset/fold$1/teacher/$teacher/none/seed$teacher_seed"; }
-student_folder() { echo "$exp_dir/$dataset/fold$1/student/$2/$3/seed$4"; }
+student_folder() { echo "$exp_dir/$dataset/fold$fold/student/$1/$2/seed$3"; }  # of the fold loop
 
 if want 0; then
     log "stage 0: checking the environment and the dataset root"
@@ -144,44 +144,13 @@ pool_folder() {  # FOLD METHOD SEED: one pool per fold, teacher, synthesiser and
 
 for fold in $folds; do
     tdir=$(teacher_folder "$fold")
-    # shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
-    if want 2; then
-        log "stage 2: teacher $teacher, fold $fold -> $tdir"
-        launch train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
-            --role teacher --seed "$teacher_seed" --output_folder "$tdir" --skip_test True \
-            $teacher_args
-    fi
-    first_student=${students%% *}
-    if want 3 && [ "$use_cache" = true ]; then
-        for method in $kd_methods; do
-            log "stage 3: teacher cache for $method, fold $fold"
-            # shellcheck disable=SC2046
-            launch cache_teacher.py $(yaml "student/$first_student.yaml" "$method") \
-                $(fold_args "$fold") --output_folder "$tdir" --teacher_folder "$tdir" \
-                --check_cache "$check_cache" "${unfinished_args[@]}"
-        done
-    fi
-    for arch in $students; do
-        for seed in $seeds; do
-            if want 4; then
-                sdir=$(student_folder "$fold" "$arch" none "$seed")
-                log "stage 4: student $arch alone, fold $fold, seed $seed -> $sdir"
-                # shellcheck disable=SC2046
-                launch train.py $(yaml "student/$arch.yaml" none) $(fold_args "$fold") \
-                    --seed "$seed" --output_folder "$sdir" --skip_test True
-            fi
-            if want 5; then
-                for method in $kd_methods; do
-                    sdir=$(student_folder "$fold" "$arch" "$method" "$seed")
-                    log "stage 5: student $arch with $method, fold $fold, seed $seed -> $sdir"
-                    # shellcheck disable=SC2046
-                    launch train.py $(yaml "student/$arch.yaml" "$method") $(fold_args "$fold") \
-                        --seed "$seed" --output_folder "$sdir" --teacher_folder "$tdir" \
-                        --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}"
-                done
-            fi
-        done
-    done
+    log_scope=", fold $fold"
+    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+    teacher_stage "$tdir" $(fold_args "$fold")
+    # shellcheck disable=SC2046
+    cache_stage "$tdir" "$kd_methods" $(fold_args "$fold")
+    # shellcheck disable=SC2046
+    student_stages "$tdir" "$kd_methods" $(fold_args "$fold")
 done
 
 if want 6 && [ -z "$datafree_methods" ]; then
@@ -193,7 +162,7 @@ if want 6; then
         for arch in $students; do
             for seed in $seeds; do
                 for method in $datafree_methods; do
-                    sdir=$(student_folder "$fold" "$arch" "$method" "$seed")
+                    sdir=$(student_folder "$arch" "$method" "$seed")
                     pool=$(pool_folder "$fold" "$method" "$seed")
                     log "stage 6: $method, fold $fold, seed $seed: pool $pool -> $sdir"
                     # shellcheck disable=SC2046,SC2086
@@ -210,23 +179,13 @@ fi
 if want 7; then
     for fold in $folds; do
         tdir=$(teacher_folder "$fold")
-        # shellcheck disable=SC2046,SC2086
-        evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) $(fold_args "$fold") \
-            --role teacher --seed "$teacher_seed" $teacher_args
+        # shellcheck disable=SC2046
+        evaluation_stage "$tdir" train.py "$kd_methods" $(fold_args "$fold")
         for arch in $students; do
             for seed in $seeds; do
-                # shellcheck disable=SC2046
-                evaluate_once "$(student_folder "$fold" "$arch" none "$seed")" train.py \
-                    $(yaml "student/$arch.yaml" none) $(fold_args "$fold") --seed "$seed"
-                for method in $kd_methods; do
-                    # shellcheck disable=SC2046
-                    evaluate_once "$(student_folder "$fold" "$arch" "$method" "$seed")" train.py \
-                        $(yaml "student/$arch.yaml" "$method") $(fold_args "$fold") \
-                        --seed "$seed" --teacher_folder "$tdir"
-                done
                 for method in $datafree_methods; do
                     # shellcheck disable=SC2046,SC2086
-                    evaluate_once "$(student_folder "$fold" "$arch" "$method" "$seed")" \
+                    evaluate_once "$(student_folder "$arch" "$method" "$seed")" \
                         synthesize.py $(datafree_yaml "$arch" "$method") $(fold_args "$fold") \
                         --seed "$seed" --teacher_folder "$tdir" \
                         --pool_folder "$(pool_folder "$fold" "$method" "$seed")" $synthesis_args

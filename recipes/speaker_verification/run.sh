@@ -19,8 +19,8 @@ dataset=voxceleb1             # voxceleb1 | librispeech
 data_root=""                  # the dataset's official layout (README.md)
 standin=false                 # true | false: stage 0 builds a small VoxCeleb1-layout stand-in
 trials=""                     # voxceleb1: the trial list (default <data_root>/veri_test2.txt)
-train_subsets="train-clean-100"   # librispeech: subsets of the training speakers
-test_subsets="test-clean test-other"  # librispeech: subsets of the test speakers (those present)
+train_subsets=""              # librispeech: training speakers' subsets ("": train-clean-100)
+test_subsets=""               # librispeech: test speakers' subsets ("": test-clean / -other present)
 methods="kd embedding_cosine embedding_mse mlkd dkd imlkd imlkd_1s imlkd_raw"  # hparams/kd/<m>.yaml
 students="ecapa_c512 ecapa_c256"  # student architectures (hparams/student/<arch>.yaml)
 teacher=ecapa_c1024           # teacher architecture (hparams/teacher/<arch>.yaml)
@@ -101,13 +101,16 @@ if want 1; then
     [ -n "$data_root" ] || [ "$standin" = false ] || data_root="$data_dir/standin"
     [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout)"
     log "stage 1: preparing $dataset manifests from $data_root"
-    trial_args=()
-    [ -z "$trials" ] || trial_args=(--trials "$trials")
-    # shellcheck disable=SC2086  # the subsets are word lists
+    # only the options given: prepare.py refuses another dataset's options (and has defaults)
+    dataset_args=()
+    [ -z "$trials" ] || dataset_args+=(--trials "$trials")
+    # shellcheck disable=SC2206  # the subsets are word lists
+    [ -z "$train_subsets" ] || dataset_args+=(--train_subsets $train_subsets)
+    # shellcheck disable=SC2206
+    [ -z "$test_subsets" ] || dataset_args+=(--test_subsets $test_subsets)
     $python local/prepare.py --dataset "$dataset" --data_root "$data_root" --out_dir "$data" \
         --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s" \
-        --segment_s "$segment_s" --train_subsets $train_subsets --test_subsets $test_subsets \
-        "${trial_args[@]}"
+        --segment_s "$segment_s" "${dataset_args[@]}"
 fi
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
     [ -f "$data/speakers.json" ] || die "no prepared data in $data: run stage 1 first"
@@ -115,63 +118,17 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
         "$data/speakers.json")
 fi
 
-# shellcheck disable=SC2046,SC2086  # word-split on purpose: file lists and overrides
-if want 2; then
-    log "stage 2: teacher $teacher -> $tdir"
-    launch train.py $(yaml "teacher/$teacher.yaml" none) $(run_args) --role teacher \
-        --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
-fi
-if want 3 && [ "$use_cache" = true ]; then
-    for method in $methods; do
-        log "stage 3: teacher cache for $method"
-        # shellcheck disable=SC2046
-        launch cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") $(run_args) \
-            --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache" \
-            "${unfinished_args[@]}"
-    done
-fi
-for arch in $students; do
-    for seed in $seeds; do
-        if want 4; then
-            sdir=$(student_folder "$arch" none "$seed")
-            log "stage 4: student $arch alone, seed $seed -> $sdir"
-            # shellcheck disable=SC2046
-            launch train.py $(yaml "student/$arch.yaml" none) $(run_args) --seed "$seed" \
-                --output_folder "$sdir" --skip_test True
-        fi
-        for method in $methods; do
-            want 5 || break
-            sdir=$(student_folder "$arch" "$method" "$seed")
-            log "stage 5: student $arch with $method, seed $seed -> $sdir"
-            # shellcheck disable=SC2046
-            launch train.py $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
-                --output_folder "$sdir" --teacher_folder "$tdir" --use_teacher_cache "$cache_flag" \
-                --skip_test True "${unfinished_args[@]}"
-        done
-    done
-done
-
+# shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+teacher_stage "$tdir" $(run_args)
+# shellcheck disable=SC2046
+cache_stage "$tdir" "$methods" $(run_args)
+# shellcheck disable=SC2046
+student_stages "$tdir" "$methods" $(run_args)
 if want 6; then
     log "stage 6: data-free distillation is not part of this recipe: skipped"
 fi
-
-if want 7; then
-    # shellcheck disable=SC2046,SC2086
-    evaluate_once "$tdir" verify.py $(yaml "teacher/$teacher.yaml" none) $(run_args) \
-        --role teacher --seed "$teacher_seed" $teacher_args
-    for arch in $students; do
-        for seed in $seeds; do
-            for method in none $methods; do
-                teacher_flag=()
-                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
-                # shellcheck disable=SC2046
-                evaluate_once "$(student_folder "$arch" "$method" "$seed")" verify.py \
-                    $(yaml "student/$arch.yaml" "$method") $(run_args) --seed "$seed" \
-                    "${teacher_flag[@]}"
-            done
-        done
-    done
-fi
+# shellcheck disable=SC2046
+evaluation_stage "$tdir" verify.py "$methods" $(run_args)
 
 if want 8; then
     log "stage 8: collecting results into $exp/RESULTS.md"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from ruamel.yaml.constructor import DuplicateKeyError
 
 from kd_modules import results
@@ -67,6 +68,16 @@ def _run(seed: int, accuracy: float, method: str = "kd") -> dict:
         "selection": "best valid", "teacher_fingerprint": "abc", "versions": {},
         "git_commit": "x", "wall_time_s": 1.0, "epoch_time_s": 2.0,
     }  # fmt: skip
+
+
+def test_a_key_given_twice_takes_its_last_value():
+    """run.sh passes --extra_args before --teacher_args: the teacher's epochs win, no YAML error."""
+    _, run_opts, overrides = parse_recipe_arguments(
+        ["a.yaml", "--number_of_epochs", "30", "--lr", "0.1", "--test_only",
+         "--number_of_epochs", "40"]
+    )  # fmt: skip
+    assert yaml.safe_load(overrides) == {"number_of_epochs": 40, "lr": 0.1}
+    assert run_opts["test_only"] is True
 
 
 def test_results_table_mean_std_over_seeds(tmp_path):

@@ -10,8 +10,8 @@ Writes into ``--out_dir``:
   training utterance is cut into consecutive ``--segment_s`` segments; a tail of at least half a
   segment (and at least ``--min_duration_s``) is kept as a shorter last segment, a shorter tail
   is dropped; an utterance shorter than one segment is one segment, whole. ``start`` / ``stop``
-  count samples of the file ``wav`` at its own rate (``--sample_rate`` unless ``--convert
-  none``), ``stop`` exclusive; ``duration`` is ``(stop - start)`` in seconds.
+  count samples at ``--sample_rate`` (the converted file's rate; with ``--convert none`` the
+  reader resamples, then cuts), ``stop`` exclusive; ``duration`` is ``(stop - start)`` in seconds.
 - ``valid.json`` is carved from the training speakers, so validation speakers == training
   speakers (speaker-ID accuracy selects the checkpoint): per speaker, a seeded ``--valid_share``
   of its segments, at least 1 when it has 2 or more, never all. A speaker with several
@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -70,6 +68,7 @@ from kd_modules.dataio import (
     read_json,
     resolve_audio_path,
     write_json_atomic,
+    write_text_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -349,14 +348,14 @@ def segment_bounds(frames: int, rate: int, segment_s: float, min_s: float) -> li
     return bounds
 
 
-def segment(utterances: list[dict], segment_s: float, min_s: float) -> list[dict]:
-    """The training segments of every utterance, ids ``<utt_id>_<k>``."""
+def segment(utterances: list[dict], segment_s: float, min_s: float, rate: int) -> list[dict]:
+    """The training segments of every utterance, ids ``<utt_id>_<k>``; bounds in samples at
+    ``rate`` (the recipe's rate, which kd_modules.dataio.read_audio reads them at)."""
     segments = []
     for utt in utterances:
         info = audio_info(utt["wav"])
-        for k, (start, stop) in enumerate(
-            segment_bounds(info.num_frames, info.sample_rate, segment_s, min_s)
-        ):
+        frames = round(info.num_frames * rate / info.sample_rate)
+        for k, (start, stop) in enumerate(segment_bounds(frames, rate, segment_s, min_s)):
             segments.append(
                 {
                     "id": f"{utt['id']}_{k}",
@@ -364,7 +363,7 @@ def segment(utterances: list[dict], segment_s: float, min_s: float) -> list[dict
                     "wav": utt["wav"],
                     "start": start,
                     "stop": stop,
-                    "duration": round((stop - start) / info.sample_rate, 4),
+                    "duration": round((stop - start) / rate, 4),
                     "spk_id": utt["spk_id"],
                 }
             )
@@ -417,19 +416,6 @@ def segment_manifest(segments: list[dict], labels: dict[str, int]) -> dict[str, 
     }
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def convert(clips: list[dict], args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     """Check (and convert to ``out_dir/audio/<id>.wav``) every clip: (readable, unreadable)."""
     out_audio = args.out_dir.resolve() / "audio"
@@ -459,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     if not trials:
         raise PrepareError(f"{sources.trial_file}: no trial has readable audio on both sides")
     train_utts = [u for u in usable if u["role"] == "train"]
-    segments = segment(train_utts, args.segment_s, args.min_duration_s)
+    segments = segment(train_utts, args.segment_s, args.min_duration_s, args.sample_rate)
     if not segments:
         raise PrepareError(
             f"no training speaker left: {sources.train_from} give {len(sources.train)} "
