@@ -133,15 +133,23 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-def check_run_record(folder: str | Path, record: dict) -> None:
+def check_run_record(folder: str | Path, record: dict, contents_exist: bool = False) -> None:
     """Write ``folder/run_record.json`` on a run's first start; refuse any other record later.
 
     ``record`` is e.g. ``{"data": data_record(...), "teacher_fingerprint": ...}``; a key whose
     value is None is not checked (evaluation loads no teacher). A mismatch raises
-    :class:`RunRecordMismatch` naming each difference and the way out.
+    :class:`RunRecordMismatch` naming each difference and the way out. ``contents_exist`` says
+    the folder already holds results (e.g. synthetic samples): without a record their origin is
+    unknown, so they are refused rather than trusted.
     """
     path = Path(folder) / RUN_RECORD
     if not path.is_file():
+        if contents_exist:
+            raise RunRecordMismatch(
+                f"The folder {folder} holds results but no {RUN_RECORD}: nothing says which "
+                "teacher and settings made them, so they are not reused. Delete the folder to "
+                "make them again, or use another folder."
+            )
         write_json_atomic(path, record)
         return
     old = json.loads(path.read_text())
@@ -321,10 +329,13 @@ class Recipe:
 
 
 def run_record(hparams: dict, teacher: Teacher | None, splits: tuple[str, ...]) -> dict:
-    """What a run folder trains on: the manifests, stage 1's settings and the teacher."""
+    """What a run folder trains on: the manifests, stage 1's settings and the teacher. The
+    teacher is its model's fingerprint, the one the teacher's results.json reports (an
+    IntegratedTeacher's own fingerprint also covers the attribution settings: a cache key)."""
+    model = getattr(teacher, "teacher", teacher)  # an IntegratedTeacher wraps a Teacher
     return {
         "data": data_record(manifest_files(hparams, splits), hparams["prepare_settings"]),
-        "teacher_fingerprint": teacher.fingerprint if teacher is not None else None,
+        "teacher_fingerprint": model.fingerprint if model is not None else None,
     }
 
 

@@ -96,6 +96,11 @@ class SyntheticPool:
     def part_file(self, index: int) -> Path:
         return self.folder / "parts" / f"b{index:06d}.json"
 
+    def started(self) -> bool:
+        """True when anything was synthesised here (a manifest or a batch's part file)."""
+        parts = self.folder / "parts"
+        return self.manifest_file.is_file() or (parts.is_dir() and any(parts.iterdir()))
+
     def done(self, batch: PoolBatch) -> bool:
         """True when the batch's tensors and part file are on disk."""
         return self.part_file(batch.index).is_file()

@@ -319,3 +319,19 @@ def test_student_from_frami_samples_above_chance_on_held_back_clips(teacher, sha
     # change the float reductions, so the teacher and the pool differ. 0.18 keeps a margin; the
     # recipe's end-to-end test (tests/recipes/test_datafree.py) asserts >= 0.3 on its defaults.
     assert len(clips) == 240 and accuracy >= 0.18, (float(accuracy), float(teacher_accuracy))
+
+
+def test_a_pool_without_its_record_is_refused_not_trusted(tmp_path: Path):
+    """Samples of unknown origin (no run_record.json) are never reused as the run's pool."""
+    from kd_modules.experiment import RunRecordMismatch, check_run_record
+
+    plan = pool_plan(2, 1, 2, 5, 5)
+    pool = SyntheticPool(tmp_path / "pool")
+    assert not pool.started()
+    check_run_record(pool.folder, {"teacher_fingerprint": "a"}, pool.started())  # fresh: recorded
+    pool.write_batch(plan[0], torch.zeros(2, 5, 3))
+    assert pool.started()
+    check_run_record(pool.folder, {"teacher_fingerprint": "a"}, pool.started())  # its own record
+    (pool.folder / "run_record.json").unlink()
+    with pytest.raises(RunRecordMismatch, match="holds results but no run_record.json"):
+        check_run_record(pool.folder, {"teacher_fingerprint": "a"}, pool.started())

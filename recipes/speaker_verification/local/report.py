@@ -95,7 +95,9 @@ def attribution_figure(teacher_folder: Path, data_folder: Path, png: Path, kd_ya
     from kd_modules.dataio import read_audio
     from kd_modules.teacher import IntegratedTeacher, Teacher, preserved_random_state
 
-    settings = read_settings(kd_yaml)
+    # the attribution settings are common.yaml's (hparams/common.yaml next to kd/), unless the
+    # KD YAML sets them
+    settings = {**read_settings(kd_yaml.parents[1] / "common.yaml"), **read_settings(kd_yaml)}
     with open(teacher_folder / "hyperparams.yaml") as stream, preserved_random_state():
         hparams = load_hyperpyyaml(stream)
     integrated = IntegratedInput(
