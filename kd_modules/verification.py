@@ -251,7 +251,8 @@ def verification_metrics(
 ) -> dict[str, float]:
     """EER and minDCF of trial ``scores`` (N,) with ``labels`` (N,) (1 target, 0 non-target).
 
-    Returns ``eer`` in percent, ``min_dcf`` normalised by min(c_miss·p_target,
+    Returns ``eer`` as a fraction (results.json's unit; the results table shows it in %),
+    ``min_dcf`` normalised by min(c_miss·p_target,
     c_fa·(1 − p_target)) as the VoxCeleb literature reports it, and ``min_dcf_raw``
     (SpeechBrain's unnormalised value); see :func:`kd_modules.metrics.eer_min_dcf`.
     """
@@ -263,7 +264,7 @@ def verification_metrics(
         raise ValueError("labels must be 0 or 1, with both target and non-target trials")
     result = eer_min_dcf(scores[target], scores[~target], p_target, c_miss, c_fa)
     return {
-        "eer": result["eer_percent"],
+        "eer": result["eer"],
         "min_dcf": result["min_dcf"],
         "min_dcf_raw": result["min_dcf_raw"],
     }

@@ -29,13 +29,13 @@ from tqdm import tqdm
 from kd_modules.brains.distill import unwrap_module
 from kd_modules.experiment import common_results
 from kd_modules.hparams import run_main
-from kd_modules.metrics import eer_min_dcf
 from kd_modules.results import write_results
 from kd_modules.verification import (
     normalised_scores,
     read_trials,
     score_trials,
     speaker_cohort,
+    verification_metrics,
     write_scores,
 )
 
@@ -101,7 +101,7 @@ def write_verification_results(brain, hparams: dict, datasets: dict, train_info:
         name = f"scores{'_' + prefix.rstrip('_') if prefix else ''}.txt"
         write_scores(output / name, trials, scores)
         files[prefix.rstrip("_") or "raw"] = str(output / name)
-        rates = eer_min_dcf(scores[labels == 1], scores[labels == 0], hparams["p_target"])
+        rates = verification_metrics(labels, scores, hparams["p_target"])
         metrics[f"{prefix}eer"], metrics[f"{prefix}min_dcf"] = rates["eer"], rates["min_dcf"]
     results = {
         "task": "speaker_verification",

@@ -157,7 +157,7 @@ def test_metrics_of_normalised_scores_match_brute_force_sweep(method, p_target):
     result = verification_metrics(labels, scores, p_target=p_target)
     eer, min_dcf = brute_force_eer_min_dcf(labels, scores.numpy(), p_target)
     assert 5 < eer < 45  # a system that is neither perfect nor chance: the sweep matters
-    assert result["eer"] == pytest.approx(eer, abs=1e-9)
+    assert 100 * result["eer"] == pytest.approx(eer, abs=1e-9)
     assert result["min_dcf"] == pytest.approx(min_dcf, abs=1e-9)
     assert result["min_dcf_raw"] == pytest.approx(min_dcf * min(p_target, 1 - p_target))
 
