@@ -64,6 +64,7 @@ def fsdd_manifests(tmp_path: Path) -> Path:
 
 
 AUDIO_TAGGING = REPO / "recipes" / "audio_tagging"
+SPEAKER_VERIFICATION = REPO / "recipes" / "speaker_verification"
 
 
 def load_module(name: str, path: Path):

@@ -467,12 +467,21 @@ class DistillBrain(sb.Brain):
         return int(os.environ.get("SB_GLOBAL_SEED", 563375142) if seed is None else seed)
 
     def _wrap_distributed(self) -> None:
-        """DDP on CPU (gloo) without SyncBatchNorm, which PyTorch only supports on accelerators."""
+        """DDP on CPU (gloo) without SyncBatchNorm, which PyTorch only supports on accelerators.
+
+        Buffers are not broadcast at each forward: plain BatchNorm saves its running statistics
+        for the backward, and a step that runs the model twice (IML-KD's second pass on the
+        integrated input) would have them overwritten in place on ranks > 0 between the forward
+        and the backward (autograd's "modified by an inplace operation"). Each rank keeps its own
+        running statistics; the checkpoint holds rank 0's.
+        """
         if self.distributed_launch and torch.device(self.device).type == "cpu":
             for name, module in self.modules.items():
                 if any(p.requires_grad for p in module.parameters()):
                     self.modules[name] = DistributedDataParallel(
-                        module, find_unused_parameters=self.find_unused_parameters
+                        module,
+                        find_unused_parameters=self.find_unused_parameters,
+                        broadcast_buffers=False,
                     )
             return
         super()._wrap_distributed()
