@@ -196,8 +196,10 @@ def segment_attributions(
     steps: int = 20,
     rule: str = "riemann_right",
     chunk_size: int | None = None,
+    baseline: float = 0.0,
 ) -> Tensor:
-    """IML-KD's per-duration map A_d (B, T, F), zero baseline.
+    """IML-KD's per-duration map A_d (B, T, F) against the constant baseline x′ = ``baseline``
+    (0: the "silence" of a sentence-mean-normalised fbank).
 
     Tiles each utterance's valid frames (feats (B, T, F), lens (B,) relative SpeechBrain lengths,
     valid frames = round(lens·T)) into consecutive segments of ``segment_frames`` frames, computes
@@ -224,7 +226,9 @@ def segment_attributions(
         def seg_forward(x: Tensor, rows: Tensor = rows) -> Tensor:
             return forward(x, rows.repeat(x.shape[0] // rows.shape[0]))
 
-        attr = integrated_gradients(seg_forward, segs, None, steps, rule, chunk_size).attributions
+        reference = torch.full_like(segs, baseline) if baseline else None
+        attr = integrated_gradients(seg_forward, segs, reference, steps, rule, chunk_size)
+        attr = attr.attributions
         for (row, start), seg_map in zip(members, attr):
             maps[row, start : start + length] = seg_map
     return maps
@@ -236,7 +240,7 @@ class IntegratedInput:
 
     - durations_s: segment durations d (s) of the maps A_d; hop_length_ms: the feature hop that
       turns them into frames;
-    - steps, rule, chunk_size: :func:`integrated_gradients`'s;
+    - steps, rule, chunk_size: :func:`integrated_gradients`'s; baseline: the constant x′;
     - mode "mean": weight = mean_d norm(|A_d|) (B, T, F); "concat": the normed maps concatenated
       along time (B, len(durations)·T, F), d-th block = rows d·T … (d+1)·T − 1. The single-duration
       ablation is "mean" with one duration.
@@ -251,6 +255,7 @@ class IntegratedInput:
         rule: str = "riemann_right",
         chunk_size: int | None = None,
         mode: str = "mean",
+        baseline: float = 0.0,
     ):
         if len(durations_s) == 0:
             raise ValueError("durations_s must name at least one segment duration (seconds)")
@@ -266,6 +271,7 @@ class IntegratedInput:
         self.durations_s = tuple(float(d) for d in durations_s)
         self.hop_length_ms = float(hop_length_ms)
         self.steps, self.rule, self.chunk_size, self.mode = steps, rule, chunk_size, mode
+        self.baseline = float(baseline)
 
     def settings(self) -> dict:
         """Every constructor argument by name (lists, JSON-ready): goes into cache keys, and
@@ -277,6 +283,7 @@ class IntegratedInput:
             "rule": self.rule,
             "chunk_size": self.chunk_size,
             "mode": self.mode,
+            "baseline": self.baseline,
         }
 
     def segment_frames(self) -> list[int]:
@@ -290,7 +297,7 @@ class IntegratedInput:
         (B, T, F), lens (B,) relative)."""
         return [
             segment_attributions(
-                forward, feats, lens, frames, self.steps, self.rule, self.chunk_size
+                forward, feats, lens, frames, self.steps, self.rule, self.chunk_size, self.baseline
             )
             for frames in self.segment_frames()
         ]

@@ -225,6 +225,20 @@ def test_segment_maps_equal_ig_on_each_segment_alone(feats, ecapa, prototypes):
     assert maps[0].abs().sum() > 0
 
 
+def test_segment_maps_use_the_constant_baseline():
+    """A linear score w·x of each 3-frame segment has IG w ⊙ (x − x′) exactly: the baseline
+    enters every segment."""
+    torch.manual_seed(0)
+    weight = torch.randn(3, 4)
+    feats = torch.randn(1, 6, 4)
+
+    def forward(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (x * weight).sum((1, 2))
+
+    maps = segment_attributions(forward, feats, torch.ones(1), 3, steps=2, baseline=0.5)
+    torch.testing.assert_close(maps[0], weight.repeat(2, 1) * (feats[0] - 0.5))
+
+
 def test_segment_maps_of_a_batch_equal_each_utterance_alone(feats, ecapa, prototypes):
     lens = torch.tensor([1.0, 70 / 101])
     forward = row_forward(ecapa, prototypes)
@@ -315,6 +329,7 @@ def test_settings_round_trip_and_segment_frames():
         rule="gausslegendre",
         chunk_size=2,
         mode="concat",
+        baseline=-1.5,
     )
     settings = integrated.settings()
     assert settings == {
@@ -324,6 +339,7 @@ def test_settings_round_trip_and_segment_frames():
         "rule": "gausslegendre",
         "chunk_size": 2,
         "mode": "concat",
+        "baseline": -1.5,
     }
     assert IntegratedInput(**settings).settings() == settings
     assert integrated.segment_frames() == [25, 50, 1]
