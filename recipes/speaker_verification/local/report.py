@@ -103,6 +103,7 @@ def attribution_figure(teacher_folder: Path, data_folder: Path, png: Path, kd_ya
     integrated = IntegratedInput(
         durations_s=settings["ig_durations_s"], hop_length_ms=hparams["hop_length"],
         steps=settings["ig_steps"], rule=settings["ig_rule"], mode="mean",
+        baseline=settings["ig_baseline"],
     )  # fmt: skip
     teacher = IntegratedTeacher(Teacher.from_experiment(teacher_folder, max_key="accuracy"),
                                 integrated, settings["attribution_score"])  # fmt: skip
