@@ -231,11 +231,18 @@ def convert_audio(
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written).
+
+    The file gets the permissions of any new file (0666 less the umask), not mkstemp's 0600, so
+    manifests and results stay readable by the group that shares an experiment folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -217,3 +217,17 @@ def test_remove_stale_temp_files_removes_only_conversion_leftovers(tmp_path):
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
     assert remove_stale_temp_files(tmp_path / "absent") == []
+
+
+def test_atomic_writes_give_the_permissions_of_a_new_file(tmp_path):
+    """Not mkstemp's 0600: a results.json must be readable like any file its owner writes."""
+    import os
+
+    from kd_modules.dataio import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
