@@ -221,13 +221,7 @@ def test_remove_stale_temp_files_removes_only_conversion_leftovers(tmp_path):
 
 def test_atomic_writes_give_the_permissions_of_a_new_file(tmp_path):
     """Not mkstemp's 0600: a results.json must be readable like any file its owner writes."""
-    import os
+    from kd_modules import dataio
 
-    from kd_modules.dataio import write_json_atomic
-
-    umask = os.umask(0o022)
-    try:
-        write_json_atomic(tmp_path / "results.json", {"a": 1})
-    finally:
-        os.umask(umask)
-    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+    dataio.write_json_atomic(tmp_path / "results.json", {"a": 1})
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~dataio._UMASK
