@@ -133,7 +133,7 @@ def attribution_figure(teacher_folder: Path, data_folder: Path, png: Path, kd_ya
     axes[-1].set_xlabel("frame (10 ms)")
     figure.suptitle(f"Teacher integrated gradients, segment {utt} (speaker {entry['spk_id']})")
     figure.tight_layout()
-    figure.savefig(png, dpi=110)
+    figure.savefig(png, dpi=80)
     plt.close(figure)
 
 
