@@ -31,9 +31,9 @@ class Attribution(NamedTuple):
     """What :func:`integrated_gradients` returns; every tensor is detached."""
 
     attributions: Tensor  # (B, ...) like the inputs
-    gap: Tensor  # (B,) completeness gap: sum(attributions) − (F(x) − F(x′))
-    outputs: Tensor  # (B,) F(x)
-    baseline_outputs: Tensor  # (B,) F(x′)
+    gap: Tensor | None  # (B,) completeness gap: sum(attributions) − (F(x) − F(x′))
+    outputs: Tensor | None  # (B,) F(x)
+    baseline_outputs: Tensor | None  # (B,) F(x′)
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -126,6 +126,7 @@ def integrated_gradients(
     steps: int = 20,
     rule: str = "riemann_right",
     chunk_size: int | None = None,
+    completeness: bool = True,
 ) -> Attribution:
     """IG of ``forward`` at ``inputs`` (B, ...) from ``baselines`` (broadcastable to the inputs;
     None = zeros), with ``steps`` points of ``rule`` (:func:`step_alphas`).
@@ -136,7 +137,9 @@ def integrated_gradients(
     ``t.repeat(N // B)`` inside forward), and ONE forward + ONE backward (torch.autograd.grad of
     the sum) runs per chunk; chunk_size=None means all m steps in one chunk (c·B rows at a time
     bounds the memory). F(x) and F(x′) for the completeness gap come from one more forward of the
-    2B end points under no_grad. Works whatever requires_grad the model's parameters have (only
+    2B end points under no_grad; ``completeness=False`` skips it (``gap``, ``outputs`` and
+    ``baseline_outputs`` are then None) for callers that only want the map, such as
+    :func:`segment_attributions`. Works whatever requires_grad the model's parameters have (only
     the input's gradient is asked for, so no parameter ``.grad`` is ever created), returns detached
     tensors, changes no global state (grad mode is enabled locally, so an enclosing
     ``torch.no_grad()`` is fine). Runs the model in whatever mode it is in: the caller puts the
@@ -158,6 +161,8 @@ def integrated_gradients(
         part = slice(start, start + chunk)
         total += _path_gradient_sum(forward, baselines, diff, alphas[part], weights[part])
     attributions = diff * total
+    if not completeness:
+        return Attribution(attributions, None, None, None)
     batch = inputs.shape[0]
     with torch.no_grad():
         ends = _scalar_per_example(forward(torch.cat([inputs, baselines])), 2 * batch)
@@ -227,8 +232,9 @@ def segment_attributions(
             return forward(x, rows.repeat(x.shape[0] // rows.shape[0]))
 
         reference = torch.full_like(segs, baseline) if baseline else None
-        attr = integrated_gradients(seg_forward, segs, reference, steps, rule, chunk_size)
-        attr = attr.attributions
+        attr = integrated_gradients(
+            seg_forward, segs, reference, steps, rule, chunk_size, completeness=False
+        ).attributions
         for (row, start), seg_map in zip(members, attr):
             maps[row, start : start + length] = seg_map
     return maps

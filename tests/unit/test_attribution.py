@@ -378,3 +378,23 @@ def test_invalid_call_arguments_raise_clear_errors(feats):
     integrated = IntegratedInput(durations_s=(1.0, 2.0), mode="concat")
     with pytest.raises(ValueError, match=r"weight of shape \(2, 101, 80\) does not fit feats"):
         integrated.apply(feats, feats)  # a concat weight needs 2 blocks of ≥ 101 frames
+
+
+def test_map_without_the_completeness_gap_skips_the_end_point_forward():
+    """completeness=False: the same attributions, no gap, and no forward beyond the step chunks."""
+    torch.manual_seed(0)
+    weight = torch.randn(5)
+    calls = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return (x.pow(2) * weight).sum(1)
+
+    inputs = torch.randn(3, 5)
+    full = integrated_gradients(forward, inputs, steps=4, chunk_size=2)
+    assert calls == [6, 6, 6]  # two chunks of 2 steps × 3 examples, then the 2B end points
+    calls.clear()
+    bare = integrated_gradients(forward, inputs, steps=4, chunk_size=2, completeness=False)
+    assert calls == [6, 6]
+    torch.testing.assert_close(bare.attributions, full.attributions)
+    assert bare.gap is None and bare.outputs is None and bare.baseline_outputs is None
