@@ -35,6 +35,8 @@ sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
 min_duration_s=0.5            # seconds: stage 1 skips (and counts) shorter utterances
 segment_s=3.0                 # seconds: the training segments stage 1 cuts
+download=false                # true | false: stage 0 downloads LibriSpeech (OpenSLR) when no
+                              # --data_root (VoxCeleb1 needs its request form: README.md)
 update_readme=false           # true | false: stage 8 also writes README.md's results table
 data_dir=data                 # prepared manifests (stage 1)
 exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
@@ -44,8 +46,8 @@ teacher_args=""               # overrides for the teacher only (stage 2)
 
 options="stage stop_stage dataset data_root standin trials train_subsets test_subsets methods
 students teacher teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
-sample_rate convert min_duration_s segment_s update_readme data_dir exp_dir python extra_args
-teacher_args"
+sample_rate convert min_duration_s segment_s download update_readme data_dir exp_dir python
+extra_args teacher_args"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
         6 (not in this recipe), 7 verify, 8 report"
@@ -61,6 +63,7 @@ check_choice standin true false
 check_int check_cache 0
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.5'
 check_pattern segment_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 3.0'
+check_choice download true false
 check_choice update_readme true false
 check_kd_options
 [ "$standin" = false ] || [ "$dataset" = voxceleb1 ] ||
@@ -90,9 +93,13 @@ if want 0; then
             data_root="$data_dir/standin"
             log "stage 0: building the stand-in tree $data_root (not VoxCeleb1: README.md)"
             $python local/make_standin.py --out "$data_root" >/dev/null
+        elif [ -z "$data_root" ] && [ "$download" = true ]; then
+            # shellcheck disable=SC2086  # the subsets are word lists
+            data_root=$(local/download.sh "$dataset" "$data_dir/downloads" $train_subsets \
+                $test_subsets)
         fi
         [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout; \
-see README.md), or --standin true for the VoxCeleb1-layout stand-in"
+see README.md), or --standin true for the VoxCeleb1-layout stand-in, or --download true"
         [ -d "$data_root" ] || die "--data_root $data_root does not exist"
     fi
 fi

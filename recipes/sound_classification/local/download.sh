@@ -13,21 +13,4 @@ case "$dataset" in
           root=free-spoken-digit-dataset-master ;;
     *) echo "$0: unknown dataset '$dataset'" >&2; exit 1 ;;
 esac
-mkdir -p "$dest"
-archive="$dest/$(basename "$url")"
-if [ ! -d "$dest/$root" ]; then
-    echo "Downloading $dataset from $url" >&2
-    if ! curl -fsSL --retry 2 --connect-timeout 20 -o "$archive.part" "$url"; then
-        rm -f "$archive.part"
-        echo "$0: could not download $url (no network access?). Download it by hand, unpack it" \
-             "and pass the folder as --data_root (see README.md, Datasets)." >&2
-        exit 1
-    fi
-    mv "$archive.part" "$archive"
-    case "$archive" in
-        *.zip) unzip -q "$archive" -d "$dest" ;;
-        *.tar.gz) tar -xzf "$archive" -C "$dest" ;;
-    esac
-    rm -f "$archive"
-fi
-echo "$dest/$root"
+"$(dirname "$0")/../../../tools/download.sh" "$url" "$dest" "$root"
