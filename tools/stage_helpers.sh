@@ -269,3 +269,19 @@ evaluation_stage() {
         done
     done
 }
+
+# single_split_stages TDIR METHODS SCRIPT ARGS...: stages 2-7 of a recipe with one data split
+# and no data-free stage: the teacher, its caches, the students alone and with each method, then
+# stage 7 with SCRIPT (train.py, or the recipe's evaluation script). Call it only once the
+# prepared data is known (stages 2-7 wanted), since ARGS name it.
+single_split_stages() {
+    local tdir=$1 methods=$2 script=$3
+    shift 3
+    teacher_stage "$tdir" "$@"
+    cache_stage "$tdir" "$methods" "$@"
+    student_stages "$tdir" "$methods" "$@"
+    if want 6; then
+        log "stage 6: data-free distillation is not part of this recipe: skipped"
+    fi
+    evaluation_stage "$tdir" "$script" "$methods" "$@"
+}

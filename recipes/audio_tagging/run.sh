@@ -91,19 +91,9 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
     [ -f "$data/labels.json" ] || die "no prepared data in $data: run stage 1 first"
     n_outputs=$($python -c "import json, sys; d = json.load(open(sys.argv[1])); \
 print(len(d['fine']) + len(d['coarse']))" "$data/labels.json")
+    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+    single_split_stages "$tdir" "$methods" train.py $(run_args)
 fi
-
-# shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-teacher_stage "$tdir" $(run_args)
-# shellcheck disable=SC2046
-cache_stage "$tdir" "$methods" $(run_args)
-# shellcheck disable=SC2046
-student_stages "$tdir" "$methods" $(run_args)
-if want 6; then
-    log "stage 6: data-free synthesis is not part of this recipe: skipped"
-fi
-# shellcheck disable=SC2046
-evaluation_stage "$tdir" train.py "$methods" $(run_args)
 
 if want 8; then
     log "stage 8: collecting results into $exp/RESULTS.md"

@@ -143,6 +143,7 @@ pool_folder() {  # FOLD METHOD SEED: one pool per fold, teacher, synthesiser and
 }
 
 for fold in $folds; do
+    [ "$stage" -le 5 ] && [ "$stop_stage" -ge 2 ] || break  # stages 2-5 (they read the data)
     tdir=$(teacher_folder "$fold")
     log_scope=", fold $fold"
     # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run

@@ -124,16 +124,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
     n_speakers=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
         "$data/speakers.json")
     # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    teacher_stage "$tdir" $(run_args)
-    # shellcheck disable=SC2046
-    cache_stage "$tdir" "$methods" $(run_args)
-    # shellcheck disable=SC2046
-    student_stages "$tdir" "$methods" $(run_args)
-    if want 6; then
-        log "stage 6: data-free distillation is not part of this recipe: skipped"
-    fi
-    # shellcheck disable=SC2046
-    evaluation_stage "$tdir" verify.py "$methods" $(run_args)
+    single_split_stages "$tdir" "$methods" verify.py $(run_args)
 fi
 
 if want 8; then

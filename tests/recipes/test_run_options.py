@@ -314,3 +314,20 @@ def test_cache_refusal_names_the_run_sh_option_and_the_yaml_key():
         "or turn these settings off."
     )
 
+
+
+@pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging"])
+def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
+    """--stop_stage 1 prepares and stops: no later stage reads the (not yet known) label count."""
+    folder = REPO / "recipes" / recipe
+    data = {
+        "sound_classification": ["--dataset", "fsdd", "--split", "seeded", "--data_root",
+                                 str(REPO / "tests/samples/fsdd/free-spoken-digit-dataset")],
+        "audio_tagging": ["--standin", "true"],
+    }[recipe]  # fmt: skip
+    proc = run_sh("--python", sys.executable, "--device", "cpu", "--stop_stage", "1",
+                  *data, *folders(tmp_path), cwd=folder, script=folder / "run.sh")  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    assert "unbound variable" not in proc.stderr, explain(proc)
+    assert not re.search(r"stage [2-8]:", proc.stdout), explain(proc)
+    assert proc.stdout.rstrip().endswith("done"), explain(proc)
