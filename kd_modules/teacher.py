@@ -167,13 +167,9 @@ class IntegratedTeacher:
         self.teacher.to(device)
         return self
 
-    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None, targets=None) -> dict:
-        """Outputs on ``x̃`` plus ``ig_weight`` ``(B, T', F)``; ``targets`` ``(B,)`` required."""
-        if targets is None:
-            raise ValueError(
-                "IntegratedTeacher needs the batch's true classes (targets) to attribute the "
-                f"teacher's {self.score_key!r} score: pass them to the teacher call"
-            )
+    def maps(self, feats: torch.Tensor, lens: torch.Tensor, targets) -> list[torch.Tensor]:
+        """The IG maps ``A_d`` ``(B, T, F)``, one per duration, of the teacher's ``score_key``
+        output of each utterance's true class ``targets`` ``(B,)``."""
         model, key = self.teacher.model.eval(), self.score_key
         targets = torch.as_tensor(targets, device=feats.device).reshape(-1).long()
 
@@ -182,9 +178,18 @@ class IntegratedTeacher:
             out = model(x, torch.ones(x.shape[0], device=x.device))[key]
             return out.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
 
+        with torch.enable_grad():
+            return self.integrated.maps(score, feats.detach().float(), lens)
+
+    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None, targets=None) -> dict:
+        """Outputs on ``x̃`` plus ``ig_weight`` ``(B, T', F)``; ``targets`` ``(B,)`` required."""
+        if targets is None:
+            raise ValueError(
+                "IntegratedTeacher needs the batch's true classes (targets) to attribute the "
+                f"teacher's {self.score_key!r} score: pass them to the teacher call"
+            )
         if lens is None:
             lens = torch.ones(feats.shape[0], device=feats.device)
-        with torch.enable_grad():
-            weight = self.integrated(score, feats.detach().float(), lens)
+        weight = self.integrated.weight(self.maps(feats, lens, targets), lens)
         outputs = self.teacher(self.integrated.apply(feats, weight.to(feats.dtype)), lens)
         return {**outputs, "ig_weight": weight.detach()}

@@ -23,17 +23,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from kd_modules.results import collect
+from kd_modules.results import _mean_std, collect
 
 BASELINES = ("kd", "embedding_cosine", "embedding_mse", "mlkd", "dkd")
 PAPER_RELATIVE_EER = -5.0  # METHODS.md §2: IML-KD against the best KD baseline
-
-
-def _mean_std(values: list[float], scale: float, digits: int) -> str:
-    values = [scale * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def comparison(runs: list[dict]) -> str:
@@ -111,14 +104,7 @@ def attribution_figure(teacher_folder: Path, data_folder: Path, png: Path, kd_ya
     wav = read_audio(entry["wav"], hparams["sample_rate"], entry["start"], entry["stop"])
     lens = torch.ones(1)
     feats = hparams["front_end"](wav.unsqueeze(0), lens)
-    target = torch.tensor([entry["spk_label"]])
-    model = teacher.model
-
-    def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return model(x, torch.ones(x.shape[0]))["cosine"][:, target[0]]
-
-    with torch.enable_grad():
-        maps = integrated.maps(score, feats, lens)
+    maps = teacher.maps(feats, lens, torch.tensor([entry["spk_label"]]))
     weight = integrated.weight(maps, lens)
     panels = [("fbank (sentence-mean normalised)", feats[0])]
     durations = integrated.durations_s
