@@ -124,6 +124,7 @@ class Teacher:
             )
         with open(hparams_file) as stream, preserved_random_state():
             hparams = load_hyperpyyaml(stream)  # its own seeding must not reseed the caller
+        taps = resolve_tap_points(taps, hparams.get("tap_points"), exp_dir)
         model = hparams[model_key]
         checkpointer = Checkpointer(exp_dir / "save", recoverables={model_key: model})
         checkpoint = checkpointer.find_checkpoint(max_key=max_key, min_key=min_key)
@@ -135,6 +136,32 @@ class Teacher:
         teacher = cls(model, taps)
         teacher.checkpoint = str(checkpoint.path)
         return teacher
+
+
+def resolve_tap_points(
+    taps: dict[str, str] | None, tap_points: dict[str, str] | None, exp_dir: Path
+) -> dict[str, str]:
+    """Taps written ``@role`` name the teacher's own ``tap_points[role]``; others are module paths.
+
+    A KD method's YAML cannot know where, in whichever teacher a user trained, its feature lives
+    (SP's last frame-level layer is ``encoder.blocks.14`` in an x-vector, ``frames`` in a CNN).
+    Each teacher architecture's YAML declares ``tap_points`` (role -> module path), saved with the
+    teacher's hyperparams; a method asks for ``@frames`` and works with every teacher that has it.
+    """
+    resolved = {}
+    for name, path in (taps or {}).items():
+        if not path.startswith("@"):
+            resolved[name] = path
+            continue
+        role = path[1:]
+        if not tap_points or role not in tap_points:
+            have = ", ".join(sorted(tap_points or {})) or "none"
+            raise KeyError(
+                f"the teacher in {exp_dir} declares no tap point {role!r} (tap {name!r} asks for "
+                f"{path}); its architecture YAML's tap_points: {have}"
+            )
+        resolved[name] = tap_points[role]
+    return resolved
 
 
 class IntegratedTeacher:

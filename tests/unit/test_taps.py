@@ -1,11 +1,18 @@
 """FeatureTaps: capture by dotted path, gradients, errors, removal, DDP wrapping."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
+from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
+from kd_modules.checkpoints import Checkpointer
 from kd_modules.taps import FeatureTaps
+from kd_modules.teacher import Teacher
 
 
 class Net(nn.Module):
@@ -75,3 +82,58 @@ def test_taps_survive_ddp_wrapping(tmp_path):
         assert "hint" in wrapped.features
     finally:
         dist.destroy_process_group()
+
+
+# ----- a teacher's tap points: methods ask for a role, each architecture says where it lives -----
+SOUND_HP = Path(__file__).resolve().parents[2] / "recipes/sound_classification/hparams"
+
+
+def save_teacher_experiment(folder: Path, tap_points: str) -> None:
+    """A minimal teacher experiment folder: hyperparams.yaml (a CNN) and one checkpoint."""
+    folder.mkdir(parents=True)
+    (folder / "hyperparams.yaml").write_text(
+        "model: !new:kd_modules.models.CNNTagger\n"
+        "    n_mels: 16\n    n_outputs: 3\n    channels: [4, 8]\n" + tap_points
+    )
+    with open(folder / "hyperparams.yaml") as stream:
+        model = load_hyperpyyaml(stream)["model"]
+    Checkpointer(folder / "save", recoverables={"model": model}).save_checkpoint(
+        meta={"accuracy": 0.5}
+    )
+
+
+def test_teacher_taps_by_role_resolve_to_the_teachers_own_tap_points(tmp_path):
+    save_teacher_experiment(tmp_path / "t", "tap_points:\n    frames: frames\n")
+    teacher = Teacher.from_experiment(
+        tmp_path / "t", taps={"sp": "@frames", "first": "blocks.0"}, max_key="accuracy"
+    )
+    out = teacher(torch.randn(2, 32, 16))
+    assert out["sp"].shape == (2, 8, 8)  # (B, T/4, C): the CNN's frame states, by role
+    assert out["first"].shape == (2, 4, 16, 8)  # a module path is still taken literally
+
+
+def test_a_role_the_teacher_does_not_declare_is_refused_naming_it(tmp_path):
+    save_teacher_experiment(tmp_path / "t", "tap_points:\n    frames: frames\n")
+    with pytest.raises(KeyError, match=r"declares no tap point 'pre'.*tap_points: frames"):
+        Teacher.from_experiment(tmp_path / "t", taps={"pre": "@pre"}, max_key="accuracy")
+    save_teacher_experiment(tmp_path / "old", "")
+    with pytest.raises(KeyError, match="tap_points: none"):
+        Teacher.from_experiment(tmp_path / "old", taps={"x": "@frames"})
+
+
+def yaml_mapping(path: Path, key: str) -> dict:
+    """The top-level mapping ``key`` of a recipe YAML (its other keys may hold HyperPyYAML tags)."""
+    block = re.search(rf"^{key}:\n((?: {{4}}.*\n)+)", path.read_text(), re.M)
+    return yaml.safe_load(block.group(1)) if block else {}
+
+
+@pytest.mark.parametrize("method", ["sp", "fitnets", "frami"])
+def test_sound_classification_methods_ask_roles_the_statistics_pooling_teacher_declares(method):
+    """Every role a KD method asks for exists in xvector_large (the recipe's default teacher, the
+    only one FRAMI can use); SP and FitNets also work with the CNN teacher."""
+    asked = yaml_mapping(SOUND_HP / f"kd/{method}.yaml", "teacher_taps")
+    assert asked and all(path.startswith("@") for path in asked.values())
+    roles = {path[1:] for path in asked.values()}
+    teachers = ["xvector_large"] + (["cnn"] if method in ("sp", "fitnets") else [])
+    for arch in teachers:
+        assert roles <= set(yaml_mapping(SOUND_HP / f"teacher/{arch}.yaml", "tap_points")), arch
