@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     common = {"steps": args.steps, "device": args.device, "precision": args.precision,
               "parameterization": args.parameterization}  # fmt: skip
     rates = {}
-    for cls in (DeepInversion, CMI, FRAMI):
-        synth = cls(teacher, args.n_mels, args.n_classes, **common)
-        rates[cls.name] = samples_per_second(synth, args)
+    variants = {"deepinversion": (DeepInversion, {}), "cmi": (CMI, {}), "frami": (FRAMI, {}),
+                "frami, fused views": (FRAMI, {"fuse_views": True})}  # fmt: skip
+    for name, (cls, options) in variants.items():
+        synth = cls(teacher, args.n_mels, args.n_classes, **common, **options)
+        rates[name] = samples_per_second(synth, args)
     device = torch.cuda.get_device_name(args.device) if "cuda" in args.device else "cpu"
     print(f"teacher {'trained' if args.teacher_folder else 'xvector_large (untrained)'}, "
           f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters; {device}, "

@@ -227,11 +227,15 @@ class DeepInversion(Synthesizer):
         with self.autocast():
             return self.teacher(x, None)
 
+    def inversion_outputs(self, x_in: Tensor, bn: BatchNormStatistics) -> dict:
+        """The teacher's outputs for the step's jittered samples ``x_in`` (B, T, F), with their
+        BatchNorm statistics recorded in ``bn`` (FRAMI batches its second view in with them)."""
+        bn.clear()
+        return self.teacher_outputs(x_in)
+
     def step_terms(self, x: Tensor, targets: Tensor, bn: BatchNormStatistics) -> dict:
         """Unweighted loss terms of one step for the current samples ``x``."""
-        x_in = self.jitter(x)
-        bn.clear()
-        outputs = self.teacher_outputs(x_in)
+        outputs = self.inversion_outputs(self.jitter(x), bn)
         terms = {
             "ce": F.cross_entropy(outputs[self.logits_key].float(), targets),
             "bn": bn.loss(self.first_bn_weight),

@@ -186,14 +186,54 @@ class FRAMI(ContrastiveInversion):
     """FRAMI: InfoNCE over the teacher's pooled embedding of two audio-domain views.
 
     ``embedding_key``: the teacher output holding the pooled embedding (B, E) (or (B, 1, E)).
+    ``fuse_views`` (with ``share_view``): view B (shorter, T' frames) is zero-padded to T and runs
+    through the teacher in one forward with the inversion batch, ``(2B, T, F)`` with relative
+    lengths ``[1]*B + [T'/T]*B``, instead of a second forward. The teacher is in eval mode, so
+    each sample's outputs are its own; BatchNorm statistics count the first B rows only, and
+    statistics pooling ignores the padding (the convolutions see zeros past T' where a separate
+    pass would pad by reflection: the last few frames of view B differ). One pass of 2B rows does
+    more arithmetic than two passes (B, T) + (B, T'), but launches half the kernels: faster where
+    the step is bound by launches (a GPU at these model sizes), slower where it is bound by
+    arithmetic (a CPU): ours, a key in hparams/synthesis/frami.yaml.
     """
 
     name = "frami"
 
-    def __init__(self, *args, embedding_key: str = "embedding", **kwargs) -> None:
+    def __init__(
+        self, *args, embedding_key: str = "embedding", fuse_views: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.embedding_key = embedding_key
+        self.fuse_views = fuse_views and self.share_view
+        self._view_b: Tensor | None = None
 
     def features(self, outputs: dict, bn) -> Tensor:
         embedding = outputs[self.embedding_key]
         return embedding.reshape(embedding.shape[0], -1)
+
+    def inversion_outputs(self, x_in: Tensor, bn) -> dict:
+        if not self.fuse_views:
+            return super().inversion_outputs(x_in, bn)
+        view = self.views(x_in)  # circularly shifted anyway: jittering x first changes nothing
+        B, T = x_in.shape[:2]
+        padded = F.pad(view, (0, 0, 0, T - view.shape[1]))
+        lens = torch.ones(2 * B, device=x_in.device)
+        lens[B:] = view.shape[1] / T
+        bn.clear()
+        bn.rows = B
+        try:
+            with self.autocast():
+                outputs = self.teacher(torch.cat([x_in, padded]), lens)
+        finally:
+            bn.rows = None
+        self._view_b = self.features({self.embedding_key: outputs[self.embedding_key][B:]}, bn)
+        return {name: value[:B] for name, value in outputs.items()}
+
+    def view_features(self, x: Tensor, bn) -> Tensor:
+        if self._view_b is None:
+            return super().view_features(x, bn)
+        features, self._view_b = self._view_b, None
+        return features
+
+    def settings(self) -> dict:
+        return {**super().settings(), "fuse_views": self.fuse_views}

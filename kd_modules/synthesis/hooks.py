@@ -21,7 +21,9 @@ class BatchNormStatistics:
 
     After a forward: ``gaps`` holds one scalar ``‖μ − μ̄‖₂ + ‖σ² − σ̄²‖₂`` per layer, in execution
     order; ``instance_means`` (when ``instance_means=True``) one ``(B, C)`` tensor per layer, the
-    mean of each sample's channels over its other axes (time, frequency). Statistics keep the
+    mean of each sample's channels over its other axes (time, frequency). With ``rows`` set, only
+    the first ``rows`` samples of each batch count (the others ride along in a fused forward;
+    eval-mode BatchNorm treats samples independently). Statistics keep the
     graph to the input, so a loss on them trains the input. A layer met in training mode raises:
     it would update its running statistics (and normalise with batch statistics). Use as a
     context manager (``with BatchNormStatistics(teacher) as bn:``) or call ``remove()``.
@@ -39,6 +41,7 @@ class BatchNormStatistics:
             )
         self.keep_instance_means = instance_means
         self.record_gaps = True  # False for passes whose statistics enter no loss (saves work)
+        self.rows: int | None = None  # statistics over the first `rows` samples only (None: all)
         self.gaps: list[Tensor] = []
         self.instance_means: list[Tensor] = []
         self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
@@ -49,7 +52,7 @@ class BatchNormStatistics:
                 f"{type(module).__name__} is in training mode during inversion: it would update "
                 "the teacher's running statistics. Put the teacher in eval mode."
             )
-        x = fp32(args[0])  # (B, C) or (B, C, *)
+        x = fp32(args[0][: self.rows])  # (B, C) or (B, C, *); rows: a batch fused with others
         dims = [0, *range(2, x.ndim)]
         if self.record_gaps:
             mean, var = x.mean(dims), x.var(dims, unbiased=False)

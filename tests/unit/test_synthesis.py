@@ -163,15 +163,54 @@ def test_student_is_never_the_teacher():
 
 
 # ----- inversion on a trained teacher -------------------------------------------------------------
-@pytest.mark.parametrize("cls", [DeepInversion, CMI, FRAMI])
-def test_inversion_lowers_ce_and_bn_gap_and_hits_the_targets(teacher, cls):
-    xs, targets, synth = synthesise(cls, teacher, steps=150)
+@pytest.mark.parametrize(
+    "cls, options",
+    [(DeepInversion, {}), (CMI, {}), (FRAMI, {}), (FRAMI, {"fuse_views": True})],
+    ids=["deepinversion", "cmi", "frami", "frami_fused_views"],
+)
+def test_inversion_lowers_ce_and_bn_gap_and_hits_the_targets(teacher, cls, options):
+    xs, targets, synth = synthesise(cls, teacher, steps=150, **options)
     ce, bn = synth.history["ce"], synth.history["bn"]
     assert ce[-1] < 0.5 * ce[0] and bn[-1] < 0.5 * bn[0], (ce[0], ce[-1], bn[0], bn[-1])
     with torch.no_grad():
         predicted = teacher(xs[0], None)["logits"].argmax(1)
     assert (predicted == targets).float().mean() >= 0.8
     assert xs[0].shape == (40, 60, N_MELS) and xs[0].dtype == torch.float32
+
+
+def framewise_xvector() -> EmbeddingClassifier:
+    """Kernel size 1 everywhere: each frame's states depend on that frame alone (no padding)."""
+    encoder = Xvector(in_channels=N_MELS, tdnn_blocks=2, tdnn_channels=[32, 48],
+                      tdnn_kernel_sizes=[1, 1], tdnn_dilations=[1, 1], lin_neurons=16)
+    return EmbeddingClassifier(encoder, 16, N_CLASSES).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("framewise", [True, False], ids=["framewise", "xvector"])
+def test_frami_fused_views_give_the_two_separate_passes_results(teacher, framewise):
+    """One (2B, T) forward with view B zero-padded == the inversion pass + view B's own pass:
+    the inversion outputs and BatchNorm gaps exactly; view B's embedding exactly where frames
+    are independent (kernel 1), and nearly with the x-vector's wider kernels (its last frames
+    see zeros instead of reflection padding)."""
+    model = framewise_xvector() if framewise else teacher
+    fused = FRAMI(model, N_MELS, N_CLASSES, fuse_views=True)
+    separate = FRAMI(model, N_MELS, N_CLASSES)
+    x = (torch.randn(8, 50, N_MELS) * 5).requires_grad_(True)
+    results = []
+    for synth in (fused, separate):
+        synth.views = lambda v: 0.9 * v[:, 5:40]  # the same view in both (AudioViews is random)
+        with BatchNormStatistics(model) as bn:
+            logits = synth.inversion_outputs(x, bn)["logits"]
+            gap = bn.loss(10.0)
+            view_b = synth.view_features(x, bn)
+        results.append((logits, gap, view_b))
+    (logits_f, gap_f, view_f), (logits_s, gap_s, view_s) = results
+    assert logits_f.shape == (8, N_CLASSES)
+    torch.testing.assert_close(logits_f, logits_s, rtol=1e-3, atol=1e-4)  # batch-size rounding
+    torch.testing.assert_close(gap_f, gap_s, rtol=1e-4, atol=1e-5)
+    cosine = F.cosine_similarity(view_f, view_s, dim=1)
+    assert cosine.min() > (0.9999 if framewise else 0.9), cosine
+    grad = torch.autograd.grad(view_f.sum(), x)[0]  # view B's loss reaches the samples
+    assert grad.abs().sum() > 0
 
 
 def test_generator_parameterization_lowers_ce(teacher):
