@@ -158,7 +158,8 @@ def resolve_tap_points(
             have = ", ".join(sorted(tap_points or {})) or "none"
             raise KeyError(
                 f"the teacher in {exp_dir} declares no tap point {role!r} (tap {name!r} asks for "
-                f"{path}); its architecture YAML's tap_points: {have}"
+                f"{path}); its architecture YAML's tap_points: {have} (a teacher trained before "
+                "tap points existed: add its arch YAML's tap_points to its hyperparams.yaml)"
             )
         resolved[name] = tap_points[role]
     return resolved
