@@ -502,7 +502,8 @@ def common_results(
         "checkpoint": str(best.path),
         "selection": (
             f"best validation {key} {best.meta[key]:.4f} at epoch {best.meta['epoch']} of "
-            f"{hparams['number_of_epochs']} (the test split is never used for selection)"
+            f"{train_info.get('epochs') or hparams['number_of_epochs']} (the test split is never "
+            "used for selection)"
         ),
         "teacher_fingerprint": train_info["teacher_fingerprint"],
         "model_fingerprint": fingerprint_module(model),

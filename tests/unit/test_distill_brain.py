@@ -76,6 +76,19 @@ def setup(tmp_path_factory, recipe_train):
     return {"root": root, "data": data, "teacher_dir": teacher_dir, "train": recipe_train}
 
 
+def test_evaluation_names_the_epochs_the_run_trained_not_the_yaml_default(setup):
+    """Stage 7 evaluates without the stage-2 overrides (--teacher_args): the selection note must
+    still say how many epochs the teacher trained (1 here), not common.yaml's 15."""
+    setup["train"].main([
+        str(HP / "common.yaml"), str(HP / "teacher" / "xvector_large.yaml"),
+        str(HP / "kd" / "none.yaml"), "--data_folder", str(setup["data"]), "--output_folder",
+        str(setup["teacher_dir"]), "--n_classes", "10", "--num_workers", "0", "--role", "teacher",
+        "--device", "cpu", "--noprogressbar", "--test_only",
+    ])  # fmt: skip
+    results = json.loads((setup["teacher_dir"] / "results.json").read_text())
+    assert "at epoch 1 of 1 " in results["selection"], results["selection"]
+
+
 def test_teacher_run_writes_results_schema(setup):
     results = json.loads((setup["teacher_dir"] / "results.json").read_text())
     assert results["role"] == "teacher" and results["method"] == "none"
