@@ -26,7 +26,7 @@ from kd_modules.brains.distill import DistillBrain
 from kd_modules.cache import TeacherCache, build_teacher_cache
 from kd_modules.dataio import AudioReadError, SkipBadCollate, read_audio
 from kd_modules.hparams import load_composed
-from kd_modules.teacher import Teacher
+from kd_modules.teacher import Teacher, resolve_tap_points
 
 HP = RECIPE / "hparams"
 RUN_OPTS = {"device": "cpu", "noprogressbar": True}
@@ -98,8 +98,9 @@ def bad_setup(tmp_path_factory, recipe_train) -> dict:
     (root / "bad" / "train.json").write_text(json.dumps(bad))
 
     hparams = compose("student/xvector_small.yaml", "fitnets", good, root / "exp" / "student")
-    teacher_model = compose("teacher/xvector_large.yaml", "none", good, root / "exp" / "t")["model"]
-    teacher = Teacher(teacher_model, taps=hparams["teacher_taps"])
+    teacher_hparams = compose("teacher/xvector_large.yaml", "none", good, root / "exp" / "t")
+    taps = resolve_tap_points(hparams["teacher_taps"], teacher_hparams["tap_points"], root)
+    teacher = Teacher(teacher_hparams["model"], taps=taps)
 
     def batches(folder: Path, batch_size: int = 2) -> list:
         dataset = recipe_train.dataio_prepare(
