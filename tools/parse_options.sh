@@ -3,16 +3,21 @@
 # Source it after declaring the defaults:  . tools/parse_options.sh "$@"
 # An option whose variable was not declared is an error (no silent typos); --help prints the
 # caller's $help_message, then each option of $options (a space-separated list) with its current
-# value and its meaning: the trailing comment of the caller's "name=default  # meaning" line.
+# value and its meaning: the trailing comment of the caller's "name=default  # meaning" line (or of
+# a file in $option_files that declared the default).
 
 _caller_script=${BASH_SOURCE[1]:-$0}
 # a caller that cd'd into its own folder before sourcing this is found again by its file name
 [ -f "$_caller_script" ] || _caller_script=$(basename "$_caller_script")
 
-# _option_meaning NAME: the trailing "# comment" of the caller's "NAME=default  # comment" line.
+# _option_meaning NAME: the trailing "# comment" of the "NAME=default  # comment" line in the
+# caller or in a file it sourced its shared defaults from ($option_files, e.g. tools/kd_options.sh).
 _option_meaning() {
     local line
-    line=$(grep -m1 -E "^[[:space:]]*$1=" "$_caller_script" 2>/dev/null) || return 0
+    # shellcheck disable=SC2086  # option_files is a list of paths
+    line=$(grep -h -m1 -E "^[[:space:]]*$1=" "$_caller_script" ${option_files:-} 2>/dev/null \
+        | head -n 1) || true
+    [ -n "$line" ] || return 0
     if [[ "$line" == *[[:space:]]#* ]]; then
         line=${line#*[[:space:]]#}
         echo "${line#"${line%%[![:space:]]*}"}"

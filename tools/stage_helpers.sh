@@ -158,6 +158,7 @@ check_kd_options() {
     check_int ngpu 1
     check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
     check_choice use_cache true false
+    check_int check_cache 0
     check_choice allow_unfinished_teacher true false
     check_int sample_rate 1
     check_choice convert auto sox soundfile none

@@ -19,25 +19,10 @@ standin=false                 # true | false: stage 0 builds a small stand-in tr
 methods="kd sp iusp kd_sp kd_iusp fitnets"  # KD methods of stage 5 (hparams/kd/<method>.yaml)
 students="crnn cnn_small cnn_medium"  # student architectures (hparams/student/<arch>.yaml)
 teacher=cnn10                 # teacher architecture (hparams/teacher/<arch>.yaml)
-teacher_seed=1                # the teacher's seed (an integer)
-seeds="1"                     # student seeds (integers, e.g. "1 2 3")
-ngpu=1                        # > 1 launches torchrun (DDP), one process per device
-device=auto                   # auto | cpu | cuda | cuda:N
-use_cache=true                # true | false: KD students read stage 3's teacher cache
-check_cache=0                 # stage 3: re-run the live teacher on N cached clips and compare
-allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
-sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
-convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
-data_dir=data                 # prepared manifests (stage 1)
-exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
-python=python3                # the Python interpreter that has kd_modules' requirements
-extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
-teacher_args=""               # overrides for the teacher only (stage 2)
+# shellcheck source=../../tools/kd_options.sh
+. "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 
-options="stage stop_stage data_root standin methods students teacher teacher_seed seeds ngpu
-device use_cache check_cache allow_unfinished_teacher sample_rate convert data_dir exp_dir python
-extra_args
-teacher_args"
+options="stage stop_stage data_root standin methods students teacher $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
         6 (not in this recipe), 7 evaluate, 8 report"
@@ -49,7 +34,6 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD s
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
 check_stage_range 8
 check_choice standin true false
-check_int check_cache 0
 check_kd_options
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"

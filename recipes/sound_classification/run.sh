@@ -20,31 +20,17 @@ methods="kd fitnets sp"       # KD methods (hparams/kd/<method>.yaml): real-data
                               # data-free ones (deepinversion cmi frami_noreuse frami) to stage 6
 students="xvector_small"      # student architectures (hparams/student/<arch>.yaml)
 teacher=xvector_large         # teacher architecture (hparams/teacher/<arch>.yaml)
-teacher_seed=1                # the teacher's seed (an integer)
-seeds="1"                     # student seeds (integers, e.g. "1 2 3")
-ngpu=1                        # > 1 launches torchrun (DDP), one process per device
-device=auto                   # auto | cpu | cuda | cuda:N
-use_cache=true                # true | false: KD students read stage 3's teacher cache
+# shellcheck source=../../tools/kd_options.sh
+. "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 augment=true                  # true | false: every run trains with SpecAugment-style masks; KD
                               # students replay the teacher's cached views (kd_modules.augment)
-check_cache=0                 # stage 3: re-run the live teacher on N cached clips and compare
-allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
-sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
-convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
 min_duration_s=0.14           # seconds: stage 1 skips (and counts) shorter clips
 download=false                # true | false: stage 0 downloads the release when no --data_root
 update_readme=false           # true | false: stage 8 also writes README.md's results table
-data_dir=data                 # prepared manifests (stage 1)
-exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
-python=python3                # the Python interpreter that has kd_modules' requirements
-extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
-teacher_args=""               # overrides for the teacher only (stage 2)
 synthesis_args=""             # overrides for stage 6 only (synthesis and data-free KD)
 
-options="stage stop_stage dataset data_root split folds methods students teacher teacher_seed
-seeds ngpu device use_cache augment check_cache allow_unfinished_teacher sample_rate convert
-min_duration_s download
-update_readme data_dir exp_dir python extra_args teacher_args synthesis_args"
+options="stage stop_stage dataset data_root split folds methods students teacher augment
+min_duration_s download update_readme synthesis_args $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
         6 data-free KD (synthesis + distillation), 7 evaluate, 8 report"
@@ -59,7 +45,6 @@ check_choice dataset esc50 urbansound8k audiomnist fsdd
 check_choice split official seeded
 check_ints folds 0
 check_choice augment true false
-check_int check_cache 0
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.14'
 check_choice download true false
 check_choice update_readme true false

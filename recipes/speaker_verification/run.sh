@@ -24,30 +24,16 @@ test_subsets=""               # librispeech: test speakers' subsets ("": test-cl
 methods="kd embedding_cosine embedding_mse mlkd dkd imlkd imlkd_1s imlkd_raw"  # hparams/kd/<m>.yaml
 students="ecapa_c512 ecapa_c256"  # student architectures (hparams/student/<arch>.yaml)
 teacher=ecapa_c1024           # teacher architecture (hparams/teacher/<arch>.yaml)
-teacher_seed=1                # the teacher's seed (an integer)
-seeds="1"                     # student seeds (integers, e.g. "1 2 3")
-ngpu=1                        # > 1 launches torchrun (DDP), one process per device
-device=auto                   # auto | cpu | cuda | cuda:N
-use_cache=true                # true | false: KD students read stage 3's teacher cache
-check_cache=0                 # stage 3: re-run the live teacher on N cached segments and compare
-allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
-sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
-convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+# shellcheck source=../../tools/kd_options.sh
+. "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 min_duration_s=0.5            # seconds: stage 1 skips (and counts) shorter utterances
 segment_s=3.0                 # seconds: the training segments stage 1 cuts
 download=false                # true | false: stage 0 downloads LibriSpeech (OpenSLR) when no
                               # --data_root (VoxCeleb1 needs its request form: README.md)
 update_readme=false           # true | false: stage 8 also writes README.md's results table
-data_dir=data                 # prepared manifests (stage 1)
-exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
-python=python3                # the Python interpreter that has kd_modules' requirements
-extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
-teacher_args=""               # overrides for the teacher only (stage 2)
 
 options="stage stop_stage dataset data_root standin trials train_subsets test_subsets methods
-students teacher teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
-sample_rate convert min_duration_s segment_s download update_readme data_dir exp_dir python
-extra_args teacher_args"
+students teacher min_duration_s segment_s download update_readme $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
         6 (not in this recipe), 7 verify, 8 report"
@@ -60,7 +46,6 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD s
 check_stage_range 8
 check_choice dataset voxceleb1 librispeech
 check_choice standin true false
-check_int check_cache 0
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.5'
 check_pattern segment_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 3.0'
 check_choice download true false

@@ -138,9 +138,13 @@ def test_stage_0_alone_checks_folders_without_creating_them(tmp_path):
 
 # ----- item 13: --help ---------------------------------------------------------------------------
 def declared_options() -> dict[str, tuple[str, str]]:
-    """name -> (default, meaning) from run.sh's ``name=default  # meaning`` lines."""
-    text = RUN_SH.read_text()
-    names = re.search(r'^options="([^"]*)"', text, re.M)[1].split()
+    """name -> (default, meaning) from the ``name=default  # meaning`` lines of run.sh and of the
+    shared KD options it sources (tools/kd_options.sh, whose names ``$kd_options`` stands for)."""
+    shared = (REPO / "tools" / "kd_options.sh").read_text()
+    kd_options = re.search(r'^kd_options="([^"]*)"', shared, re.M)[1]
+    text = RUN_SH.read_text() + "\n" + shared
+    names = re.search(r'^options="([^"]*)"', text, re.M)[1]
+    names = names.replace("$kd_options", kd_options).split()
     declared = {}
     for name in names:
         line = re.search(rf"^{name}=(.*?)\s+#\s*(.*)$", text, re.M)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The options every KD recipe's run.sh shares: teacher, seeds, devices, cache, audio, folders and
+# overrides. Source it where the recipe declares its defaults (before parse_options.sh), and add
+# $kd_options to the recipe's $options; --help reads the meanings below (option_files).
+teacher_seed=1                # the teacher's seed (an integer)
+seeds="1"                     # student seeds (integers, e.g. "1 2 3")
+ngpu=1                        # > 1 launches torchrun (DDP), one process per device
+device=auto                   # auto | cpu | cuda | cuda:N
+use_cache=true                # true | false: KD students read stage 3's teacher cache
+check_cache=0                 # stage 3: re-run the live teacher on N cached items and compare
+allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
+sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
+convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+data_dir=data                 # prepared manifests (stage 1)
+exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
+python=python3                # the Python interpreter that has kd_modules' requirements
+extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
+teacher_args=""               # overrides for the teacher only (stage 2)
+
+# shellcheck disable=SC2034  # read by the sourcing run.sh and by parse_options.sh
+kd_options="teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
+sample_rate convert data_dir exp_dir python extra_args teacher_args"
+option_files="${option_files:-} ${BASH_SOURCE[0]}"
