@@ -25,7 +25,12 @@ class FrontEnd(nn.Module):
     """The clean features of a recipe: ``normalize(features(wavs), lens)``, ``(B, S) -> (B, T, F)``.
 
     One object for training, the cache stage and its checks, so cached teacher outputs are
-    computed on exactly the features a KD run feeds the student.
+    computed on exactly the features a KD run feeds the student. In a padded batch each clip
+    keeps the frames it has alone: :meth:`frame_lengths` counts them from its samples and the
+    STFT's hop (``S // hop + 1`` when centred), and the normalisation averages over exactly those.
+    Rounding the waveform's relative length to frames instead (``round(lens * T)``) counts one
+    frame too many or too few for about a quarter of the clips of a typical batch, which shifts
+    their sentence mean, so a clip's features would depend on the batch it is in.
     """
 
     def __init__(self, features: nn.Module, normalize: nn.Module) -> None:
@@ -33,7 +38,35 @@ class FrontEnd(nn.Module):
         self.features, self.normalize = features, normalize
 
     def forward(self, wavs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.features(wavs), lens)
+        return self.features_and_lengths(wavs, lens)[0]
+
+    def features_and_lengths(
+        self, wavs: torch.Tensor, lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(B, T, F)`` and their relative frame lengths ``(B,)`` (see frame_lengths)."""
+        feats = self.features(wavs)
+        frame_lens = self.frame_lengths(lens, wavs.shape[1], feats.shape[1])
+        return self.normalize(feats, frame_lens), frame_lens
+
+    def frame_lengths(self, lens: torch.Tensor, n_samples: int, n_frames: int) -> torch.Tensor:
+        """Relative frame lengths ``(B,)`` of clips with relative sample lengths ``lens``.
+
+        Each clip has ``n = S // hop + 1`` frames (``(S - n_fft) // hop + 1`` without centring)
+        of ``n_frames``; returned as ``(n - 0.25) / n_frames``, which every counting convention in
+        use turns back into ``n``: ``round(l * T)`` (this library, SpeechBrain's pooling),
+        ``ceil(l * T - 1e-6)`` (SpeechBrain's normalisation) and ``t < l * T`` masks. A feature
+        extractor without a SpeechBrain STFT (``compute_STFT``) keeps ``round(lens * n_frames)``.
+        """
+        stft = getattr(self.features, "compute_STFT", None)
+        if stft is None:
+            counts = torch.round(lens.float() * n_frames)
+        else:
+            samples = torch.round(lens.float() * n_samples).long()
+            if not stft.center:
+                samples = samples - stft.n_fft
+            counts = torch.div(samples, stft.hop_length, rounding_mode="floor") + 1
+        counts = counts.clamp(1, n_frames).to(lens.device, torch.float32)
+        return (counts - 0.25) / n_frames
 
 
 class ViewReplay:

@@ -24,12 +24,14 @@ class ClassificationBrain(DistillBrain):
     """Train a classifier alone, or a student from a teacher, and report accuracy."""
 
     def compute_features(self, batch, stage: sb.Stage = sb.Stage.TEST):
-        """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative lengths ``(B,)``."""
+        """Waveforms -> normalised filterbanks ``(B, T, F)`` and relative frame lengths ``(B,)``
+        (each clip's own frame count, ``FrontEnd.frame_lengths``)."""
         wavs, lens = batch.sig
         if stage == sb.Stage.TRAIN and getattr(self.hparams, "speed_perturb", False):
             wavs = self.hparams.speed_perturber(wavs)  # not replayable: refused with a cache
         wavs, lens = self.augment_waveforms(batch, wavs, lens, stage)
-        feats = self.hparams.front_end(wavs, lens)  # the clean features, as the cache stage's
+        front_end = self.hparams.front_end  # the clean features, as the cache stage's
+        feats, lens = front_end.features_and_lengths(wavs, lens)
         return self.augment_features(batch, feats, lens, stage), lens
 
     def compute_forward(self, batch, stage: sb.Stage):

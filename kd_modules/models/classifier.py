@@ -5,7 +5,9 @@ The encoder is any SpeechBrain lobe that maps features ``(B, T, F)`` and relativ
 students of a recipe share this wrapper, so KD losses always find ``logits`` and ``embedding``
 under the same names, and feature taps address inner layers as ``encoder.<path>``. SpeechBrain
 statistics pooling inside the encoder is swapped for :class:`FiniteStatisticsPooling` (same
-outputs, no parameters), so that a very short clip in a batch cannot make the loss NaN.
+outputs, no parameters), so that a very short clip in a batch cannot make the loss NaN, and its
+``Conv1d`` layers for :class:`LengthAwareConv1d` (same parameters), so that a clip's outputs in a
+padded batch are its outputs alone (what a teacher cache stores).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kd_modules.models.padding import use_length_aware_convs
 from kd_modules.models.pooling import use_finite_statistics_pooling
 
 
@@ -31,7 +34,7 @@ class EmbeddingClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, embedding_dim: int, n_classes: int) -> None:
         super().__init__()
-        self.encoder = use_finite_statistics_pooling(encoder)
+        self.encoder = use_length_aware_convs(use_finite_statistics_pooling(encoder))
         self.head = nn.Sequential(nn.LeakyReLU(), nn.Linear(embedding_dim, n_classes))
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:

@@ -1,0 +1,71 @@
+"""SpeechBrain 1-D convolutions that treat a padded batch as each clip alone.
+
+SpeechBrain's ``Conv1d`` with ``padding="same"`` pads the whole batch (by reflection, by
+default) at its end. A clip shorter than the batch then has its last valid frames convolved
+with the batch's padding instead of with its own reflection, so its outputs depend on the batch
+it is in: a teacher's outputs in a KD batch differ from the outputs a teacher cache stored for
+the clip alone (a TDNN with dilations 2 and 3 changes up to 10 frames at each clip's end).
+:class:`LengthAwareConv1d` fills each clip's tail as the convolution's own padding would fill it
+for the clip alone, so every valid output frame is the clip's own.
+"""
+
+from __future__ import annotations
+
+import torch
+from speechbrain.nnet.CNN import Conv1d
+from torch import nn
+
+
+def tail_source(counts: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
+    """Index ``(B, frames)`` of the frame each position copies: itself while valid, after a
+    clip's ``counts`` ``(B,)`` valid frames its reflection (``reflect``) or its last frame
+    (``replicate``). Positions far past the end clamp to frame 0; a same-padded convolution
+    never reads them (its padding is shorter than the clip, or the clip alone could not be
+    reflected either)."""
+    time = torch.arange(frames, device=counts.device).unsqueeze(0)
+    last = (counts - 1).unsqueeze(1)
+    outside = (2 * last - time).clamp(min=0) if mode == "reflect" else last
+    return torch.where(time <= last, time, outside)
+
+
+class LengthAwareConv1d(Conv1d):
+    """SpeechBrain ``Conv1d`` whose ``forward`` takes relative ``lengths`` ``(B,)``.
+
+    Same parameters, names and outputs as ``Conv1d`` on a batch without padding (so checkpoints
+    and teacher fingerprints are unchanged); with ``lengths``, the frames after each clip's
+    ``round(length * T)`` valid ones are replaced, before convolving, by the clip's own
+    reflection (``padding_mode="reflect"``), its last frame (``"replicate"``) or zeros
+    (``"zeros"``/``"constant"``), as ``padding="same"`` pads the clip alone. SpeechBrain's
+    ``Xvector`` passes ``lengths`` to every block that accepts it.
+    """
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, C)`` (``(B, C, T)`` with ``skip_transpose``) -> the convolution's output."""
+        if lengths is not None and self.padding == "same" and self.kernel_size > 1:
+            x = self.fill_tails(x, lengths)
+        return super().forward(x)
+
+    def fill_tails(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` with each clip's padded frames refilled from its valid ones."""
+        time_dim = 2 if self.skip_transpose else 1
+        frames = x.shape[time_dim]
+        counts = torch.round(lengths.float() * frames).clamp(1, frames).long().to(x.device)
+        if self.padding_mode in ("zeros", "constant"):
+            valid = torch.arange(frames, device=x.device) < counts.unsqueeze(1)
+            shape = (x.shape[0], 1, frames) if self.skip_transpose else (x.shape[0], frames, 1)
+            return x * valid.reshape(shape).to(x.dtype)
+        if self.padding_mode not in ("reflect", "replicate"):
+            raise ValueError(f"LengthAwareConv1d: no per-clip padding for {self.padding_mode!r}")
+        source = tail_source(counts, frames, self.padding_mode)  # (B, T)
+        if self.skip_transpose:
+            return x.gather(2, source.unsqueeze(1).expand(-1, x.shape[1], -1))
+        return x.gather(1, source.unsqueeze(2).expand(-1, -1, x.shape[2]))
+
+
+def use_length_aware_convs(module: nn.Module) -> nn.Module:
+    """Turn, in place, every SpeechBrain ``Conv1d`` inside ``module`` into a
+    :class:`LengthAwareConv1d` (same object, same parameters); return ``module``."""
+    for child in module.modules():
+        if type(child) is Conv1d:
+            child.__class__ = LengthAwareConv1d
+    return module
