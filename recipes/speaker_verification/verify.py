@@ -56,8 +56,8 @@ def embed(brain, dataset, batch_size: int, desc: str) -> dict[str, torch.Tensor]
         wavs, lens = batch.sig
         if wavs.numel() == 0:
             continue  # every clip of the batch was unreadable
-        feats = brain.hparams.front_end(wavs, lens)
-        vectors = model(feats, lens)["embedding"].float().cpu()
+        feats, frame_lens = brain.hparams.front_end.features_and_lengths(wavs, lens)
+        vectors = model(feats, frame_lens)["embedding"].float().cpu()
         embeddings.update(zip(batch.id, vectors))
     return embeddings
 
