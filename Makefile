@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py
 	@echo "[make] creating the environment in $(VENV) (torch 2.11, torchaudio 2.11, speechbrain 1.1.2)"
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install --quiet --upgrade pip "setuptools<82" wheel  # torch 2.11 needs setuptools < 82
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
