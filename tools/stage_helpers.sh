@@ -187,8 +187,8 @@ log_environment() {
 }
 
 # ----- stages 2-5 and 7, the same in every KD recipe --------------------------------------------
-# They read the caller's options (teacher, teacher_seed, teacher_args, students, seeds, use_cache,
-# check_cache, cache_flag, unfinished_args), an optional log_scope (e.g. ", fold 3", added to
+# They read the caller's options (teacher, teacher_seed, teacher_args, kd_args, students, seeds,
+# use_cache, check_cache, cache_flag, unfinished_args), an optional log_scope (e.g. ", fold 3", added to
 # every log line) and two functions the recipe defines:
 #   yaml ARCH_FILE METHOD             the YAML files of a run, e.g. yaml student/x.yaml kd
 #   student_folder ARCH METHOD SEED   a student's run folder
@@ -217,7 +217,7 @@ cache_stage() {
         # shellcheck disable=SC2046
         launch cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") "$@" \
             --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache" \
-            "${unfinished_args[@]}"
+            "${unfinished_args[@]}" $kd_args
     done
 }
 
@@ -242,7 +242,8 @@ student_stages() {
                 # shellcheck disable=SC2046
                 launch train.py $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
                     --output_folder "$sdir" --teacher_folder "$tdir" \
-                    --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}"
+                    --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}" \
+                    $kd_args
             done
         done
     done
@@ -261,7 +262,8 @@ evaluation_stage() {
         for seed in $seeds; do
             for method in none $methods; do
                 local teacher_flag=()
-                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir")
+                # shellcheck disable=SC2206  # kd_args: a word list on purpose
+                [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir" $kd_args)
                 # shellcheck disable=SC2046
                 evaluate_once "$(student_folder "$arch" "$method" "$seed")" "$script" \
                     $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \

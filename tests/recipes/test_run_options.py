@@ -241,6 +241,35 @@ def test_allow_unfinished_teacher_reaches_stages_3_and_5_only(tmp_path, recorder
     assert all((flag in command) == (allow == "true") for command in cache_runs + kd_students)
 
 
+def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_path, recorder):
+    """--kd_args "--tau 2": a key the student alone (kd/none.yaml) lacks must not reach it."""
+    stub, log = recorder
+    prepared(tmp_path, "fsdd", "seeded", [1])
+    common = ["--python", str(stub), "--device", "cpu", "--methods", "kd", "--kd_args", "--tau 2",
+              *folders(tmp_path)]  # fmt: skip
+    proc = run_sh(*common, "--stage", "2", "--stop_stage", "5")
+    assert proc.returncode == 0, explain(proc)
+    (cache_run,) = commands(log, "cache_teacher.py")
+    teacher, alone, kd_student = commands(log, "train.py")
+    assert "--tau 2" in cache_run and "--tau 2" in kd_student
+    assert "--tau 2" not in teacher and "--tau 2" not in alone
+    runs = tmp_path / "exp" / "fsdd" / "fold1"
+    for folder in ("teacher/xvector_large/none", "student/xvector_small/none",
+                   "student/xvector_small/kd"):  # fmt: skip
+        (runs / folder / "seed1").mkdir(parents=True)
+        (runs / folder / "seed1" / "train_info.json").write_text("{}")
+    log.unlink()
+    proc = run_sh(*common, "--stage", "7", "--stop_stage", "7")
+    assert proc.returncode == 0, explain(proc)
+    evaluations = {
+        line.split("--output_folder ")[1].split()[0]: line for line in commands(log, "train.py")
+    }
+    assert len(evaluations) == 3 and all("--test_only" in line for line in evaluations.values())
+    assert "--tau 2" in evaluations[str(runs / "student/xvector_small/kd/seed1")]
+    assert "--tau 2" not in evaluations[str(runs / "student/xvector_small/none/seed1")]
+    assert "--tau 2" not in evaluations[str(runs / "teacher/xvector_large/none/seed1")]
+
+
 def test_report_title_names_the_prepared_split(tmp_path, recorder):
     """Item 20: data prepared seeded, stage 8 run by a command that says nothing of the split."""
     stub, log = recorder
