@@ -204,10 +204,12 @@ def test_run_folder_refuses_other_data(tmp_path, recipe_train):
 
 # ----- item 7: a KD term that overflows --------------------------------------------------------
 def test_non_finite_kd_term_is_named_with_its_weight(teacher, data, tmp_path, recipe_train):
+    """τ = 4: the term is 16·KL, so a weight of 1e38 overflows float32 (3.4e38) at step 1."""
     with pytest.raises(FloatingPointError) as error:
         recipe_train.main(
             train_args(data, tmp_path / "s", "student/xvector_small.yaml", "kd",
-                       "--teacher_folder", str(teacher), "--alpha", "1e38")  # fmt: skip
+                       "--teacher_folder", str(teacher), "--alpha", "1e38",
+                       "--tau", "4")  # fmt: skip
         )
     message = str(error.value)
     assert message.startswith("Loss term 'kd_kd' with weight 1e+38 made the update non-finite")
