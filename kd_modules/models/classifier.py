@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kd_modules.models.padding import use_length_aware_convs
+from kd_modules.models.padding import LengthAwareConv1d, batch_lengths, use_length_aware_convs
 from kd_modules.models.pooling import use_finite_statistics_pooling
 
 
@@ -35,11 +35,14 @@ class EmbeddingClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, embedding_dim: int, n_classes: int) -> None:
         super().__init__()
         self.encoder = use_length_aware_convs(use_finite_statistics_pooling(encoder))
+        convs = [m for m in self.encoder.modules() if isinstance(m, LengthAwareConv1d)]
+        self._length_aware = convs  # a plain list: not registered twice as submodules
         self.head = nn.Sequential(nn.LeakyReLU(), nn.Linear(embedding_dim, n_classes))
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor | None = None) -> dict:
         """Return ``{"logits": (B, C), "embedding": (B, E)}`` for features ``(B, T, F)``."""
-        embedding = self.encoder(feats, lens)
+        with batch_lengths(self._length_aware, lens):
+            embedding = self.encoder(feats, lens)
         if embedding.dim() == 3:
             embedding = embedding.squeeze(1)
         return {"logits": self.head(embedding), "embedding": embedding}

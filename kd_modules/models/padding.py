@@ -11,6 +11,9 @@ for the clip alone, so every valid output frame is the clip's own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from speechbrain.nnet.CNN import Conv1d
 from torch import nn
@@ -36,11 +39,15 @@ class LengthAwareConv1d(Conv1d):
     ``round(length * T)`` valid ones are replaced, before convolving, by the clip's own
     reflection (``padding_mode="reflect"``), its last frame (``"replicate"``) or zeros
     (``"zeros"``/``"constant"``), as ``padding="same"`` pads the clip alone. SpeechBrain's
-    ``Xvector`` passes ``lengths`` to every block that accepts it.
+    ``Xvector`` passes ``lengths`` to every block that accepts it; encoders whose blocks call
+    their convolutions without them (``ECAPA_TDNN``) get them through :func:`batch_lengths`.
     """
+
+    batch_lengths: torch.Tensor | None = None  # set by batch_lengths() for one forward
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, T, C)`` (``(B, C, T)`` with ``skip_transpose``) -> the convolution's output."""
+        lengths = self.batch_lengths if lengths is None else lengths
         if lengths is not None and self.padding == "same" and self.kernel_size > 1:
             x = self.fill_tails(x, lengths)
         return super().forward(x)
@@ -62,10 +69,34 @@ class LengthAwareConv1d(Conv1d):
         return x.gather(1, source.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
+@contextmanager
+def batch_lengths(convs: list[LengthAwareConv1d], lengths: torch.Tensor | None) -> Iterator[None]:
+    """Give ``convs`` the batch's relative ``lengths`` ``(B,)`` for the forward pass inside the
+    block, for encoders whose blocks call their convolutions without them."""
+    for conv in convs:
+        conv.batch_lengths = lengths
+    try:
+        yield
+    finally:
+        for conv in convs:
+            conv.batch_lengths = None
+
+
+_LENGTH_AWARE: dict[type, type] = {Conv1d: LengthAwareConv1d}
+
+
+def length_aware_class(cls: type) -> type:
+    """The length-aware version of a SpeechBrain ``Conv1d`` class or subclass (ECAPA's own
+    ``Conv1d`` only changes a default): ``LengthAwareConv1d`` first in its method order."""
+    if cls not in _LENGTH_AWARE:
+        _LENGTH_AWARE[cls] = type(f"LengthAware{cls.__name__}", (LengthAwareConv1d, cls), {})
+    return _LENGTH_AWARE[cls]
+
+
 def use_length_aware_convs(module: nn.Module) -> nn.Module:
-    """Turn, in place, every SpeechBrain ``Conv1d`` inside ``module`` into a
-    :class:`LengthAwareConv1d` (same object, same parameters); return ``module``."""
+    """Turn, in place, every SpeechBrain ``Conv1d`` (or subclass) inside ``module`` length-aware
+    (same object, same parameters); return ``module``."""
     for child in module.modules():
-        if type(child) is Conv1d:
-            child.__class__ = LengthAwareConv1d
+        if isinstance(child, Conv1d) and not isinstance(child, LengthAwareConv1d):
+            child.__class__ = length_aware_class(type(child))
     return module

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speechbrain.nnet.CNN import Conv1d
 
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
-from kd_modules.models import FiniteStatisticsPooling
+from kd_modules.models import EmbeddingClassifier, FiniteStatisticsPooling
 from kd_modules.models.padding import LengthAwareConv1d, use_length_aware_convs
 from kd_modules.teacher import fingerprint_module
 
@@ -104,3 +105,23 @@ def test_length_aware_conv_pads_each_clip_as_alone(padding_mode, skip_transpose)
         alone = layout(conv(layout(x[index : index + 1, :count])))[0]
         torch.testing.assert_close(batched[index, :count], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(conv(layout(x)), Conv1d.forward(conv, layout(x)))  # no lengths
+
+
+def test_ecapa_classifier_in_a_padded_batch_equals_each_clip_alone(tmp_path):
+    """ECAPA's blocks call their convolutions without lengths: batch_lengths() supplies them."""
+    torch.manual_seed(0)
+    front_end = _recipe(tmp_path, "student/xvector_small.yaml")["front_end"]
+    encoder = ECAPA_TDNN(40, channels=[32, 32, 32, 32, 96], lin_neurons=16, attention_channels=16)
+    model = EmbeddingClassifier(encoder, embedding_dim=16, n_classes=10)
+    clips = _clips()
+    feats, frame_lens = front_end.features_and_lengths(*_padded(clips))
+    with torch.no_grad():
+        model.train()
+        for _ in range(3):
+            model(feats, frame_lens)
+        model.eval()
+        batched = model(feats, frame_lens)["embedding"]
+        for index, sig in enumerate(clips):
+            alone = model(front_end(sig.unsqueeze(0), torch.ones(1)), torch.ones(1))["embedding"]
+            error = (batched[index] - alone[0]).abs().max() / alone.abs().max()
+            assert error < 1e-4, f"clip {index}: embedding off by {error:.2g}"
