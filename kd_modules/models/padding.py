@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.nnet.CNN import Conv1d
 from torch import nn
 
@@ -58,9 +59,8 @@ class LengthAwareConv1d(Conv1d):
         frames = x.shape[time_dim]
         counts = torch.round(lengths.float() * frames).clamp(1, frames).long().to(x.device)
         if self.padding_mode in ("zeros", "constant"):
-            valid = torch.arange(frames, device=x.device) < counts.unsqueeze(1)
-            shape = (x.shape[0], 1, frames) if self.skip_transpose else (x.shape[0], frames, 1)
-            return x * valid.reshape(shape).to(x.dtype)
+            valid = length_to_mask(counts, frames, dtype=x.dtype)  # (B, T)
+            return x * (valid.unsqueeze(1) if self.skip_transpose else valid.unsqueeze(2))
         if self.padding_mode not in ("reflect", "replicate"):
             raise ValueError(f"LengthAwareConv1d: no per-clip padding for {self.padding_mode!r}")
         source = tail_source(counts, frames, self.padding_mode)  # (B, T)

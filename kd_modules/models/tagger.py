@@ -16,6 +16,7 @@ depend on the batch it is in, which a teacher cache (outputs of each clip alone)
 from __future__ import annotations
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 from torch import nn
 
 from kd_modules.losses.base import length_mask
@@ -68,19 +69,14 @@ def valid_frames(lens: torch.Tensor | None, frames: int, batch: int) -> torch.Te
     return length_mask(lens, frames).sum(1)
 
 
-def time_mask(counts: torch.Tensor, frames: int) -> torch.Tensor:
-    """Boolean ``(B, frames)``: frame t of clip b is valid when ``t < counts[b]``."""
-    return torch.arange(frames, device=counts.device) < counts.unsqueeze(1)
-
-
 def zero_padding(maps: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """``maps`` ``(B, C, T, F)`` with the frames after each clip's ``counts`` ``(B,)`` zeroed."""
-    return maps * time_mask(counts, maps.shape[2]).to(maps.dtype)[:, None, :, None]
+    return maps * length_to_mask(counts, maps.shape[2], dtype=maps.dtype)[:, None, :, None]
 
 
 def mean_max_pool(frames: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Mean + max over the first ``counts`` ``(B,)`` frames of ``(B, T, D)`` -> ``(B, D)``."""
-    mask = time_mask(counts.to(frames.device), frames.shape[1]).unsqueeze(-1)
+    mask = length_to_mask(counts.to(frames.device), frames.shape[1], dtype=torch.bool).unsqueeze(-1)
     mean = (frames * mask).sum(1) / mask.sum(1).clamp(min=1)
     peak = frames.masked_fill(~mask, torch.finfo(frames.dtype).min).amax(1)
     return mean + peak
