@@ -137,8 +137,7 @@ def test_esc50_official_fold4(tmp_path):
 @pytest.mark.parametrize(
     "dataset, root, extra, message",
     [
-        ("urbansound8k", "urbansound8k", ["--folds", "2"], "UrbanSound8K fold 2: the test split"),
-        ("urbansound8k", "urbansound8k", ["--folds", "1"], "UrbanSound8K fold 1: the train split"),
+        ("urbansound8k", "urbansound8k", ["--folds", "5"], "UrbanSound8K fold 5: the test split"),
         ("fsdd", "fsdd", [], "FSDD fold 1: the test split"),
         ("audiomnist", "audiomnist", ["--folds", "4"], "AudioMNIST fold 4: the test split"),
     ],
@@ -147,13 +146,64 @@ def test_official_fold_without_audio_is_an_error(tmp_path, dataset, root, extra,
     with pytest.raises(prepare.PrepareError, match=message) as err:
         run(dataset, SHARED / root, tmp_path / "out", "--convert", "none", *extra)
     assert "--split seeded" in str(err.value)
-    if "fold 2" in message:
-        assert str(Path("audio") / "fold2") in str(err.value)
+    if "fold 5" in message:
+        assert str(Path("audio") / "fold5") in str(err.value)
     assert not (tmp_path / "out" / ".done").exists()
 
 
+def us8k_clips_present() -> dict[int, set[str]]:
+    """The ids of the UrbanSound8K clips ../shared/data holds, by official fold (what tests expect
+    follows the data, so a copy that grows or shrinks needs no edit here)."""
+    audio = SHARED / "urbansound8k" / "UrbanSound8K" / "audio"
+    return {
+        int(d.name[len("fold") :]): {f.stem for f in d.iterdir() if f.suffix in (".wav", ".flac")}
+        for d in audio.glob("fold*")
+    }
+
+
 @needs_shared
-def test_urbansound8k_seeded_on_fold1_subset(tmp_path):
+def test_urbansound8k_train_side_without_audio_is_an_error(tmp_path):
+    """Only fold 2's audio: its test split is there, its training side (folds 1, 3-10) is not."""
+    src = SHARED / "urbansound8k" / "UrbanSound8K"
+    root = tmp_path / "UrbanSound8K"
+    (root / "audio").mkdir(parents=True)
+    (root / "metadata").symlink_to(src / "metadata")
+    (root / "audio" / "fold2").symlink_to(src / "audio" / "fold2")
+    with pytest.raises(prepare.PrepareError, match="UrbanSound8K fold 2: the train split") as err:
+        run("urbansound8k", root, tmp_path / "out", "--convert", "none", "--folds", "2")
+    assert "--split seeded" in str(err.value) and str(root / "audio") in str(err.value)
+
+
+@needs_shared
+def test_urbansound8k_official_fold2_tests_on_fold2_and_trains_on_the_rest(tmp_path):
+    """--folds 2 on the shared copy: every fold-2 clip present is a test clip, the clips of the
+    other folds present (fold 1's) are split into train and valid by fsID, and no recording is
+    on both sides."""
+    present = us8k_clips_present()
+    assert present.get(2), "the shared UrbanSound8K copy has no fold 2 audio"
+    out = run(
+        "urbansound8k",
+        SHARED / "urbansound8k",
+        tmp_path / "us8k",
+        "--folds",
+        "2",
+        "--convert",
+        "none",
+    )
+    splits = splits_of(out, 2)
+    assert_disjoint(splits)
+    assert set(splits["test"]) == present[2]
+    others = set().union(*(ids for fold, ids in present.items() if fold != 2))
+    assert set(splits["train"]) | set(splits["valid"]) == others
+    assert len(splits["valid"]) == pytest.approx(0.1 * len(others), rel=0.35)
+    assert not (out / "fold1").exists()
+    report = read_json(out / "prepare_report.json")
+    assert report["present"] == sum(len(ids) for ids in present.values())
+    assert report["splits"]["fold2"]["test"] == len(present[2])
+
+
+@needs_shared
+def test_urbansound8k_seeded_on_the_clips_present(tmp_path):
     out = run(
         "urbansound8k",
         SHARED / "urbansound8k",
@@ -166,8 +216,9 @@ def test_urbansound8k_seeded_on_fold1_subset(tmp_path):
     splits = splits_of(out, 1)
     assert_disjoint(splits)
     sizes = {k: len(v) for k, v in splits.items()}
-    assert sum(sizes.values()) == 515
-    assert sizes["test"] == pytest.approx(0.2 * 515, rel=0.25)
+    n_present = sum(len(ids) for ids in us8k_clips_present().values())
+    assert sum(sizes.values()) == n_present
+    assert sizes["test"] == pytest.approx(0.2 * n_present, rel=0.25)
     assert {e["label"] for e in splits["test"].values()} == set(read_json(out / "labels.json"))
 
 
