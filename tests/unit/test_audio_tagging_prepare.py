@@ -205,12 +205,97 @@ def test_a_split_without_audio_is_an_error_naming_it(tree: Path, tmp_path: Path)
         prepare.main(["--data_root", str(copy), "--out_dir", str(tmp_path / "out")])
 
 
-def test_release_without_taxonomy_uses_the_shipped_copy(tree: Path, tmp_path: Path):
+def test_release_without_taxonomy_uses_the_shipped_copy(tree: Path, tmp_path: Path, caplog):
     copy = tmp_path / "release"
     shutil.copytree(tree, copy)
     (copy / "dcase-ust-taxonomy.yaml").unlink()
     out = tmp_path / "out"
-    prepare.main(["--data_root", str(copy), "--out_dir", str(out), "--convert", "none"])
+    with caplog.at_level("WARNING"):
+        prepare.main(["--data_root", str(copy), "--out_dir", str(out), "--convert", "none"])
+    shipped = AUDIO_TAGGING / "local" / "dcase-ust-taxonomy.yaml"
     report = read_json(out / "prepare_report.json")
-    assert Path(report["taxonomy"]) == AUDIO_TAGGING / "local" / "dcase-ust-taxonomy.yaml"
+    assert Path(report["taxonomy"]) == shipped
     assert json.loads((out / "labels.json").read_text())["coarse"][0] == "1_engine"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(copy / shipped.name) in m and str(shipped) in m for m in warnings), warnings
+
+
+def annotations_only(tree: Path, folder: Path) -> Path:
+    """A release folder holding copies of the stand-in's annotations.csv and taxonomy alone
+    (the checks below stop stage 1 before any audio is looked at)."""
+    folder.mkdir()
+    for name in ("annotations.csv", "dcase-ust-taxonomy.yaml"):
+        shutil.copy(tree / name, folder / name)
+    return folder
+
+
+def set_cell(path: Path, row: int, column: str, value: str) -> int:
+    """Set one cell of a CSV (``row`` counts data rows from 0); its line number in the file."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames
+    rows[row][column] = value
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return row + 2  # the header is line 1
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("2-2_jackhammer_presence", "maybe", "0 or 1"),
+        ("8_dog_presence", "", "0 or 1"),
+        ("annotator_id", "anna", "an integer"),
+        ("annotator_id", "1.5", "an integer"),
+    ],
+)
+def test_a_cell_that_is_not_a_number_stops_naming_file_line_and_column(
+    tree: Path, tmp_path: Path, column: str, value: str, expected: str
+):
+    """A damaged presence cell is refused, never read as absent; a damaged annotator_id is one
+    line naming where it is, not a ValueError traceback."""
+    release = annotations_only(tree, tmp_path / "release")
+    line = set_cell(release / "annotations.csv", 7, column, value)
+    with pytest.raises(PrepareError) as error:
+        prepare.main(["--data_root", str(release), "--out_dir", str(tmp_path / "out")])
+    message = str(error.value)
+    where = f"{release / 'annotations.csv'} line {line}: column {column} is {value!r}"
+    assert message.startswith(where) and expected in message and "\n" not in message
+
+
+def edit_line(path: Path, old: str, new: str) -> int:
+    """Replace the line ``old`` (stripped) of a text file by ``new``; its 1-based number."""
+    lines = path.read_text().splitlines()
+    number = [line.strip() for line in lines].index(old)
+    lines[number] = lines[number].replace(old, new)
+    path.write_text("\n".join(lines) + "\n")
+    return number + 1
+
+
+def malformed_taxonomy(tree: Path, tmp_path: Path, old: str, new: str) -> tuple[str, Path, int]:
+    """Stage 1's error on a release whose taxonomy has the line ``old`` replaced by ``new``; the
+    file and the line's number."""
+    release = annotations_only(tree, tmp_path / "release")
+    taxonomy = release / "dcase-ust-taxonomy.yaml"
+    line = edit_line(taxonomy, old, new)
+    with pytest.raises(PrepareError) as error:
+        prepare.main(["--data_root", str(release), "--out_dir", str(tmp_path / "out")])
+    assert "\n" not in str(error.value)
+    return str(error.value), taxonomy, line
+
+
+def test_a_taxonomy_yaml_cannot_parse_is_one_line_naming_the_line(tree: Path, tmp_path: Path):
+    """A key without its colon: the parser notices on the next line; the message names both."""
+    new = "2 medium-sounding-engine"
+    message, taxonomy, line = malformed_taxonomy(tree, tmp_path, "2: medium-sounding-engine", new)
+    assert message.startswith(f"{taxonomy} line {line + 1} "), message
+    assert "not valid YAML" in message and f"line {line} ({new!r})" in message, message
+
+
+def test_a_taxonomy_of_the_wrong_shape_names_the_line_and_field(tree: Path, tmp_path: Path):
+    old, new = "X: engine-of-uncertain-size", "Y: engine-of-uncertain-size"
+    message, taxonomy, line = malformed_taxonomy(tree, tmp_path, old, new)
+    assert message.startswith(f"{taxonomy} line {line}: field fine.1.Y: "), message
+    assert "integers or X" in message

@@ -3,11 +3,11 @@
     python local/prepare.py --data_root /data/sonyc-ust --out_dir data/sonyc_ust
 
 Reads ``annotations.csv`` (one row per clip and annotator) and the release's
-``dcase-ust-taxonomy.yaml`` (the copy shipped in local/ when the release lacks one). Writes
-``out_dir/{train,valid,test}.json`` (+ ``eval.json`` when the later eval release is present),
-``labels.json`` (the output columns: fine tags with X tags, then coarse classes, and the
-fine-level taxonomy), ``prepare_report.json`` and ``.done`` (the arguments: a rerun with the same
-ones is skipped).
+``dcase-ust-taxonomy.yaml`` (the copy shipped in local/, with a warning, when the release lacks
+one). Writes ``out_dir/{train,valid,test}.json`` (+ ``eval.json`` when the later eval release is
+present), ``labels.json`` (the output columns: fine tags with X tags, then coarse classes, and
+the fine-level taxonomy), ``prepare_report.json`` and ``.done`` (the arguments: a rerun with the
+same ones is skipped).
 
 - ``train`` rows are the training pool; ``valid`` is carved from it, grouped by ``sensor_id`` (no
   sensor on both sides), for checkpoint selection. ``validate`` rows are the reported test set
@@ -18,9 +18,11 @@ ones is skipped).
   ``majority``). Test and eval clips are scored on verified rows only: one without is skipped
   and counted.
 - Extra columns (proximity, later releases' spatiotemporal columns) are ignored and listed in the
-  report. Rows whose audio is missing are skipped and counted; unreadable clips too; a split
-  whose audio is missing altogether stops the run with an error naming it. Audio is converted
-  once to ``--sample_rate`` (mono 16-bit WAV under ``out_dir/audio/``, SoX when available).
+  report. A presence or ``annotator_id`` cell that is not a number (``maybe``, empty) stops the
+  run with one line naming the file, line and column. Rows whose audio is missing are skipped and
+  counted; unreadable clips too; a split whose audio is missing altogether stops the run with an
+  error naming it. Audio is converted once to ``--sample_rate`` (mono 16-bit WAV under
+  ``out_dir/audio/``, SoX when available).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,46 +76,65 @@ def settings_of(args: argparse.Namespace) -> dict:
 
 
 def read_annotations(path: Path, layout: dict) -> tuple[list[dict], list[str]]:
-    """The rows of ``annotations.csv`` and its columns the task does not use."""
+    """The rows of ``annotations.csv`` (``annotator_id`` an int, each presence cell 0/1) and its
+    columns the task does not use. A cell that is not a number stops the run naming the file,
+    line and column: a silent 0 would turn a damaged row into wrong labels."""
     if not path.is_file():
         raise PrepareError(f"no annotations.csv in {path.parent} (is --data_root the release?)")
+    presence = [f"{c}_presence" for c in layout["fine"] + layout["coarse"]]
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        rows = list(reader)
         columns = list(reader.fieldnames or [])
-    needed = [*ID_COLUMNS, *(f"{c}_presence" for c in layout["fine"] + layout["coarse"])]
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise PrepareError(f"{path}: missing columns {missing[:5]} ({len(missing)} in all)")
-    return rows, [c for c in columns if c not in needed]
+        missing = [c for c in (*ID_COLUMNS, *presence) if c not in columns]
+        if missing:
+            raise PrepareError(f"{path}: missing columns {missing[:5]} ({len(missing)} in all)")
+        rows = [parse_row(row, f"{path} line {reader.line_num}", presence) for row in reader]
+    return rows, [c for c in columns if c not in (*ID_COLUMNS, *presence)]
 
 
-def _present(value: str) -> int:
-    """A presence cell as 0/1 (the release has 0 and 1; anything but a positive number is 0)."""
+def _number(row: dict, column: str, where: str, integer: bool = False) -> float:
+    """The cell ``row[column]`` as a finite number (an integer when asked), else a PrepareError
+    naming the file and line (``where``) and the column."""
+    value = row[column]
     try:
-        return int(float(value) > 0)
-    except ValueError:
-        return 0
+        number = float(value)
+    except (TypeError, ValueError):  # TypeError: the row has fewer cells than the header
+        number = math.nan
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        expected = "an integer (0 verified, < 0 SONYC team, > 0 crowd)" if integer else "0 or 1"
+        raise PrepareError(f"{where}: column {column} is {value!r}, expected {expected}")
+    return number
+
+
+def parse_row(row: dict, where: str, presence: list[str]) -> dict:
+    """One annotation row with ``annotator_id`` as an int and each presence cell as 0/1 (the
+    release has 0 and 1; a positive number is present, zero or a negative one absent)."""
+    parsed = dict(row)
+    parsed["annotator_id"] = int(_number(row, "annotator_id", where, integer=True))
+    for column in presence:
+        parsed[column] = int(_number(row, column, where) > 0)
+    return parsed
 
 
 def group_clips(rows: list[dict], layout: dict) -> list[dict]:
-    """One entry per (split, clip): its verified labels (or None) and the annotators' votes."""
+    """One entry per (split, clip): its verified labels (or None) and the annotators' votes
+    (rows as :func:`read_annotations` parses them)."""
     columns = [f"{c}_presence" for c in layout["fine"] + layout["coarse"]]
     grouped: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         grouped[(row["split"], row["audio_filename"])].append(row)
     clips = []
     for (split, name), members in grouped.items():
-        verified = [r for r in members if int(float(r["annotator_id"])) == VERIFIED]
-        others = [r for r in members if int(float(r["annotator_id"])) != VERIFIED]
-        votes = [sum(_present(r[c]) for r in others) / len(others) for c in columns]
+        verified = [r for r in members if r["annotator_id"] == VERIFIED]
+        others = [r for r in members if r["annotator_id"] != VERIFIED]
+        votes = [sum(r[c] for r in others) / len(others) for c in columns]
         clips.append(
             {
                 "split": split,
                 "audio_filename": name,
                 "sensor_id": members[0]["sensor_id"],
                 "annotators": len(others),
-                "verified": [_present(verified[-1][c]) for c in columns] if verified else None,
+                "verified": [verified[-1][c] for c in columns] if verified else None,
                 "votes": votes if others else None,
             }
         )
