@@ -18,6 +18,8 @@ stop_stage=8                  # last stage to run (0-8)
 dataset=voxceleb1             # voxceleb1 | librispeech
 data_root=""                  # the dataset's official layout (README.md)
 standin=false                 # true | false: stage 0 builds a small VoxCeleb1-layout stand-in
+standin_librispeech=""        # the stand-in's LibriSpeech folder ("": ../shared/data's subset)
+standin_vctk=""               # the stand-in's VCTK folder ("": ../shared/data's subset)
 trials=""                     # voxceleb1: the trial list (default <data_root>/veri_test2.txt)
 train_subsets=""              # librispeech: training speakers' subsets ("": train-clean-100)
 test_subsets=""               # librispeech: test speakers' subsets ("": test-clean / -other present)
@@ -32,8 +34,9 @@ download=false                # true | false: stage 0 downloads LibriSpeech (Ope
                               # --data_root (VoxCeleb1 needs its request form: README.md)
 update_readme=false           # true | false: stage 8 also writes README.md's results table
 
-options="stage stop_stage dataset data_root standin trials train_subsets test_subsets methods
-students teacher min_duration_s segment_s download update_readme $kd_options"
+options="stage stop_stage dataset data_root standin standin_librispeech standin_vctk trials
+train_subsets test_subsets methods students teacher min_duration_s segment_s download update_readme
+$kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
         6 (not in this recipe), 7 verify, 8 report"
@@ -53,6 +56,8 @@ check_choice update_readme true false
 check_kd_options
 [ "$standin" = false ] || [ "$dataset" = voxceleb1 ] ||
     die "--standin true builds a VoxCeleb1-layout tree: use it with --dataset voxceleb1"
+[ -z "$standin_librispeech$standin_vctk" ] || [ "$standin" = true ] ||
+    die "--standin_librispeech / --standin_vctk are the sources of --standin true: give it too"
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 data="$data_dir/$dataset"
@@ -77,7 +82,10 @@ if want 0; then
         if [ -z "$data_root" ] && [ "$standin" = true ]; then
             data_root="$data_dir/standin"
             log "stage 0: building the stand-in tree $data_root (not VoxCeleb1: README.md)"
-            $python local/make_standin.py --out "$data_root" >/dev/null
+            sources=()
+            [ -z "$standin_librispeech" ] || sources+=(--librispeech "$standin_librispeech")
+            [ -z "$standin_vctk" ] || sources+=(--vctk "$standin_vctk")
+            $python local/make_standin.py --out "$data_root" "${sources[@]}" >/dev/null
         elif [ -z "$data_root" ] && [ "$download" = true ]; then
             # shellcheck disable=SC2086  # the subsets are word lists
             data_root=$(local/download.sh "$dataset" "$data_dir/downloads" $train_subsets \

@@ -183,7 +183,7 @@ def test_help_is_generic_for_any_script_sourcing_parse_options(tmp_path):
         "#!/usr/bin/env bash\n"
         'cd "$(dirname "$0")"\n'
         "alpha=1        # the first letter (an integer)\n"
-        "beta=\"b c\"     # two words\n"
+        'beta="b c"     # two words\n'
         "gamma=x\n"
         'options="alpha beta gamma"\n'
         'help_message="Usage: tiny"\n'
@@ -348,7 +348,6 @@ def test_cache_refusal_names_the_run_sh_option_and_the_yaml_key():
     )
 
 
-
 @pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging"])
 def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
     """--stop_stage 1 prepares and stops: no later stage reads the (not yet known) label count."""
@@ -364,3 +363,26 @@ def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
     assert "unbound variable" not in proc.stderr, explain(proc)
     assert not re.search(r"stage [2-8]:", proc.stdout), explain(proc)
     assert proc.stdout.rstrip().endswith("done"), explain(proc)
+
+
+def test_standin_sources_reach_make_standin(tmp_path, recorder):
+    """Issue 16 item 10: the options make_standin.py's message names work through run.sh, and
+    are refused without --standin true."""
+    stub, log = recorder
+    folder = REPO / "recipes" / "speaker_verification"
+    (tmp_path / "data" / "standin").mkdir(parents=True)  # what the recorded make_standin writes
+    sources = ["--standin_librispeech", str(tmp_path / "libri"), "--standin_vctk",
+               str(tmp_path / "vctk wavs")]  # fmt: skip
+    proc = run_sh("--python", str(stub), "--standin", "true", "--stop_stage", "1", *sources,
+                  *folders(tmp_path), cwd=folder, script=folder / "run.sh")  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    (command,) = commands(log, "local/make_standin.py")
+    assert command == (
+        f"local/make_standin.py --out {tmp_path}/data/standin --librispeech {tmp_path}/libri "
+        f"--vctk {tmp_path}/vctk wavs"
+    )
+    proc = run_sh("--python", str(stub), *sources, *folders(tmp_path), cwd=folder,
+                  script=folder / "run.sh")  # fmt: skip
+    assert refused(proc).endswith(
+        "--standin_librispeech / --standin_vctk are the sources of --standin true: give it too"
+    )

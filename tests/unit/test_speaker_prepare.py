@@ -327,3 +327,28 @@ def test_no_training_speaker_left_is_an_error(vox_tree: Path, tmp_path):
         f"no training speaker left: the dev speakers of {root / 'vox1_meta.csv'} minus those of "
         f"{root / 'veri_test2.txt'} give 0 utterances, 0 of them readable and >= --min_duration_s"
     )
+
+
+def test_a_given_trial_list_that_does_not_exist_is_named(tmp_path):
+    """Issue 16 item 11: ``--trials nope.txt`` names the path the user gave, not "give --trials"."""
+    given = tmp_path / "nope.txt"
+    (tmp_path / "vox1_meta.csv").write_text(
+        "\t".join(standin.META_HEADER) + "\nid10001\tA_B\tm\tUK\tdev\n"
+    )
+    with pytest.raises(PrepareError) as err:
+        run(tmp_path, tmp_path / "out", "--trials", str(given), dataset="voxceleb1")
+    assert str(err.value) == f"--trials {given} does not exist"
+
+
+def test_standin_without_its_sources_names_real_options(tmp_path):
+    """Issue 16 item 10: from a checkout without ../shared/data the stand-in's message names the
+    options that exist: make_standin.py's own and run.sh's (test_run_options checks run.sh takes
+    them)."""
+    absent = tmp_path / "absent"
+    with pytest.raises(SystemExit) as err:
+        standin.main(["--out", str(tmp_path / "out"), "--librispeech", str(absent)])
+    assert str(err.value) == (
+        f"no {absent / 'LibriSpeech'}: give the stand-in's sources, make_standin.py --librispeech "
+        "DIR (holding LibriSpeech/train-clean-100 and test-other) --vctk DIR (speaker folders of "
+        ".flac), or run.sh --standin_librispeech DIR --standin_vctk DIR"
+    )

@@ -176,7 +176,11 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     for source in (args.librispeech / "LibriSpeech", args.vctk):
         if not source.is_dir():
-            raise SystemExit(f"no {source}: give --librispeech / --vctk (../shared/data layouts)")
+            raise SystemExit(
+                f"no {source}: give the stand-in's sources, make_standin.py --librispeech DIR "
+                "(holding LibriSpeech/train-clean-100 and test-other) --vctk DIR (speaker folders "
+                "of .flac), or run.sh --standin_librispeech DIR --standin_vctk DIR"
+            )
     rng = random.Random(args.seed)
     speakers = choose_speakers(args, rng)
     damaged = damage(speakers)

@@ -129,6 +129,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise PrepareError("--segment_s must be positive and --min_duration_s non-negative")
     if args.n_trials is not None and args.n_trials < 2:
         raise PrepareError(f"--n_trials must be at least 2, got {args.n_trials}")
+    if args.trials is not None and not args.trials.is_file():
+        raise PrepareError(f"--trials {args.trials} does not exist")
 
 
 def librispeech_root(data_root: Path) -> Path:
