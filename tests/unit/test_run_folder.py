@@ -249,6 +249,41 @@ def test_wall_time_counts_a_session_killed_by_sigkill(tmp_path):
     assert training_wall_time_s(tmp_path) == pytest.approx(killed + 0.3, abs=0.2)
 
 
+def test_wall_time_of_a_training_killed_by_sigkill_is_the_time_it_ran(data, tmp_path):
+    """train.py killed (SIGKILL) 2 s into its session: train_sessions.json holds about 2 s, not
+    the 1e-6 s of the session's first write (the heartbeat beats during training; its interval,
+    ``HEARTBEAT_S``, is made short here)."""
+    out = tmp_path / "killed"
+    args = train_args(data, out, "student/xvector_small.yaml", "none", "--number_of_epochs", "100",
+                      "--skip_test", "True")  # fmt: skip
+    code = (
+        "import runpy, sys\nimport kd_modules.experiment as experiment\n"
+        "experiment.HEARTBEAT_S = 0.2\nsys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(RECIPE / "train.py"), *args],
+        cwd=RECIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sessions = out / "train_sessions.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not sessions.is_file():
+        time.sleep(0.02)
+    started = time.time()
+    time.sleep(2.0)
+    running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ran = time.time() - started
+    assert running, "train.py ended before it was killed"
+    [session] = json.loads(sessions.read_text())
+    assert not session["finished"]
+    assert 1.0 <= session["elapsed_s"] <= ran + 0.5, (session, ran)
+
+
 # ----- item 16: intra-epoch checkpoints by default ---------------------------------------------
 def test_intra_epoch_checkpoints_are_on_by_default(data, tmp_path, recipe_train):
     hparams = load_composed(
