@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from typing import Any
 
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.dataio import write_json_atomic
+from kd_modules.outputs import file_sha256
 from kd_modules.teacher import IntegratedTeacher, Teacher
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,6 @@ def folder_lock(
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def data_record(manifests: dict[str, str | Path], prepare_settings: str | Path | None) -> dict:

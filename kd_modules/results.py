@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from kd_modules.dataio import write_json_atomic
 from kd_modules.experiment import data_record
+from kd_modules.outputs import OUTPUT_RECORD, output_checksums
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -62,11 +63,14 @@ def git_commit(path: str | Path = ".") -> str:
 
 
 def write_results(path: str | Path, results: dict) -> None:
-    """Validate the schema (every required field present) and write ``results.json``."""
+    """Validate the schema (every required field present) and write ``results.json``, with the
+    SHA-256 of each output file it names (``kd_modules.outputs``): stage 7 evaluates a run again
+    when one of them is gone or changed."""
     missing = [name for name in REQUIRED_FIELDS if name not in results]
     if missing:
         raise ValueError(f"results.json is missing fields {missing}")
-    write_json_atomic(path, results)
+    checksums = output_checksums(results, Path(path).parent)
+    write_json_atomic(path, {**results, OUTPUT_RECORD: checksums})
 
 
 def collect(exp_dir: str | Path) -> list[dict]:

@@ -124,17 +124,23 @@ check_writable_dir() {
 # ----- stage 7 ----------------------------------------------------------------------------------
 
 # evaluate_once RUN_DIR SCRIPT ARGS...: test RUN_DIR's best-validation checkpoint with
-# "SCRIPT ARGS --output_folder RUN_DIR --test_only", unless its results.json is newer than its
-# train_info.json (evaluated since it last trained). A run that never trained is an error.
+# "SCRIPT ARGS --output_folder RUN_DIR --test_only", unless it is evaluated: its results.json is
+# newer than its train_info.json and every output file it names (scores, predictions) is there
+# with the checksum recorded when it was written (python -m kd_modules.outputs, which says why
+# not). A run that never trained is an error.
 evaluate_once() {
-    local dir=$1 script=$2
+    local dir=$1 script=$2 reason
     shift 2
-    if [ -f "$dir/results.json" ] && [ "$dir/results.json" -nt "$dir/train_info.json" ]; then
+    if reason=$($python -m kd_modules.outputs "$dir"); then
         log "stage 7: $dir already evaluated"
         return 0
     fi
     [ -f "$dir/train_info.json" ] || die "$dir is not trained (run its training stage first)"
-    log "stage 7: evaluating $dir"
+    if [ -f "$dir/results.json" ]; then
+        log "stage 7: evaluating $dir again: $reason"
+    else
+        log "stage 7: evaluating $dir"
+    fi
     $python "$script" "$@" --output_folder "$dir" --test_only
 }
 

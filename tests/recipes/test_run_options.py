@@ -202,12 +202,15 @@ def test_help_is_generic_for_any_script_sourcing_parse_options(tmp_path):
 # ----- commands run.sh builds: a recording --python ----------------------------------------------
 @pytest.fixture
 def recorder(tmp_path: Path) -> tuple[Path, Path]:
-    """A --python that logs each command (one line of arguments) but runs ``-c`` snippets."""
+    """A --python that logs each command (one line of arguments) but runs ``-c`` snippets and
+    stage 7's question "is this run evaluated?" (``-m kd_modules.outputs``)."""
     log = tmp_path / "commands.log"
     stub = tmp_path / "python"
     stub.write_text(
         "#!/usr/bin/env bash\n"
-        f'if [ "$1" = -c ]; then exec "{sys.executable}" "$@"; fi\n'
+        'if [ "$1" = -c ] || [ "$2" = kd_modules.outputs ]; then\n'
+        f'    exec "{sys.executable}" "$@"\n'
+        "fi\n"
         f'echo "$*" >> "{log}"\n'
     )
     stub.chmod(0o755)

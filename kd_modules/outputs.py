@@ -1,0 +1,97 @@
+"""The output files a results.json names, their checksums, and whether a run is evaluated.
+
+A results.json names the files its evaluation wrote (``OUTPUT_FIELDS``: the trial scores of a
+verification run, the prediction files of a tagging run), by a path relative to the run folder or
+an absolute one. :func:`output_checksums` gives the SHA-256 of each when the results are written
+(``kd_modules.results.write_results`` records them under ``OUTPUT_RECORD``); a run folder is
+*evaluated* when its results.json is newer than its ``train_info.json`` (evaluated since it last
+trained) and every named file is still there with its recorded checksum. Stage 7 of every recipe
+asks, once per run folder (``tools/stage_helpers.sh``, ``evaluate_once``)::
+
+    python -m kd_modules.outputs RUN_DIR    # exit 0: evaluated; 1: not, and why on stdout
+
+Standard library only: stage 7 asks this of every run folder, and importing torch would add
+seconds to each answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+OUTPUT_FIELDS = ("scores", "predictions")
+OUTPUT_RECORD = "output_sha256"
+RESULTS = "results.json"
+TRAIN_INFO = "train_info.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks (score files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def named_outputs(results: dict, run_dir: str | Path) -> dict[str, Path]:
+    """Name as results.json writes it -> the file, for every ``OUTPUT_FIELDS`` entry (a path,
+    or a dict of paths); relative names are under ``run_dir``."""
+    names: list[str] = []
+    for field in OUTPUT_FIELDS:
+        value = results.get(field)
+        if isinstance(value, str):
+            names.append(value)
+        elif isinstance(value, dict):
+            names += [name for name in value.values() if isinstance(name, str)]
+    return {name: Path(run_dir) / name for name in names}
+
+
+def output_checksums(results: dict, run_dir: str | Path) -> dict[str, str]:
+    """Name -> SHA-256 of each output file ``results`` names; a named file that is missing is
+    an error (the evaluation that writes the results has just written its outputs)."""
+    outputs = named_outputs(results, run_dir)
+    missing = [name for name, path in outputs.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"results.json names output files that do not exist: {missing}")
+    return {name: file_sha256(path) for name, path in outputs.items()}
+
+
+def not_evaluated_reason(run_dir: str | Path) -> str | None:
+    """None when ``run_dir`` is evaluated (see the module's docstring), else why it is not, in
+    a few words ("scores_snorm.txt is missing")."""
+    run_dir = Path(run_dir)
+    results_file, info_file = run_dir / RESULTS, run_dir / TRAIN_INFO
+    if not results_file.is_file():
+        return f"no {RESULTS} yet"
+    if info_file.is_file() and results_file.stat().st_mtime_ns <= info_file.stat().st_mtime_ns:
+        return f"trained again since its {RESULTS} was written"
+    try:
+        results = json.loads(results_file.read_text())
+    except (OSError, ValueError) as error:
+        return f"{RESULTS} is unreadable ({error})"
+    recorded = results.get(OUTPUT_RECORD) or {}
+    for name, path in named_outputs(results, run_dir).items():
+        if not path.is_file():
+            return f"{name} is missing"
+        if name not in recorded:
+            return f"{name} has no checksum in {RESULTS} (written before they were recorded)"
+        if file_sha256(path) != recorded[name]:
+            return f"{name} changed since it was evaluated"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Exit 0 when the run folder is evaluated; else print why not and exit 1."""
+    parser = argparse.ArgumentParser(description="Exit 0 when RUN_DIR is evaluated, else 1.")
+    parser.add_argument("run_dir", help="a run folder (results.json, train_info.json)")
+    reason = not_evaluated_reason(parser.parse_args(argv).run_dir)
+    if reason is not None:
+        print(reason)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
