@@ -151,6 +151,65 @@ def test_stage8_titles_each_curve_with_its_run_folder(tmp_path, monkeypatch):
                       "fsdd/fold1/student/small/kd/seed1")]  # fmt: skip
 
 
+# ----- data-free pools synthesised with different settings (issue 16, item 4) -------------------
+def _datafree_run(tmp_path: Path, seed: int, accuracy: float, steps: int, wall_s: float) -> None:
+    """A FRAMI student's results.json and its pool's run_record.json (as synthesize.py leaves
+    them), the pool synthesised with ``--synthesis_steps steps``."""
+    pool = tmp_path / f"exp/fsdd/fold1/pool/large_seed1/frami/seed{seed}"
+    pool.mkdir(parents=True)
+    synthesizer = {"name": "frami", "n_mels": 40, "steps": steps, "lr": 0.25,
+                   "weights": {"ce": 1.0, "bn": 0.005}, "precision": "fp32"}  # fmt: skip
+    record = {"teacher_fingerprint": "abc", "synthesizer": synthesizer, "plan": []}
+    (pool / "run_record.json").write_text(json.dumps(record))
+    run = {**_run(seed, accuracy, "frami"),
+           "synthesis": {"synthesizer": "frami", "pool": str(pool), "samples": 200,
+                         "wall_time_s": wall_s, "manifest_sha256": "0" * 64}}  # fmt: skip
+    write_results(tmp_path / f"exp/fsdd/fold1/student/small/frami/seed{seed}/results.json", run)
+
+
+def _rows(table: str, first_cell: str) -> list[list[str]]:
+    """The cells of the table rows whose first cell starts with ``first_cell``."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ")]  # fmt: skip
+    return [row for row in rows if row[0].startswith(first_cell)]
+
+
+def test_datafree_pools_of_other_synthesis_settings_get_a_row_each(tmp_path):
+    """--synthesis_steps 30 for seed 1 and 120 for seed 2 were averaged into one FRAMI row
+    (synthesis s "39 ± 33"); each setting now has its row, the differing setting named."""
+    _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
+    _datafree_run(tmp_path, 2, 0.30, steps=30, wall_s=15.0)
+    runs = collect(tmp_path / "exp")
+    datafree = results.datafree_tables(runs)
+    assert _rows(datafree, "FRAMI") == [
+        ["FRAMI (steps 30)", "1", "30.00", "15", "200"],
+        ["FRAMI (steps 120)", "1", "40.00", "62", "200"],
+    ]
+    assert "not averaged together" in datafree
+    table = results_table(runs)
+    methods = [row[3] for row in _rows(table, "fsdd")]
+    assert methods == ["frami (steps 30)", "frami (steps 120)"]
+    assert "not averaged together" in table
+
+
+def test_datafree_pools_of_the_same_settings_share_a_row(tmp_path):
+    _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
+    _datafree_run(tmp_path, 2, 0.30, steps=120, wall_s=60.0)
+    runs = collect(tmp_path / "exp")
+    datafree = results.datafree_tables(runs)
+    assert _rows(datafree, "FRAMI") == [["FRAMI", "2", "35.00 ± 7.07", "61 ± 1", "200 ± 0"]]
+    assert "not averaged together" not in datafree + results_table(runs)
+
+
+def test_a_datafree_run_whose_pool_record_is_gone_is_not_averaged_in(tmp_path):
+    _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
+    _datafree_run(tmp_path, 2, 0.30, steps=120, wall_s=60.0)
+    (tmp_path / "exp/fsdd/fold1/pool/large_seed1/frami/seed2/run_record.json").unlink()
+    rows = _rows(results.datafree_tables(collect(tmp_path / "exp")), "FRAMI")
+    assert [row[:3] for row in rows] == [["FRAMI", "1", "40.00"],
+                                         ["FRAMI (settings unknown)", "1", "30.00"]]  # fmt: skip
+
+
 def test_torchrun_rank_gets_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     _, run_opts, _ = parse_recipe_arguments(["a.yaml", "--device", "cuda"])
