@@ -102,6 +102,20 @@ class Synthesizer(ABC):
         """Every setting that changes the synthetic samples (recorded with a pool)."""
         return {"name": self.name, "n_mels": self.n_mels}
 
+    @property
+    def carries_state(self) -> bool:
+        """True when a batch's samples depend on the batches synthesised before it."""
+        return False
+
+    def state_dict(self) -> dict:
+        """What carries over from one batch to the next (tensors, for ``torch.save``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (a :meth:`state_dict`; ``{}``: as a fresh synthesiser)."""
+        if state:
+            raise ValueError(f"{self.name} carries no state between batches, got {sorted(state)}")
+
 
 class DeepInversion(Synthesizer):
     """DeepInversion on log-Mel inputs: CE + BatchNorm statistics + TV and L2 priors.
@@ -190,6 +204,21 @@ class DeepInversion(Synthesizer):
                 self.n_classes, self.n_mels, z_dim, channels, layers
             ).to(self.device)
         return self._generator
+
+    @property
+    def carries_state(self) -> bool:
+        return self.parameterization == "generator" and not self.generator_reset
+
+    def state_dict(self) -> dict:
+        """The generator kept over batches, if any (x, z and their Adam are new every batch)."""
+        if not self.carries_state or self._generator is None:
+            return {}
+        return {"generator": self._generator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._generator = None
+        if "generator" in state:
+            self.new_generator().load_state_dict(state["generator"])
 
     def variables(self, targets: Tensor, frames: int) -> tuple[list[dict], callable]:
         """Adam parameter groups and ``render() -> x (B, T, F)`` for one batch."""

@@ -132,13 +132,17 @@ class ContrastiveInversion(DeepInversion):
         """Per-sample features ``(B, D)`` of the forward that produced ``outputs``."""
         raise NotImplementedError
 
+    def _build_head(self, in_features: int) -> None:
+        """A new projection head ``(B, in_features) -> (B, head_dim)`` and its Adam."""
+        hidden, dim = self.head_shape
+        self.head = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        ).to(self.device)
+        self._head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.head_lr)
+
     def _project(self, features: Tensor) -> Tensor:
         if self.head is None:  # built at the first batch, when D is known
-            hidden, dim = self.head_shape
-            self.head = nn.Sequential(
-                nn.Linear(features.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, dim)
-            ).to(self.device)
-            self._head_optimizer = torch.optim.Adam(self.head.parameters(), lr=self.head_lr)
+            self._build_head(features.shape[1])
         return self.head(features.float())
 
     def view_features(self, x: Tensor, bn) -> Tensor:
@@ -163,6 +167,31 @@ class ContrastiveInversion(DeepInversion):
     def end_batch(self, x: Tensor, targets: Tensor) -> None:
         if self._last_projection is not None:
             self.bank.push(self._last_projection)
+
+    @property
+    def carries_state(self) -> bool:
+        return True
+
+    def state_dict(self) -> dict:
+        """The projection head, its Adam state and the memory bank (B·k, head_dim), as far as
+        the batches so far have built them."""
+        state = super().state_dict()
+        if self.head is not None:
+            state["head"] = self.head.state_dict()
+            state["head_optimizer"] = self._head_optimizer.state_dict()
+        if self.bank.entries is not None:
+            state["bank"] = self.bank.entries
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.head = self._head_optimizer = None
+        if "head" in state:
+            self._build_head(state["head"]["0.weight"].shape[1])
+            self.head.load_state_dict(state["head"])
+            self._head_optimizer.load_state_dict(state["head_optimizer"])
+        bank = state.get("bank")
+        self.bank.entries = None if bank is None else bank.to(self.device)
 
     def settings(self) -> dict:
         return {

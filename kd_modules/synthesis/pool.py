@@ -3,21 +3,28 @@
 Layout of a pool folder::
 
     samples/<id>.pt        one log-Mel tensor (T, F) per sample, written atomically
-    parts/b<index>.json    the samples of one finished batch (written after its tensors)
+    state/b<index>.pt      the synthesiser's state after the batch (head, Adam, memory bank), until
+                           the rank's next batch is written; removed with the merge
+    parts/b<index>.json    the samples of one finished batch (written after its tensors and state)
     manifest.json          every sample: {id: {"path", "label_id", "frames"}} (merged at the end)
 
 :func:`pool_plan` fixes every batch in advance (its targets, frame count and seed) from the pool's
-keys, so the pool is the same whichever process writes which batch, and a killed synthesis resumes
-at the first batch without a part file: nothing written before the kill is lost or redone. Under
-DDP each rank synthesises the batches ``index % world_size == rank``; rank 0 merges the parts into
-one manifest.
+keys, and a killed synthesis resumes at the first batch without a part file: nothing written
+before the kill is lost or redone. The resume is exact: each batch runs under its own torch seed
+(targets and lengths come from the plan; nothing draws from numpy's or Python's generators), and
+what a synthesiser carries from batch to batch (:meth:`Synthesizer.state_dict`) is saved with
+each batch and loaded before the next, so a resumed pool is bit for bit the uninterrupted one.
+Under DDP each rank synthesises the batches ``index % world_size == rank`` (one chain of state
+per rank: resume with the same number of processes); rank 0 merges the parts into one manifest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +35,8 @@ from tqdm import tqdm
 
 from kd_modules.dataio import write_json_atomic
 from kd_modules.synthesis.base import Synthesizer
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -72,11 +81,13 @@ def pool_plan(
     return plan
 
 
-def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
+def _save_atomic(obj: torch.Tensor | dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then renamed onto it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(tensor.clone(), handle)
+            torch.save(obj, handle)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -96,6 +107,9 @@ class SyntheticPool:
     def part_file(self, index: int) -> Path:
         return self.folder / "parts" / f"b{index:06d}.json"
 
+    def state_file(self, index: int) -> Path:
+        return self.folder / "state" / f"b{index:06d}.pt"
+
     def started(self) -> bool:
         """True when anything was synthesised here (a manifest or a batch's part file)."""
         parts = self.folder / "parts"
@@ -105,8 +119,9 @@ class SyntheticPool:
         """True when the batch's tensors and part file are on disk."""
         return self.part_file(batch.index).is_file()
 
-    def write_batch(self, batch: PoolBatch, x: torch.Tensor) -> dict:
-        """Store ``x`` (B, T, F) as the batch's samples, then its part file (atomic, in order)."""
+    def write_batch(self, batch: PoolBatch, x: torch.Tensor, state: dict | None = None) -> dict:
+        """Store ``x`` (B, T, F) as the batch's samples, then the synthesiser's ``state`` after
+        it (if given), then its part file, which marks the batch done (atomic, in order)."""
         if x.shape[0] != len(batch.targets) or x.shape[1] != batch.frames:
             raise ValueError(f"batch {batch.index}: got {tuple(x.shape)}, planned "
                              f"{len(batch.targets)} x {batch.frames} frames")  # fmt: skip
@@ -115,12 +130,23 @@ class SyntheticPool:
         entries = {}
         for i, (label, sample) in enumerate(zip(batch.targets, x)):
             sample_id = f"b{batch.index:06d}_{i:03d}"
-            _save_atomic(sample.float().cpu(), samples / f"{sample_id}.pt")
+            _save_atomic(sample.float().cpu().clone(), samples / f"{sample_id}.pt")
             entries[sample_id] = {
                 "path": f"samples/{sample_id}.pt", "label_id": int(label), "frames": batch.frames
             }  # fmt: skip
+        if state is not None:
+            _save_atomic(state, self.state_file(batch.index))
         write_json_atomic(self.part_file(batch.index), entries)
         return entries
+
+    def load_state(self, index: int) -> dict | None:
+        """The synthesiser's state saved with batch ``index`` (on CPU), None if there is none."""
+        path = self.state_file(index)
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    def forget_state(self, index: int) -> None:
+        """Remove batch ``index``'s state: a later batch of the same rank holds the newer one."""
+        self.state_file(index).unlink(missing_ok=True)
 
     def merge(self, plan: list[PoolBatch]) -> dict:
         """Write ``manifest.json`` from the part files of every planned batch; return it."""
@@ -132,6 +158,7 @@ class SyntheticPool:
         for batch in plan:
             manifest.update(json.loads(self.part_file(batch.index).read_text()))
         write_json_atomic(self.manifest_file, manifest)
+        shutil.rmtree(self.folder / "state", ignore_errors=True)  # only a resume needs it
         return manifest
 
     def complete(self, plan: list[PoolBatch]) -> bool:
@@ -151,6 +178,23 @@ class SyntheticPool:
         return torch.load(path, map_location="cpu")
 
 
+def resume_state(synthesizer: Synthesizer, pool: SyntheticPool, previous: int | None) -> None:
+    """Put ``synthesizer`` in the state it had after batch ``previous`` (None: fresh).
+
+    A state missing from the pool (a pool begun before states were saved) is warned about: the
+    remaining batches then start from a fresh state, as they did before.
+    """
+    state = {} if previous is None else pool.load_state(previous)
+    if state is None:
+        logger.warning(
+            "pool %s: no synthesiser state for batch %d (%s): the remaining batches start from "
+            "a fresh %s state and differ from an uninterrupted synthesis. Delete the folder for "
+            "an exact pool.", pool.folder, previous, pool.state_file(previous), synthesizer.name,
+        )  # fmt: skip
+        state = {}
+    synthesizer.load_state_dict(state)
+
+
 def synthesize_pool(
     synthesizer: Synthesizer,
     pool: SyntheticPool,
@@ -162,27 +206,37 @@ def synthesize_pool(
 ) -> int:
     """Synthesise this rank's unfinished batches of ``plan`` into ``pool``; return how many.
 
-    Each batch runs under its own seed (torch's RNG is forked, so the caller's is untouched): a
-    DeepInversion batch depends on its seed only, whichever batches ran before it; contrastive
-    synthesisers also carry their projection head and memory bank over batches (both start
-    afresh in a resumed session). The progress
-    bar counts samples and shows samples per second. ``on_batch`` is called after each batch is
-    written (tests use it to simulate a kill).
+    Each batch runs under its own seed (torch's RNG is forked, so the caller's is untouched). A
+    synthesiser that carries state over batches (the contrastive projection head and memory
+    bank, a kept generator) starts the rank's first batch fresh, and continues every other one
+    from the state saved with the rank's previous batch, loaded from the pool unless this call
+    has just made it: a resumed pool equals an uninterrupted one. The progress bar counts samples
+    and shows samples per second. ``on_batch`` is called after each batch is written (tests use
+    it to simulate a kill).
     """
     mine = [batch for batch in plan if batch.index % world_size == rank]
+    previous = {b.index: a.index for a, b in zip(mine, mine[1:])}
     todo = [batch for batch in mine if not pool.done(batch)]
     total = sum(len(batch.targets) for batch in mine)
     initial = total - sum(len(batch.targets) for batch in todo)
     bar = tqdm(total=total, initial=initial, unit="sample", dynamic_ncols=True,
                desc=f"{synthesizer.name} pool (rank {rank})", disable=not progress)  # fmt: skip
+    device = synthesizer.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    last: int | None = None  # the batch this call synthesised last
     with bar:
         for batch in todo:
-            device = synthesizer.device
-            devices = [device.index or 0] if device.type == "cuda" else []
+            before = previous.get(batch.index)
             with torch.random.fork_rng(devices=devices):
+                if synthesizer.carries_state and (last is None or before != last):
+                    resume_state(synthesizer, pool, before)
                 torch.manual_seed(batch.seed)
                 x = synthesizer.synthesize(torch.tensor(batch.targets), batch.frames)
-            pool.write_batch(batch, x)
+            state = synthesizer.state_dict() if synthesizer.carries_state else None
+            pool.write_batch(batch, x, state)
+            if before is not None:
+                pool.forget_state(before)
+            last = batch.index
             bar.update(len(batch.targets))
             if on_batch is not None:
                 on_batch(batch)

@@ -10,9 +10,10 @@ a student on the pool alone (validated and tested on real clips).
 
 The pool (``kd_modules.synthesis.pool``) is built once per synthesiser, teacher and seed and
 shared by the methods that use it (FRAMI with and without hidden-state reuse); a killed synthesis
-resumes at its first unwritten batch. Under torchrun each rank synthesises its share of the pool
-and the KD runs as DDP. The real training clips are never read here: only the teacher saw them.
-``--test_only`` evaluates a finished run (stage 7), ``--skip_test True`` trains only.
+resumes at its first unwritten batch, exactly (the synthesiser's state is saved with each batch).
+Under torchrun each rank synthesises its share of the pool and the KD runs as DDP. The real
+training clips are never read here: only the teacher saw them. ``--test_only`` evaluates a
+finished run (stage 7), ``--skip_test True`` trains only.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
 
 
 def plan_of(hparams: dict) -> list:

@@ -39,8 +39,14 @@ N_MELS, N_CLASSES = 40, 10
 
 
 def tiny_xvector() -> EmbeddingClassifier:
-    encoder = Xvector(in_channels=N_MELS, tdnn_blocks=3, tdnn_channels=[64, 64, 128],
-                      tdnn_kernel_sizes=[5, 3, 1], tdnn_dilations=[1, 2, 1], lin_neurons=64)
+    encoder = Xvector(
+        in_channels=N_MELS,
+        tdnn_blocks=3,
+        tdnn_channels=[64, 64, 128],
+        tdnn_kernel_sizes=[5, 3, 1],
+        tdnn_dilations=[1, 2, 1],
+        lin_neurons=64,
+    )
     return EmbeddingClassifier(encoder, 64, N_CLASSES)  # fmt: skip
 
 
@@ -180,8 +186,14 @@ def test_inversion_lowers_ce_and_bn_gap_and_hits_the_targets(teacher, cls, optio
 
 def framewise_xvector() -> EmbeddingClassifier:
     """Kernel size 1 everywhere: each frame's states depend on that frame alone (no padding)."""
-    encoder = Xvector(in_channels=N_MELS, tdnn_blocks=2, tdnn_channels=[32, 48],
-                      tdnn_kernel_sizes=[1, 1], tdnn_dilations=[1, 1], lin_neurons=16)
+    encoder = Xvector(
+        in_channels=N_MELS,
+        tdnn_blocks=2,
+        tdnn_channels=[32, 48],
+        tdnn_kernel_sizes=[1, 1],
+        tdnn_dilations=[1, 1],
+        lin_neurons=16,
+    )
     return EmbeddingClassifier(encoder, 16, N_CLASSES).eval()  # fmt: skip
 
 
@@ -277,7 +289,9 @@ class Killed(Exception):
     pass
 
 
-def test_pool_resumes_after_a_kill_without_losing_or_redoing_batches(teacher, tmp_path: Path):
+def test_pool_resumes_after_a_kill_without_losing_or_redoing_batches(
+    teacher, tmp_path: Path, caplog
+):
     plan = pool_plan(N_CLASSES, 2, 8, 20, 40, seed=1)  # 20 samples in 3 batches
     synth = DeepInversion(teacher, N_MELS, N_CLASSES, steps=3)
     pool = SyntheticPool(tmp_path / "pool")
@@ -292,6 +306,8 @@ def test_pool_resumes_after_a_kill_without_losing_or_redoing_batches(teacher, tm
     assert len(written) == 16 and not pool.complete(plan)
     assert synthesize_pool(synth, pool, plan, progress=False) == 1  # only the missing batch
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # nothing rewritten
+    assert not (tmp_path / "pool" / "state").exists()  # direct DeepInversion carries no state
+    assert "no synthesiser state" not in caplog.text
     manifest = pool.merge(plan)
     assert pool.complete(plan) and len(manifest) == 20
     assert sorted(e["label_id"] for e in manifest.values()) == sorted(list(range(10)) * 2)
@@ -304,6 +320,100 @@ def test_pool_resumes_after_a_kill_without_losing_or_redoing_batches(teacher, tm
     for sample_id in manifest:
         assert torch.equal(pool.load(sample_id), fresh.load(sample_id))
         assert pool.load(sample_id).shape == (manifest[sample_id]["frames"], N_MELS)
+
+
+# Synthesisers that carry state from batch to batch: the contrastive ones (projection head, its
+# Adam, memory bank; FRAMI's pool is also the one FRAMI w/o reuse distils from) and DeepInversion
+# with a generator kept over batches.
+CARRY_STATE = {
+    "cmi": (CMI, {}),
+    "frami_fused_views": (FRAMI, {"fuse_views": True}),
+    "frami_two_passes": (FRAMI, {"fuse_views": False}),
+    "deepinversion_kept_generator": (
+        DeepInversion, {"parameterization": "generator", "generator_reset": False}
+    ),
+}  # fmt: skip
+
+
+def synthesise_killed_then_resumed(teacher, name: str, folder: Path, plan, kill_after: int):
+    """Synthesise ``plan`` into ``folder``, killed after batch ``kill_after`` is written, then
+    resumed by a new synthesiser (as a new process would be); the resumed pool."""
+    cls, options = CARRY_STATE[name]
+    pool = SyntheticPool(folder)
+
+    def kill(batch):
+        if batch.index == kill_after:
+            raise Killed
+
+    with pytest.raises(Killed):
+        synth = cls(teacher, N_MELS, N_CLASSES, steps=3, **options)
+        synthesize_pool(synth, pool, plan, progress=False, on_batch=kill)
+    resumed = cls(teacher, N_MELS, N_CLASSES, steps=3, **options)
+    assert synthesize_pool(resumed, pool, plan, progress=False) == len(plan) - kill_after - 1
+    return pool
+
+
+@pytest.mark.parametrize("name", CARRY_STATE)
+def test_a_resumed_pool_is_the_pool_an_uninterrupted_run_makes(teacher, tmp_path: Path, name):
+    """Killed after batch 1 of 4 and resumed: every sample tensor equals the uninterrupted one."""
+    plan = pool_plan(N_CLASSES, 2, 5, 20, 30, seed=2)  # 20 samples in 4 batches
+    cls, options = CARRY_STATE[name]
+    whole = SyntheticPool(tmp_path / "whole")
+    synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=3, **options), whole, plan,
+                    progress=False)  # fmt: skip
+    resumed = synthesise_killed_then_resumed(teacher, name, tmp_path / "resumed", plan, 1)
+    manifest, whole_manifest = resumed.merge(plan), whole.merge(plan)
+    assert manifest == whole_manifest and len(manifest) == 20
+    for sample_id in manifest:
+        assert torch.equal(resumed.load(sample_id), whole.load(sample_id)), sample_id
+    assert not (resumed.folder / "state").exists()  # only an unfinished pool keeps it
+
+
+def test_each_rank_resumes_its_own_chain_of_state(teacher, tmp_path: Path):
+    """Two ranks (run one after the other here): rank 0 killed after its first batch (batch 0)
+    and resumed; the pool equals the one two uninterrupted ranks make."""
+    plan = pool_plan(N_CLASSES, 3, 5, 20, 30, seed=2)  # 6 batches: rank 0 has 0, 2, 4
+    pools = {name: SyntheticPool(tmp_path / name) for name in ("whole", "resumed")}
+
+    def kill(batch):
+        if batch.index == 0:
+            raise Killed
+
+    for rank in (0, 1):
+        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["whole"], plan, rank,
+                        world_size=2, progress=False)  # fmt: skip
+    with pytest.raises(Killed):
+        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["resumed"], plan, 0,
+                        world_size=2, progress=False, on_batch=kill)  # fmt: skip
+    for rank in (1, 0):
+        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["resumed"], plan, rank,
+                        world_size=2, progress=False)  # fmt: skip
+    manifest = pools["resumed"].merge(plan)
+    assert manifest == pools["whole"].merge(plan)
+    for sample_id in manifest:
+        assert torch.equal(pools["resumed"].load(sample_id), pools["whole"].load(sample_id))
+
+
+def test_a_resume_without_the_saved_state_says_it_is_not_exact(teacher, tmp_path: Path, caplog):
+    plan = pool_plan(N_CLASSES, 2, 5, 20, 30, seed=2)
+    cls, options = CARRY_STATE["frami_fused_views"]
+    pool = SyntheticPool(tmp_path / "pool")
+
+    def kill(batch):
+        if batch.index == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=2, **options), pool, plan,
+                        progress=False, on_batch=kill)  # fmt: skip
+    state_files = sorted((pool.folder / "state").glob("*.pt"))
+    assert [p.name for p in state_files] == ["b000001.pt"]  # the newest batch's state only
+    state_files[0].unlink()  # as in a pool begun before states were saved
+    with caplog.at_level("WARNING", logger="kd_modules.synthesis.pool"):
+        synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=2, **options), pool, plan,
+                        progress=False)  # fmt: skip
+    assert "no synthesiser state for batch 1" in caplog.text
+    assert "differ from an uninterrupted synthesis" in caplog.text
 
 
 def test_pool_merge_refuses_a_missing_batch(tmp_path: Path):
@@ -337,8 +447,14 @@ def test_student_from_frami_samples_above_chance_on_held_back_clips(teacher, sha
     labels = torch.tensor([int(c.stem.split("_")[0]) for c in clips])
     xs, _, _ = synthesise(FRAMI, teacher, batches=3, steps=100)
     torch.manual_seed(0)
-    encoder = Xvector(in_channels=N_MELS, tdnn_blocks=3, tdnn_channels=[32, 32, 64],
-                      tdnn_kernel_sizes=[5, 3, 1], tdnn_dilations=[1, 2, 1], lin_neurons=32)
+    encoder = Xvector(
+        in_channels=N_MELS,
+        tdnn_blocks=3,
+        tdnn_channels=[32, 32, 64],
+        tdnn_kernel_sizes=[5, 3, 1],
+        tdnn_dilations=[1, 2, 1],
+        lin_neurons=32,
+    )
     student = EmbeddingClassifier(encoder, 32, N_CLASSES)  # fmt: skip
     check_distinct(student, teacher)
     optimizer, kd = torch.optim.Adam(student.parameters(), 2e-3), HintonKD(tau=4.0)
