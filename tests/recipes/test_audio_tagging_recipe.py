@@ -75,7 +75,7 @@ def experiment(tmp_path_factory) -> Experiment:
         "bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--data_root", str(tree),
         "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
         "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
-        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 32",
+        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 64",
     ]  # fmt: skip
     proc = run_sh(command)
     assert proc.returncode == 0, explain(proc)
