@@ -21,7 +21,7 @@ env: $(STAMP)
 demo: env
 	cd recipes/sound_classification && ./run.sh --python $(PY) --dataset fsdd \
 		--data_root ../../tests/samples/fsdd/free-spoken-digit-dataset --split seeded \
-		--device cpu --exp_dir exp --data_dir data --augment false
+		--teacher xvector_large --device cpu --exp_dir exp --data_dir data --augment false
 
 test: env lint
 	$(PY) -m pytest -q tests

@@ -19,7 +19,8 @@ folds=""                      # default: the prepared folds, else every official
 methods="kd fitnets sp"       # KD methods (hparams/kd/<method>.yaml): real-data ones go to stage 5,
                               # data-free ones (deepinversion cmi frami_noreuse frami) to stage 6
 students="xvector_small"      # student architectures (hparams/student/<arch>.yaml)
-teacher=xvector_large         # teacher architecture (hparams/teacher/<arch>.yaml)
+teacher=""                    # teacher architecture (hparams/teacher/<arch>.yaml); default: the
+                              # dataset's, with its epochs (below: fsdd cnn 30, urbansound8k ...)
 # shellcheck source=../../tools/kd_options.sh
 . "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 augment=true                  # true | false: every run trains with SpecAugment-style masks; KD
@@ -42,6 +43,21 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD st
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
 check_stage_range 8
 check_choice dataset esc50 urbansound8k audiomnist fsdd
+if [ -z "$teacher" ]; then
+    # Each dataset's default teacher and its epochs, chosen as one that clearly beats the student
+    # alone, measured with 3 student seeds (README.md, "Default teachers"). The epochs are stage
+    # 2's number_of_epochs unless --extra_args or --teacher_args set it. Data-free KD (stage 6)
+    # needs the statistics-pooling teacher: give --teacher xvector_large with those methods.
+    case "$dataset" in
+        fsdd) teacher=cnn teacher_epochs=30 ;;
+        urbansound8k) teacher=xvector_large teacher_epochs=30 ;;
+        esc50 | audiomnist) teacher=xvector_large teacher_epochs=15 ;;  # not measured here
+    esac
+    case " $extra_args $teacher_args " in
+        *" --number_of_epochs "*) ;;
+        *) teacher_args="--number_of_epochs $teacher_epochs${teacher_args:+ $teacher_args}" ;;
+    esac
+fi
 check_choice split official seeded
 check_ints folds 0
 check_choice augment true false

@@ -33,7 +33,8 @@ TIMEOUT_S = 600
 
 def run_sh(tmp: Path, *args: str, epochs: int) -> subprocess.CompletedProcess:
     command = [
-        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--device", "cpu",
+        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
+        "--device", "cpu",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
         "--use_cache", "false", "--extra_args", f"--number_of_epochs {epochs} --num_workers 0",
         *args,

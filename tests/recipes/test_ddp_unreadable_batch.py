@@ -33,7 +33,8 @@ def run_sh(tmp: Path, *args: str, epochs: int = EPOCHS) -> str:
     """Run run.sh; on a hang, SIGTERM its process group (torchrun then stops its workers, which
     run in sessions of their own) and fail. Output goes to a file: a pipe could be held open."""
     command = [
-        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--device", "cpu",
+        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
+        "--device", "cpu",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
         "--use_cache", "false", "--extra_args",
         f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1", *args,

@@ -249,6 +249,7 @@ def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_pa
     stub, log = recorder
     prepared(tmp_path, "fsdd", "seeded", [1])
     common = ["--python", str(stub), "--device", "cpu", "--methods", "kd", "--kd_args", "--tau 2",
+              "--teacher", "xvector_large",
               *folders(tmp_path)]  # fmt: skip
     proc = run_sh(*common, "--stage", "2", "--stop_stage", "5")
     assert proc.returncode == 0, explain(proc)
@@ -389,3 +390,47 @@ def test_standin_sources_reach_make_standin(tmp_path, recorder):
     assert refused(proc).endswith(
         "--standin_librispeech / --standin_vctk are the sources of --standin true: give it too"
     )
+
+
+# ----- issue 16 item 15: each dataset's default teacher ------------------------------------------
+def teacher_command(tmp_path: Path, recorder, *extra: str) -> str:
+    """The stage-2 command run.sh builds for FSDD, with ``extra`` options."""
+    stub, log = recorder
+    if not (tmp_path / "data" / "fsdd").exists():
+        prepared(tmp_path, "fsdd", "seeded", [1])
+    log.unlink(missing_ok=True)
+    proc = run_sh("--python", str(stub), "--stage", "2", "--stop_stage", "2", "--device", "cpu",
+                  *folders(tmp_path), *extra)  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    (teacher,) = commands(log, "train.py")
+    return teacher
+
+
+def test_fsdd_defaults_to_the_cnn_teacher_trained_30_epochs(tmp_path, recorder):
+    teacher = teacher_command(tmp_path, recorder)
+    assert "hparams/teacher/cnn.yaml" in teacher and "/teacher/cnn/none/seed1" in teacher
+    assert teacher.endswith("--number_of_epochs 30")
+
+
+def test_epochs_given_by_the_user_win_over_the_default_teachers(tmp_path, recorder):
+    """--extra_args' number_of_epochs is not overridden by the default (which would come later and
+    win); --teacher_args keep their own; a teacher chosen by name gets no default epochs."""
+    extra = teacher_command(tmp_path, recorder, "--extra_args", "--number_of_epochs 2")
+    assert "hparams/teacher/cnn.yaml" in extra and "--number_of_epochs 30" not in extra
+    own = teacher_command(tmp_path, recorder, "--teacher_args", "--lr 0.001")
+    assert own.endswith("--number_of_epochs 30 --lr 0.001")
+    named = teacher_command(tmp_path, recorder, "--teacher", "xvector_large")
+    assert "hparams/teacher/xvector_large.yaml" in named and "--number_of_epochs" not in named
+
+
+@pytest.mark.parametrize("dataset", ["esc50", "urbansound8k", "audiomnist", "fsdd"])
+def test_every_dataset_has_a_default_teacher_that_exists(tmp_path, recorder, dataset):
+    stub, log = recorder
+    prepared(tmp_path, dataset, "seeded", [1])
+    proc = run_sh("--python", str(stub), "--dataset", dataset, "--stage", "2", "--stop_stage", "2",
+                  "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    (teacher,) = commands(log, "train.py")
+    arch = re.search(r"hparams/teacher/(\w+)\.yaml", teacher).group(1)
+    assert (RECIPE / "hparams" / "teacher" / f"{arch}.yaml").is_file()
+    assert re.search(r"--number_of_epochs [1-9][0-9]*$", teacher)

@@ -93,7 +93,8 @@ def experiment(tmp_path_factory) -> Experiment:
         shutil.copy2(clip, recordings / clip.name)
     exp_dir, data_dir = root / "exp", root / "data"
     command = [
-        "--python", sys.executable, "--dataset", "fsdd", "--data_root", str(root / "fsdd"),
+        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
+        "--data_root", str(root / "fsdd"),
         "--split", "seeded", "--device", "cpu", "--exp_dir", str(exp_dir),
         "--data_dir", str(data_dir), "--extra_args", "--number_of_epochs 2 --num_workers 0",
     ]  # fmt: skip
