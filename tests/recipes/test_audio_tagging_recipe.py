@@ -180,10 +180,14 @@ def test_kd_students_read_the_teacher_cache(experiment: Experiment):
 def test_report_has_the_paper_table_and_the_similarity_figure(experiment: Experiment):
     report = (experiment.exp / "RESULTS.md").read_text()
     assert "## The paper's table" in report and "### student crnn" in report
-    table = report.split("### student crnn")[1]
+    table, headline = report.split("### student crnn")[1].split("The paper's headline figure")
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["none", *METHODS]  # header, then every method in the paper's order
-    assert "(iusp vs sp, coarse micro-AUPRC)" in table and "27.1 %–122.4 %" in table
+    pairs = [tuple(cell.strip() for cell in line.split("|")[1:3])
+             for line in headline.splitlines() if line.startswith("| ")]  # fmt: skip
+    assert pairs == [("methods", "micro-AUPRC"), ("IUSP vs SP", "coarse"), ("IUSP vs SP", "fine"),
+                     ("KD+IUSP vs KD+SP", "coarse"), ("KD+IUSP vs KD+SP", "fine")]  # fmt: skip
+    assert "27.1 %–122.4 %" in headline
     assert (experiment.exp / "frame_similarity.png").read_bytes()[:8] == PNG_MAGIC
     assert "curves.png" in {p.name for p in experiment.run_dir(*RUNS[1]).iterdir()}
 

@@ -4,9 +4,11 @@
 
 Appends to ``--out`` (after the generic table of ``python -m kd_modules.results``): one table per
 student architecture, rows = methods, columns = coarse and fine micro-AUPRC, macro-AUPRC and
-micro-F1 (mean ± std over seeds, %), params and MACs; then the headline figure of the IUSP paper,
-``(ΔIUSP − ΔSP) / ΔSP`` with ``Δ = micro-AUPRC(method) − micro-AUPRC(student alone)`` (means over
-seeds), next to the paper's 27.1 %–122.4 %, and the same for KD+IUSP against KD+SP. With
+micro-F1 (mean ± std over seeds, %), params and MACs; then, per student, the table of the IUSP
+paper's headline figure: ΔSP, ΔIUSP and ``(ΔIUSP − ΔSP)/ΔSP`` with
+``Δ = micro-AUPRC(method) − micro-AUPRC(student alone)`` (means over seeds), for IUSP against SP
+and KD+IUSP against KD+SP at each level, beside the paper's 27.1 %–122.4 % (a footnote explains
+the ratio left undefined when ΔSP ≤ 0). With
 ``--figure`` it also draws, for one validate clip, the T×T frame-similarity matrices (the ``frames``
 layer, as IUSP compares them) of the teacher and of each student, side by side.
 """
@@ -56,33 +58,65 @@ def table(methods: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def relative_gain(methods: dict[str, list[dict]], better: str, base: str, level: str) -> str:
-    """``(Δbetter − Δbase) / Δbase`` in %, Δ against the student alone (means over seeds)."""
-    key = f"{level}_micro_auprc"
-    if not {"none", better, base} <= set(methods):
-        return "–"
-    mean = {m: statistics.mean(run["metrics"][key] for run in methods[m]) for m in methods}
-    delta_better, delta_base = mean[better] - mean["none"], mean[base] - mean["none"]
-    figure = f"Δ{better} {100 * delta_better:+.2f}, Δ{base} {100 * delta_base:+.2f} points"
-    if delta_base <= 0:
-        return f"undefined ({figure}: Δ{base} ≤ 0)"
-    return f"{100 * (delta_better - delta_base) / delta_base:+.1f} % ({figure})"
+GAIN_PAIRS = (("iusp", "sp", "IUSP vs SP"), ("kd_iusp", "kd_sp", "KD+IUSP vs KD+SP"))
+GAIN_HEADER = ["methods", "micro-AUPRC", "ΔSP (points)", "ΔIUSP (points)", "(ΔIUSP − ΔSP)/ΔSP"]
+UNDEFINED = "undefined ¹"
+GAIN_CAPTION = (
+    "The paper's headline figure: Δ = micro-AUPRC(method) − micro-AUPRC(student alone), means "
+    "over seeds, in points (ΔSP and ΔIUSP are those of KD+SP and KD+IUSP on the KD rows); the "
+    f"paper reports (ΔIUSP − ΔSP)/ΔSP of {PAPER_RANGE}."
+)
+UNDEFINED_NOTE = (
+    "¹ undefined: ΔSP ≤ 0, SP did not improve on the student alone, so there is no SP gain for "
+    "(ΔIUSP − ΔSP)/ΔSP to be a fraction of (it would divide by zero or flip sign); compare ΔSP "
+    "and ΔIUSP directly."
+)
+
+
+def mean_delta(methods: dict[str, list[dict]], method: str, key: str) -> float | None:
+    """Δ of ``method`` on metric ``key``: its mean over seeds minus the student alone's, or None
+    when either has no run."""
+    if method not in methods or "none" not in methods:
+        return None
+    mean = {m: statistics.mean(run["metrics"][key] for run in methods[m]) for m in (method, "none")}
+    return mean[method] - mean["none"]
+
+
+def gain_cells(delta_iusp: float | None, delta_sp: float | None) -> list[str]:
+    """ΔSP and ΔIUSP in points and ``(ΔIUSP − ΔSP)/ΔSP`` in % ("–" where a method has no run,
+    UNDEFINED where ΔSP ≤ 0)."""
+    points = ["–" if d is None else f"{100 * d:+.2f}" for d in (delta_sp, delta_iusp)]
+    if delta_iusp is None or delta_sp is None:
+        return [*points, "–"]
+    if delta_sp <= 0:
+        return [*points, UNDEFINED]
+    return [*points, f"{100 * (delta_iusp - delta_sp) / delta_sp:+.1f} %"]
+
+
+def gain_table(methods: dict[str, list[dict]]) -> list[str]:
+    """The headline figure of one student as Markdown lines: the caption, a row per pair of
+    methods and level (coarse, fine), and the footnote when a ratio is undefined."""
+    header = ["| " + " | ".join(GAIN_HEADER) + " |", "|" + "---|" * len(GAIN_HEADER)]
+    lines = [GAIN_CAPTION, "", *header]
+    for better, base, name in GAIN_PAIRS:
+        for level in ("coarse", "fine"):
+            key = f"{level}_micro_auprc"
+            cells = gain_cells(mean_delta(methods, better, key), mean_delta(methods, base, key))
+            lines.append("| " + " | ".join([name, level, *cells]) + " |")
+    if any(UNDEFINED in line for line in lines):
+        lines += ["", UNDEFINED_NOTE]
+    return lines
 
 
 def paper_tables(runs: list[dict]) -> str:
-    """The paper's table per student size, with the headline figure under each."""
+    """The paper's table per student size, with the headline figure's table under each."""
     groups = group_runs(runs)
     parts = []
     for (role, arch), methods in sorted(groups.items(), key=lambda item: item[0][0] != "teacher"):
         parts.append(f"### {role} {arch}\n")
         parts += table(methods)
         if role == "student":
-            parts.append("")
-            for better, base in (("iusp", "sp"), ("kd_iusp", "kd_sp")):
-                for level in ("coarse", "fine"):
-                    gain = relative_gain(methods, better, base, level)
-                    parts.append(f"- ({better} vs {base}, {level} micro-AUPRC): {gain}")
-            parts.append(f"- the paper: IUSP beats SP by {PAPER_RANGE} of SP's gain")
+            parts += ["", *gain_table(methods)]
         parts.append("")
     return "\n".join(parts)
 
