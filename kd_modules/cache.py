@@ -6,8 +6,9 @@ clips, so a KD run must read entries per item and never load the cache whole.
 Layout of ``<root>/<key>/`` (the key hashes everything that changes the stored outputs, see
 :func:`cache_key`):
 
-- ``shard-r<rank>-<n>.safetensors``: up to ``shard_size`` utterances, written atomically
-  (temporary file, then rename) by the rank that computed them. Tensors are named
+- ``shard-r<rank>-<n>.safetensors``: the utterances a rank finished, written atomically
+  (temporary file, then rename) when ``shard_size`` of them wait or ``shard_seconds`` have
+  passed since the rank's last shard, whichever comes first. Tensors are named
   ``<utt_id>/<view>/<output>`` (the output names of the teacher: ``logits``, ``embedding``,
   tapped features...), stored in ``dtype`` (half precision by default) with their own unpadded
   frames, plus ``<utt_id>/<view>/__params__``: the augmentation parameters of that view
@@ -22,10 +23,13 @@ cache can be shared without executing code). numpy memmaps would need a hand-mad
 variable-length entries; HDF5 files are not safe to write from several processes or to kill
 mid-write.
 
-A build killed mid-way keeps every finished shard and resumes after them (it loses at most one
-shard per rank). With top-k storage (``topk`` > 0) only the k largest logits of each view are kept
-(values and class indices, as CED does); reading fills the other classes with the k-th largest
-value, which over-estimates the tail: use it for many-class tasks (AudioSet, VoxCeleb).
+A build killed mid-way keeps every finished shard and resumes after them: it loses at most one
+shard per rank, about ``shard_seconds`` of its compute (a minute by default, plus the batch in
+flight) whatever the size of the dataset (a 108-utterance set never fills a 256-utterance shard).
+
+With top-k storage (``topk`` > 0) only the k largest logits of each view are kept (values and
+class indices, as CED does); reading fills the other classes with the k-th largest value, which
+over-estimates the tail: use it for many-class tasks (AudioSet, VoxCeleb).
 """
 
 from __future__ import annotations
@@ -34,14 +38,18 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from kd_modules.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ PARAMS = "__params__"
 TOPK_VALUES, TOPK_INDICES = "__topk_values__", "__topk_indices__"
 META = "meta.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SHARD_SECONDS = 60.0  # a shard is written at least this often: a kill loses at most this much
 
 
 def cache_key(
@@ -94,10 +103,27 @@ def check_deterministic_inputs(random_settings: dict) -> None:
 
 
 class ShardWriter:
-    """Collects finished utterances and writes them as atomic safetensors shards of one rank."""
+    """Collects finished utterances and writes them as atomic safetensors shards of one rank.
 
-    def __init__(self, folder: Path, rank: int, shard_size: int, dtype: str, topk: int = 0) -> None:
+    A shard is written when ``shard_size`` utterances wait or when ``shard_seconds`` have passed
+    (on ``clock``, seconds) since the last one, whichever comes first: by count, shards stay few
+    on a fast teacher; by time, a slow one (integrated gradients) or a small set still writes one
+    every ``shard_seconds``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        rank: int,
+        shard_size: int,
+        dtype: str,
+        topk: int = 0,
+        shard_seconds: float = SHARD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.folder, self.rank, self.shard_size = folder, rank, shard_size
+        self.shard_seconds, self.clock = shard_seconds, clock
+        self.last_flush = clock()
         self.dtype, self.topk = DTYPES[dtype], topk
         self.pending: dict[str, torch.Tensor] = {}
         self.ids: list[str] = []
@@ -127,7 +153,8 @@ class ShardWriter:
                 self.pending[prefix + name] = value.contiguous().clone()
             self.pending[prefix + PARAMS] = params.to(torch.long).contiguous()
         self.ids.append(utt_id)
-        if len(self.ids) >= self.shard_size:
+        due = self.clock() - self.last_flush >= self.shard_seconds
+        if due or len(self.ids) >= self.shard_size:
             self.flush()
 
     def flush(self) -> None:
@@ -141,6 +168,7 @@ class ShardWriter:
         os.replace(tmp, target)
         self.index += 1
         self.pending, self.ids = {}, []
+        self.last_flush = self.clock()
 
 
 def stored_ids(folder: Path) -> dict[str, Path]:
@@ -299,7 +327,8 @@ def _length_buckets(
 
 def build_teacher_cache(
     teacher: Callable[[torch.Tensor, torch.Tensor], dict],
-    examples: Iterable[tuple[str, torch.Tensor]],
+    ids: Sequence[str],
+    load: Callable[[str], torch.Tensor],
     views: Callable[[list[tuple[str, int, torch.Tensor, object]]], tuple[torch.Tensor, list]],
     make_view: Callable[[str, torch.Tensor, int], tuple[torch.Tensor, object]],
     folder: str | Path,
@@ -307,23 +336,26 @@ def build_teacher_cache(
     n_views: int = 1,
     batch_size: int = 16,
     shard_size: int = 256,
+    shard_seconds: float = SHARD_SECONDS,
     dtype: str = "float16",
     topk: int = 0,
     rank: int = 0,
-    progress: Callable[[Iterable], Iterable] = lambda it: it,
+    progress: Callable[..., Any] = progress_bar,
     barrier: Callable[[], None] = lambda: None,
     targets: Callable[[list[str]], torch.Tensor] | None = None,
 ) -> Path:
-    """Run the teacher over every view of every example and store its outputs.
+    """Run the teacher over every view of every utterance and store its outputs.
 
-    ``examples`` yields this rank's share of ``(utt_id, waveform (S,))``, sorted by length for the
-    best batching; an empty waveform marks an unreadable clip (recorded in ``meta.json``, which
-    KD runs consult to skip it). ``make_view`` cuts a view's waveform and returns its draw state;
-    ``views(batch)`` turns a batch of same-length views into the teacher's input features
-    ``(B, T, F)`` (front end + masks) and each view's parameter vector. Utterances already in a
-    finished shard are skipped, so a killed build resumes; ``meta.json`` is written by rank 0
-    after ``barrier()`` once all ranks are done. A finished cache is returned at once. With
-    ``targets`` (utterance ids -> their classes ``(B,)``) the teacher is called as
+    ``ids`` is this rank's share of the utterances, sorted by length for the best batching;
+    ``load(utt_id)`` reads one waveform ``(S,)``, empty for an unreadable clip (recorded in
+    ``meta.json``, which KD runs consult to skip it). ``make_view`` cuts a view's waveform and
+    returns its draw state; ``views(batch)`` turns a batch of same-length views into the
+    teacher's input features ``(B, T, F)`` (front end + masks) and each view's parameter vector.
+    Utterances already in a finished shard are skipped without being read, so a killed build
+    resumes where its last shard ended; ``progress(total=, initial=, desc=, unit=)`` (a
+    :func:`~kd_modules.progress.progress_bar`) counts utterances from those. ``meta.json`` is
+    written by rank 0 after ``barrier()`` once all ranks are done. A finished cache is returned
+    at once. With ``targets`` (utterance ids -> their classes ``(B,)``) the teacher is called as
     ``teacher(feats, lens, targets)``, for teachers whose outputs depend on the true class.
     """
     folder = Path(folder)
@@ -334,52 +366,66 @@ def build_teacher_cache(
     for stale in folder.glob(".shard-*.tmp"):  # left by a build killed while writing
         logger.info("Removing %s, left by an interrupted cache build", stale)
         stale.unlink()
-    done = set(stored_ids(folder))
-    if done:
-        logger.info("Teacher cache %s: %d utterances stored already, resuming", folder, len(done))
-    writer = ShardWriter(folder, rank, shard_size, dtype, topk)
+    stored = set(stored_ids(folder))
+    todo = [utt for utt in ids if utt not in stored]
+    if len(todo) < len(ids):
+        logger.info("Teacher cache %s: resuming: %d of %d utterances already cached",
+                    folder, len(ids) - len(todo), len(ids))  # fmt: skip
+    writer = ShardWriter(folder, rank, shard_size, dtype, topk, shard_seconds)
+    bar = progress(total=len(ids), initial=len(ids) - len(todo),
+                   desc=f"teacher cache (rank {rank})", unit="utt")  # fmt: skip
     unreadable: list[str] = []
 
     def readable():
-        for utt, sig in examples:
+        for utt in todo:
+            sig = load(utt)
             if sig.numel() == 0:
                 unreadable.append(utt)
-            elif utt not in done:
+                bar.update(1)
+            else:
                 yield utt, sig
 
     finished: dict[str, list] = {}
-    for batch in progress(_length_buckets(readable(), n_views, make_view, batch_size)):
-        feats, params = views(batch)
-        lens = torch.ones(feats.shape[0], device=feats.device)
-        if targets is None:
-            outputs = teacher(feats, lens)
-        else:
-            outputs = teacher(feats, lens, targets([utt for utt, *_ in batch]).to(feats.device))
-        for row, (utt_id, view, _, _) in enumerate(batch):
-            entry = {name: value[row] for name, value in outputs.items()}
-            views_of = finished.setdefault(utt_id, [None] * n_views)
-            views_of[view] = (entry, params[row])
-            if all(v is not None for v in views_of):
-                writer.add(utt_id, finished.pop(utt_id))
+    with bar:
+        for batch in _length_buckets(readable(), n_views, make_view, batch_size):
+            feats, params = views(batch)
+            lens = torch.ones(feats.shape[0], device=feats.device)
+            if targets is None:
+                outputs = teacher(feats, lens)
+            else:
+                classes = targets([utt for utt, *_ in batch]).to(feats.device)
+                outputs = teacher(feats, lens, classes)
+            for row, (utt_id, view, _, _) in enumerate(batch):
+                entry = {name: value[row] for name, value in outputs.items()}
+                views_of = finished.setdefault(utt_id, [None] * n_views)
+                views_of[view] = (entry, params[row])
+                if all(v is not None for v in views_of):
+                    writer.add(utt_id, finished.pop(utt_id))
+                    bar.update(1)
     writer.flush()
     (folder / f"unreadable-r{rank}.json").write_text(json.dumps(unreadable))
     barrier()
     if rank == 0:
-        files = folder.glob("unreadable-r*.json")
-        skipped = sorted(utt for file in files for utt in json.loads(file.read_text()))
-        meta = {
-            **settings,
-            **_stored_outputs(folder),
-            "unreadable": skipped,
-            "n_views": n_views,
-            "dtype": dtype,
-            "topk": topk,
-            "utterances": len(stored_ids(folder)),
-        }
-        tmp = folder / f".{META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, folder / META)
+        _write_meta(folder, settings, n_views, dtype, topk)
     return folder
+
+
+def _write_meta(folder: Path, settings: dict, n_views: int, dtype: str, topk: int) -> None:
+    """``meta.json``, written last (atomically): the store is finished and may be served."""
+    files = folder.glob("unreadable-r*.json")
+    skipped = sorted(utt for file in files for utt in json.loads(file.read_text()))
+    meta = {
+        **settings,
+        **_stored_outputs(folder),
+        "unreadable": skipped,
+        "n_views": n_views,
+        "dtype": dtype,
+        "topk": topk,
+        "utterances": len(stored_ids(folder)),
+    }
+    tmp = folder / f".{META}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, folder / META)
 
 
 def _stored_outputs(folder: Path) -> dict:

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from kd_modules.dataio import (
     AudioReadError,
     audio_info,
@@ -26,6 +24,7 @@ from kd_modules.dataio import (
     sox_available,
     verify_audio,
 )
+from kd_modules.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +79,17 @@ def convert_clips(
 
     ``destination`` None (or ``backend`` None) only checks the source. Returns, per clip in
     order, ``(duration_s, None)`` for a usable clip or ``(None, reason)`` for an unreadable one.
+    A progress bar counts the clips (on stderr; lines every 30 s when it is a log).
     """
     jobs = [(src, None if backend is None else dst, sample_rate, backend) for src, dst in clips]
     workers = max(1, min(4, os.cpu_count() or 1))
     with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
         return list(
-            tqdm(
+            progress_bar(
                 pool.imap(_process_clip, jobs, chunksize=8),
                 total=len(jobs),
                 desc="checking" if backend is None else "converting",
-                disable=None,
+                unit="clip",
             )
         )
 

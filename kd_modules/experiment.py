@@ -39,6 +39,7 @@ from typing import Any
 
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.dataio import write_json_atomic
+from kd_modules.hparams import OneLineError
 from kd_modules.outputs import file_sha256
 from kd_modules.teacher import IntegratedTeacher, Teacher
 
@@ -55,8 +56,22 @@ class FolderBusyError(RuntimeError):
     """Another live process holds the folder's lock."""
 
 
-class RunRecordMismatch(RuntimeError):
-    """A run folder was trained on other data (or from another teacher) than asked now."""
+class RunRecordMismatch(OneLineError, RuntimeError):
+    """A run folder was trained on other data (or from another teacher), or a pool synthesised
+    with other settings, than asked now."""
+
+
+# How a refused record is worded, by what the folder holds: its name, how it differs, the way out.
+MISMATCH_WORDING = {
+    "run": ("run folder", "was trained on other data or from another teacher than this command "
+            "uses", "Refusing to resume, evaluate or report it on this data: train into another "
+            "folder (run.sh --exp_dir, or a tag in the experiment folder name), or delete the "
+            "folder to retrain it."),
+    "pool": ("pool", "was synthesised with other settings or from another teacher than this "
+             "command's", "Delete the folder (and the students distilled on it) to synthesise "
+             "it again, run with the old settings, or use another experiment folder (run.sh "
+             "--exp_dir)."),
+}  # fmt: skip
 
 
 class UnfinishedTeacherError(RuntimeError):
@@ -122,21 +137,40 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(before, dict) and isinstance(after, dict):
             lines += _differences(before, after, f"{prefix}{key}.")
         elif before != after:
-            if isinstance(before, str) and len(before) == 64:  # a hash: say so, briefly
-                lines.append(f"{prefix}{key} changed (sha256 {before[:8]} -> {str(after)[:8]})")
-            else:
-                lines.append(f"{prefix}{key}: {before!r} -> {after!r}")
+            lines.append(_change(f"{prefix}{key}", before, after))
     return lines
 
 
-def check_run_record(folder: str | Path, record: dict, contents_exist: bool = False) -> None:
+def _change(name: str, before: Any, after: Any) -> str:
+    """``name: before -> after``, short: a hash by its first 8 digits, a long list (a pool's
+    plan) by its lengths or its first differing entry, any other value cut to 60 characters."""
+    if isinstance(before, str) and len(before) == 64:
+        return f"{name} changed (sha256 {before[:8]} -> {str(after)[:8]})"
+    if isinstance(before, list) and isinstance(after, list) and len(repr([before, after])) > 80:
+        if len(before) != len(after):
+            return f"{name}: {len(before)} -> {len(after)} entries"
+        index = next(i for i, (a, b) in enumerate(zip(before, after)) if a != b)
+        return _change(f"{name}[{index}]", before[index], after[index])
+    return f"{name}: {_short(before)} -> {_short(after)}"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def check_run_record(
+    folder: str | Path, record: dict, contents_exist: bool = False, what: str = "run"
+) -> None:
     """Write ``folder/run_record.json`` on a run's first start; refuse any other record later.
 
     ``record`` is e.g. ``{"data": data_record(...), "teacher_fingerprint": ...}``; a key whose
     value is None is not checked (evaluation loads no teacher). A mismatch raises
-    :class:`RunRecordMismatch` naming each difference and the way out. ``contents_exist`` says
-    the folder already holds results (e.g. synthetic samples): without a record their origin is
-    unknown, so they are refused rather than trusted.
+    :class:`RunRecordMismatch`, one line naming each difference (old -> new) and the way out,
+    worded for ``what`` the folder holds (a key of ``MISMATCH_WORDING``: ``run``, ``pool``).
+    ``contents_exist`` says the folder already holds results (e.g. synthetic samples): without a
+    record their origin is unknown, so they are refused rather than trusted.
     """
     path = Path(folder) / RUN_RECORD
     if not path.is_file():
@@ -153,12 +187,8 @@ def check_run_record(folder: str | Path, record: dict, contents_exist: bool = Fa
     old = {key: old.get(key) for key in new}
     differences = _differences(old, new)
     if differences:
-        raise RunRecordMismatch(
-            f"The run folder {folder} was trained on other data or from another teacher than "
-            f"this command uses ({'; '.join(differences)}). Refusing to resume, evaluate or "
-            "report it on this data: train into another folder (run.sh --exp_dir, or a tag in "
-            "the experiment folder name), or delete the folder to retrain it."
-        )
+        noun, how, way_out = MISMATCH_WORDING[what]
+        raise RunRecordMismatch(f"The {noun} {folder} {how} ({'; '.join(differences)}). {way_out}")
 
 
 class SessionClock:
@@ -522,25 +552,60 @@ def common_results(
 # ----- stage 3: the teacher cache ----------------------------------------------------------------
 
 
-def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dict]) -> Path:
+CACHE_KEYS = ("cache_", "check_cache:")  # how the cache stage's top-level YAML lines begin
+
+
+def cache_stage_help(argv: list[str], common_yaml: str | Path | None = None) -> str:
+    """``cache_teacher.py --help``: the usage and the YAML lines (value and comment) of every cache
+    setting of the composition given before ``--help`` (else of ``common_yaml``), so the shard
+    size and interval are found where the stage is run, not only in the YAML."""
+    from kd_modules.hparams import compose_yaml
+
+    files = [arg for arg in argv if arg.endswith((".yaml", ".yml"))]
+    files = files or ([common_yaml] if common_yaml is not None else [])
+    script = Path(sys.argv[0]).name
+    lines = [
+        f"usage: {script} common.yaml ARCH.yaml KD.yaml [--key value ...]",
+        "Stage 3, the teacher cache: takes the arguments of a KD run of train.py. Override any",
+        "YAML key as --key value (e.g. --cache_shard_seconds 30); SpeechBrain's run options",
+        "(--device, ...) work as in train.py.",
+    ]
+    if not files:
+        return "\n".join([*lines, "Give the composition before --help to list its cache keys."])
+    keys = [line for line in compose_yaml(files).splitlines() if line.startswith(CACHE_KEYS)]
+    where = ", ".join(str(file) for file in files)
+    return "\n".join([*lines, f"Cache settings (from {where}):", *(f"  {k}" for k in keys)])
+
+
+def run_cache_stage(
+    argv: list[str] | None,
+    dataio_prepare: Callable[[dict], dict],
+    common_yaml: str | Path | None = None,
+) -> Path:
     """A recipe's stage-3 main: run the frozen teacher once over ``cache_views`` seeded views of
     every training clip and store its outputs and tapped features where KD runs with
     ``use_teacher_cache`` look for them; under torchrun each rank computes its share and writes
     its own shards. With ``check_cache`` N > 0 it then re-runs the live teacher on N random
     cached clips and fails loudly on any difference. Takes the arguments of a KD run of
-    train.py (hparams ``view_replay``, ``cache_batch_size``, ``cache_shard_size``, ``cache_dtype``,
-    ``cache_topk``, ``check_cache``)."""
+    train.py (hparams ``view_replay``, ``cache_batch_size``, ``cache_shard_size``,
+    ``cache_shard_seconds``, ``cache_dtype``, ``cache_topk``, ``check_cache``); ``--help`` lists
+    them (:func:`cache_stage_help`: those of ``common_yaml`` when no composition is given)."""
+    import functools
     import random
 
     import speechbrain as sb
     import torch.distributed as dist
     from speechbrain.utils.distributed import if_main_process
-    from tqdm import tqdm
 
     from kd_modules.cache import TeacherCache, build_teacher_cache
     from kd_modules.hparams import load_composed, parse_recipe_arguments
+    from kd_modules.progress import progress_bar
     from kd_modules.replay import verify_cache
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(cache_stage_help(argv, common_yaml))
+        raise SystemExit(0)
     files, run_opts, overrides = parse_recipe_arguments(argv)
     hparams = load_composed(files, overrides)
     if hparams["method"] == "none":
@@ -560,10 +625,6 @@ def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dic
     def signal(utt: str):
         return dataset[position[utt]]["sig"]
 
-    def examples():  # this rank's share, shortest first: same-length views batch together
-        for utt in order[rank::world]:
-            yield utt, signal(utt)
-
     settings = {
         "feature_settings": hparams["feature_settings"],
         "teacher_taps": hparams["teacher_taps"],
@@ -574,13 +635,13 @@ def run_cache_stage(argv: list[str] | None, dataio_prepare: Callable[[dict], dic
     }
     views = lambda batch: replay.features(batch, device)  # noqa: E731
     with folder_lock(folder, what="teacher cache folder", name=f"{LOCK_NAME}-r{rank}"):
-        build_teacher_cache(
-            teacher, examples(), views, replay.make_view, folder, settings,
+        build_teacher_cache(  # this rank's share, shortest first: same-length views batch
+            teacher, order[rank::world], signal, views, replay.make_view, folder, settings,
             n_views=replay.n_views, batch_size=hparams["cache_batch_size"],
-            shard_size=hparams["cache_shard_size"], dtype=hparams["cache_dtype"],
+            shard_size=hparams["cache_shard_size"],
+            shard_seconds=hparams["cache_shard_seconds"], dtype=hparams["cache_dtype"],
             topk=hparams["cache_topk"], rank=rank,
-            progress=lambda it: tqdm(it, desc=f"teacher cache (rank {rank})", unit="batch",
-                                     disable=not if_main_process()),
+            progress=functools.partial(progress_bar, disable=not if_main_process()),
             barrier=dist.barrier if distributed else lambda: None,
             targets=teacher_targets(hparams, dataset),
         )  # fmt: skip

@@ -21,8 +21,17 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 
-class HparamsError(ValueError):
+class OneLineError(Exception):
+    """An error whose message tells the user what is wrong and the way out, in one line:
+    :func:`run_main` prints it as it is, no traceback, and exits with ``exit_status``."""
+
+    exit_status = 1
+
+
+class HparamsError(OneLineError, ValueError):
     """An override the composed YAML cannot take; the message is one line, meant as it is."""
+
+    exit_status = 2  # a usage error
 
 
 def compose_yaml(files: list[str | Path]) -> str:
@@ -156,13 +165,14 @@ def _expected_type(default: object, value: object) -> str | None:
 
 
 def run_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
-    """Run a recipe script's ``main(argv)``; an ``HparamsError`` ends the process with its one-line
-    message on stderr and exit status 2 (a usage error: a traceback would add nothing)."""
+    """Run a recipe script's ``main(argv)``; a :class:`OneLineError` ends the process with its
+    one-line message on stderr and its exit status (2 for an ``HparamsError``, a usage error; 1
+    for a run folder that refuses the command): a traceback would add nothing."""
     try:
         main(argv)
-    except HparamsError as err:
+    except OneLineError as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(err.exit_status) from None
 
 
 def write_composed(files: list[str | Path], path: str | Path) -> Path:

@@ -35,7 +35,7 @@ from kd_modules.cache import ShardWriter, TeacherCache, build_teacher_cache  # n
 def write_synthetic_store(folder: Path, size: int, shard_size: int) -> float:
     """A finished store of ``size`` utterances of random outputs; returns its size in GB."""
     folder.mkdir(parents=True, exist_ok=True)
-    writer = ShardWriter(folder, rank=0, shard_size=shard_size, dtype="float16")
+    writer = ShardWriter(folder, 0, shard_size, "float16", shard_seconds=float("inf"))  # by count
     generator = torch.Generator().manual_seed(0)
     block = torch.randn(64, 300, 80, generator=generator)  # reused: writing, not randomness
     for index in range(size):
@@ -99,7 +99,7 @@ def build_throughput(rounds: int, clips: int) -> dict:
     policy = AugmentPolicy(random_crop=True, crop_samples=32000, spec_masks=True)
     replay = ViewReplay(policy, lambda w, lens: normalize(fbank(w), lens), seed=1, n_views=1)
     audio = sorted((SHARED_DATA / "urbansound8k" / "UrbanSound8K" / "audio").rglob("*.flac"))
-    examples = [(p.stem, read_audio(p, 16000)) for p in audio[:clips]]
+    signals = {p.stem: read_audio(p, 16000) for p in audio[:clips]}
     results = {}
     for batch_size in (16, 1):
         times = []
@@ -108,11 +108,11 @@ def build_throughput(rounds: int, clips: int) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
             start = time.perf_counter()
             build_teacher_cache(
-                teacher, examples, replay.features, replay.make_view, folder, {},
-                batch_size=batch_size,
+                teacher, list(signals), signals.__getitem__, replay.features, replay.make_view,
+                folder, {}, batch_size=batch_size,
             )  # fmt: skip
             times.append(time.perf_counter() - start)
-        results[batch_size] = len(examples) / statistics.median(times)
+        results[batch_size] = len(signals) / statistics.median(times)
     return {"batched_clips_per_s": results[16], "single_clips_per_s": results[1],
             "speed_up": results[16] / results[1]}  # fmt: skip
 

@@ -97,7 +97,7 @@ def build_pool(hparams: dict, run_opts: dict, teacher, valid_set) -> SyntheticPo
     rank, world = rank_and_world()
     main = if_main_process()
     with folder_lock(folder, "synthetic pool") if main else contextlib.nullcontext():
-        run_on_main(check_run_record, args=[folder, record, pool.started()])
+        run_on_main(check_run_record, args=[folder, record, pool.started(), "pool"])
         if not pool.complete(plan):
             with SessionClock(folder) if main else contextlib.nullcontext():
                 synthesize_pool(synthesizer, pool, plan, rank, world, progress=main)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from train import dataio_prepare
 
@@ -21,4 +22,5 @@ from kd_modules.hparams import run_main
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")
-    run_main(lambda argv: print(run_cache_stage(argv, dataio_prepare)), sys.argv[1:])
+    common = Path(__file__).resolve().parent / "hparams" / "common.yaml"
+    run_main(lambda argv: print(run_cache_stage(argv, dataio_prepare, common)), sys.argv[1:])

@@ -24,11 +24,11 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.utils.distributed import if_main_process
-from tqdm import tqdm
 
 from kd_modules.brains.distill import unwrap_module
 from kd_modules.experiment import common_results
 from kd_modules.hparams import run_main
+from kd_modules.progress import progress_bar
 from kd_modules.results import write_results
 from kd_modules.verification import (
     normalised_scores,
@@ -46,12 +46,13 @@ SPLITS = ("train", "valid", "test")
 @torch.no_grad()
 def embed(brain, dataset, batch_size: int, desc: str) -> dict[str, torch.Tensor]:
     """Utterance id -> embedding ``(E,)`` (CPU, float32) of every readable item of ``dataset``,
-    from the Brain's model in eval mode on the clean features."""
+    from the Brain's model in eval mode on the clean features; a progress bar (batches done of
+    the total, ETA) goes to stderr, as lines every 30 s when stderr is a log."""
     model = unwrap_module(brain.modules.model).eval()
     collate = brain.hparams.eval_dataloader_options["collate_fn"]
     loader = make_dataloader(dataset, batch_size=batch_size, collate_fn=collate)
     embeddings = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not sys.stderr.isatty()):
+    for batch in progress_bar(loader, desc=desc, unit="batch"):
         batch = batch.to(brain.device)
         wavs, lens = batch.sig
         if wavs.numel() == 0:

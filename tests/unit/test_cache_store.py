@@ -7,17 +7,32 @@ of every clip has the same length and the build can batch them.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import math
+import os
 import random
+import subprocess
+import sys
+from functools import partial
 
 import pytest
 import torch
-from conftest import FSDD_CLIPS, RECIPE
+from conftest import FSDD_CLIPS, RECIPE, REPO
+from safetensors import safe_open
 
 from kd_modules.augment import AugmentPolicy, epoch_view, mix
-from kd_modules.cache import TeacherCache, build_teacher_cache, cache_key, stored_ids
+from kd_modules.cache import (
+    ShardWriter,
+    TeacherCache,
+    build_teacher_cache,
+    cache_key,
+    stored_ids,
+)
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
+from kd_modules.progress import progress_bar
 from kd_modules.replay import CacheMismatchError, ViewReplay, verify_cache
 from kd_modules.teacher import Teacher
 
@@ -50,14 +65,16 @@ def setup():
     return {"teacher": teacher, "replay": replay, "signals": signals, "hparams": hparams}
 
 
-def build(setup, folder, **kwargs):
-    settings = {"names_of": "test"}
-    options = {"n_views": VIEWS, "batch_size": 8, "shard_size": 5, "dtype": "float32", **kwargs}
-    examples = kwargs.pop("examples", None) or list(setup["signals"].items())
-    options.pop("examples", None)
+def build(setup, folder, examples=None, load=None, teacher=None, **kwargs):
+    """Cache ``examples`` ((utt_id, waveform) pairs, default every clip) read by ``load`` (default
+    a dict lookup); shards by count only (5 clips) unless ``shard_seconds`` is given."""
+    examples = dict(setup["signals"] if examples is None else examples)
+    options = {"n_views": VIEWS, "batch_size": 8, "shard_size": 5, "shard_seconds": math.inf,
+               "dtype": "float32", **kwargs}  # fmt: skip
     return build_teacher_cache(
-        setup["teacher"], examples, setup["replay"].features, setup["replay"].make_view,
-        folder, settings, **options,
+        teacher or setup["teacher"], list(examples), load or examples.__getitem__,
+        setup["replay"].features, setup["replay"].make_view, folder, {"names_of": "test"},
+        **options,
     )  # fmt: skip
 
 
@@ -114,19 +131,28 @@ def test_replayed_student_input_is_the_teachers_view(setup, tmp_path):
     replay.epoch = 1
 
 
+class Killed(Exception):
+    """A kill of the build, raised from inside it."""
+
+
+def killed_after(signals: dict, count: int):
+    """A ``load`` that reads ``count`` clips, then is killed."""
+    calls = iter(range(count + 1))
+
+    def load(utt_id: str) -> torch.Tensor:
+        if next(calls) == count:
+            raise Killed
+        return signals[utt_id]
+
+    return load
+
+
 def test_killed_build_resumes_and_keeps_finished_shards(setup, tmp_path):
     folder = tmp_path / "c"
     examples = list(setup["signals"].items())
 
-    class Killed(Exception):
-        pass
-
-    def killed_after(count):
-        yield from examples[:count]
-        raise Killed
-
     with pytest.raises(Killed):
-        build(setup, folder, examples=killed_after(11), batch_size=1)
+        build(setup, folder, load=killed_after(dict(examples), 11), batch_size=1)
     shards = sorted(folder.glob("shard-*.safetensors"))
     assert len(shards) == 2 and len(stored_ids(folder)) == 10  # 2 shards of 5; 1 clip lost
     with pytest.raises(FileNotFoundError, match="No finished teacher cache"):
@@ -135,6 +161,85 @@ def test_killed_build_resumes_and_keeps_finished_shards(setup, tmp_path):
     build(setup, folder, examples=examples)
     assert [shard.stat().st_mtime_ns for shard in shards] == mtimes, "finished shards kept"
     assert len(TeacherCache(folder)) == N_CLIPS
+
+
+def test_shards_are_written_by_count_or_by_time_whichever_first(tmp_path):
+    """Issue 16 item 5: a slow teacher or a small set still writes a shard every shard_seconds."""
+    now = [0.0]
+    writer = ShardWriter(tmp_path, 0, shard_size=4, dtype="float32", shard_seconds=60.0,
+                         clock=lambda: now[0])  # fmt: skip
+    outputs = {"logits": torch.arange(4.0)}
+    for index, seconds in enumerate([10.0, 50.0, 61.0, 70.0, 80.0, 90.0, 100.0]):
+        now[0] = seconds
+        writer.add(f"u{index}", [(outputs, torch.zeros(1))])
+    shards = [json.loads(safe_open(str(p), "pt").metadata()["ids"])
+              for p in sorted(tmp_path.glob("shard-*"))]  # fmt: skip
+    assert shards == [["u0", "u1", "u2"], ["u3", "u4", "u5", "u6"]]  # by time, then by count
+    now[0] = 170.0
+    writer.add("u7", [(outputs, torch.zeros(1))])  # 70 s after the last shard
+    assert len(list(tmp_path.glob("shard-*"))) == 3 and not writer.ids
+
+
+def killed_teacher(teacher, batches: int):
+    """The teacher, killed when it is asked for its ``batches + 1``-th batch."""
+    calls = iter(range(batches + 1))
+
+    def run(feats, lens):
+        if next(calls) == batches:
+            raise Killed
+        return teacher(feats, lens)
+
+    return run
+
+
+def test_time_sharded_build_killed_keeps_its_shards_and_resumes_to_the_same_cache(
+    setup, tmp_path, caplog
+):
+    """Issue 16 items 5 and 6: the default shard (256 clips) is never full on a small set, so a
+    kill kept nothing; with shards written by time (here after every finished clip) the kill
+    keeps them, the resumed bar counts from them, and the cache equals an uninterrupted one."""
+    options = {"batch_size": 1, "shard_size": 256}  # one view a batch: 3 batches a clip
+    whole = TeacherCache(build(setup, tmp_path / "whole", **options))
+    folder = tmp_path / "c"
+    with pytest.raises(Killed):
+        build(setup, folder, teacher=killed_teacher(setup["teacher"], 8), shard_seconds=0.0,
+              **options)  # fmt: skip
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    first = list(setup["signals"])[:2]  # 8 batches: 2 clips and 2 of the third one's 3 views
+    assert len(shards) == 2 and sorted(stored_ids(folder)) == sorted(first)
+    mtimes = [shard.stat().st_mtime_ns for shard in shards]
+    log = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="kd_modules.cache"):
+        build(setup, folder, shard_seconds=0.0,
+              progress=partial(progress_bar, file=log, log_interval_s=0), **options)  # fmt: skip
+    assert f"resuming: 2 of {N_CLIPS} utterances already cached" in caplog.text
+    assert [shard.stat().st_mtime_ns for shard in shards] == mtimes, "finished shards kept"
+    lines = log.getvalue().splitlines()
+    assert f"2/{N_CLIPS} " in lines[0] and f"{N_CLIPS}/{N_CLIPS} " in lines[-1]
+    assert len(list(folder.glob("shard-*"))) == N_CLIPS  # many small shards: all read back
+    resumed = TeacherCache(folder, max_open=2)
+    assert sorted(resumed.index) == sorted(whole.index)
+    for utt_id in setup["signals"]:
+        for view in range(VIEWS):
+            got, got_params = resumed.read(utt_id, view)
+            want, want_params = whole.read(utt_id, view)
+            assert torch.equal(got_params, want_params)
+            for name, value in want.items():  # SpeechBrain's statistics pooling adds noise
+                torch.testing.assert_close(got[name], value, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging",
+                                    "speaker_verification"])  # fmt: skip
+def test_cache_stage_help_lists_the_shard_settings(recipe):
+    folder = REPO / "recipes" / recipe
+    proc = subprocess.run(
+        [sys.executable, "cache_teacher.py", "--help"], cwd=folder, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    keys = {line.split(":")[0].strip() for line in proc.stdout.splitlines() if ": " in line}
+    assert {"cache_shard_size", "cache_shard_seconds", "cache_batch_size"} <= keys, proc.stdout
+    assert f"from {folder / 'hparams' / 'common.yaml'}" in proc.stdout
 
 
 def test_ranks_write_their_own_shards(setup, tmp_path):

@@ -197,9 +197,10 @@ def test_placeholder_with_the_teacher_cache_uses_zeros_not_the_missing_ids(bad_s
         for batch in bad_setup["good_single"] + bad_setup["bad_single"]
         if not batch.placeholder
     ] + [("0_truncated", torch.zeros(0)), ("1_missing", torch.zeros(0))]
+    signals = dict(examples)
     folder = build_teacher_cache(
-        bad_setup["teacher"], examples, replay.features, replay.make_view,
-        bad_setup["root"] / "cache", {},
+        bad_setup["teacher"], list(signals), signals.__getitem__, replay.features,
+        replay.make_view, bad_setup["root"] / "cache", {},
     )  # fmt: skip
     cache = TeacherCache(folder)
     assert len(cache) == len(bad_setup["good_single"])  # the bad clips are not cached

@@ -161,9 +161,11 @@ def test_cache_reproduces_live_teacher(setup):
     assert replay.n_views == 1
     examples = [(item["id"], item["sig"]) for item in datasets["train"]]
     key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
+    signals = dict(examples)
     folder = build_teacher_cache(
-        teacher, examples, replay.features, replay.make_view, out / key, {}, batch_size=4
-    )
+        teacher, list(signals), signals.__getitem__, replay.features, replay.make_view,
+        out / key, {}, batch_size=4,
+    )  # fmt: skip
     cache = TeacherCache(folder)
     assert len(cache) == len(datasets["train"])
     for utt_id, sig in examples[:3]:

@@ -307,22 +307,25 @@ def test_cache_build_killed_mid_split_leaves_no_finished_cache(teacher, tmp_path
     examples = [(item["id"], item["sig"]) for item in recipe_train.dataio_prepare(hparams)["train"]]
     replay = hparams["view_replay"]
 
-    def build(items):
+    signals = dict(examples)
+
+    def build(ids, load=signals.__getitem__):
         return build_teacher_cache(
-            model, items, replay.features, replay.make_view, folder, {}, shard_size=4
+            model, ids, load, replay.features, replay.make_view, folder, {}, shard_size=4
         )
 
-    def killed_midway():
-        yield from examples[:6]
-        raise Interrupt("killed while caching")
+    def killed_midway(utt_id):
+        if utt_id == examples[6][0]:
+            raise Interrupt("killed while caching")
+        return signals[utt_id]
 
     folder = tmp_path / "cache"
     with pytest.raises(Interrupt):
-        build(killed_midway())
+        build(list(signals), killed_midway)
     (folder / ".shard-r0-000001.safetensors.1234abcd.tmp").write_bytes(b"half a shard")
     with pytest.raises(FileNotFoundError, match="No finished teacher cache"):
         TeacherCache(folder)
-    build(examples[:6])  # resumes: keeps the finished shard, drops the half-written one
+    build([utt for utt, _ in examples[:6]])  # resumes: keeps the finished shard, drops the tmp
     assert not list(folder.glob("*.tmp"))
     with pytest.raises(KeyError, match="lacks 34 of the 40 utterances"):
         TeacherCache(folder).check_covers(data / "train.json")
@@ -343,3 +346,37 @@ def test_checkpoint_half_written_by_a_kill_is_never_loaded(teacher, tmp_path):
     assert checkpointer.recover_if_possible().path == good.path
     checkpointer.save_and_keep_only(meta={"accuracy": 0.6}, max_keys=["accuracy"])
     assert not partial.exists(), "the next save removes the half-written checkpoint"
+
+
+# ----- issue 16, item 9: stage 6 again with other synthesis settings ----------------------------
+def test_a_pool_asked_with_other_settings_stops_in_one_line(teacher, data, tmp_path, capsys,
+                                                            monkeypatch):  # fmt: skip
+    """synthesize.py once with 2 inversion steps, then with 3: one line on stderr naming the
+    change and the way out, exit status 1, no traceback (was: a RunRecordMismatch traceback
+    saying the pool was "trained on other data or from another teacher")."""
+    from conftest import load_module
+
+    from kd_modules.hparams import run_main
+
+    synthesize = load_module("sound_classification_synthesize", RECIPE / "synthesize.py")
+    pool = tmp_path / "pool"
+    args = [
+        str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
+        str(HP / "synthesis/deepinversion.yaml"), str(HP / "kd/deepinversion.yaml"),
+        "--data_folder", str(data), "--output_folder", str(tmp_path / "student"),
+        "--exp_root", str(tmp_path), "--n_classes", "10", "--num_workers", "0",
+        "--device", "cpu", "--noprogressbar", "--teacher_folder", str(teacher),
+        "--pool_folder", str(pool), "--samples_per_class", "1", "--synthesis_batch_size", "10",
+        "--min_frames", "20", "--max_frames", "30", "--number_of_epochs", "1",
+        "--skip_test", "True",
+    ]  # fmt: skip
+    synthesize.main([*args, "--synthesis_steps", "2"])
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["synthesize.py"])
+    with pytest.raises(SystemExit) as stop:
+        run_main(synthesize.main, [*args, "--synthesis_steps", "3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and "Traceback" not in err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"synthesize.py: The pool {pool} was synthesised with other settings")
+    assert "(synthesizer.steps: 2 -> 3)" in err and "Delete the folder" in err

@@ -490,3 +490,46 @@ def test_a_pool_without_its_record_is_refused_not_trusted(tmp_path: Path):
     (pool.folder / "run_record.json").unlink()
     with pytest.raises(RunRecordMismatch, match="holds results but no run_record.json"):
         check_run_record(pool.folder, {"teacher_fingerprint": "a"}, pool.started())
+
+
+def pool_record(
+    teacher, steps: int, samples_per_class: int, min_frames: int = 20, batch_size: int = 5
+) -> dict:
+    """The record synthesize.py keeps with a FRAMI pool (its teacher, settings and plan)."""
+    settings = FRAMI(teacher, N_MELS, N_CLASSES, steps=steps).settings()
+    plan = pool_plan(N_CLASSES, samples_per_class, batch_size, min_frames, 30)
+    plan = [[b.index, list(b.targets), b.frames, b.seed] for b in plan]
+    return {"teacher_fingerprint": "a", "synthesizer": settings, "plan": plan}
+
+
+def named_changes(error: Exception) -> str:
+    """The changes a refused pool record names (between the parentheses of the message)."""
+    return str(error).split("than this command's (", 1)[1].split("). Delete the folder", 1)[0]
+
+
+def test_a_pool_made_with_other_settings_names_each_change_and_the_way_out(tmp_path: Path):
+    from kd_modules.experiment import RunRecordMismatch, check_run_record
+
+    teacher, folder = tiny_xvector().eval(), tmp_path / "pool"
+    check_run_record(folder, pool_record(teacher, 30, 2), what="pool")
+    with pytest.raises(RunRecordMismatch) as error:
+        check_run_record(folder, pool_record(teacher, 120, 2), what="pool")
+    assert str(error.value) == (
+        f"The pool {folder} was synthesised with other settings or from another teacher than "
+        "this command's (synthesizer.steps: 30 -> 120). Delete the folder (and the students "
+        "distilled on it) to synthesise it again, run with the old settings, or use another "
+        "experiment folder (run.sh --exp_dir)."
+    )
+    with pytest.raises(RunRecordMismatch) as error:  # the plan: how it changed, briefly
+        check_run_record(folder, pool_record(teacher, 30, 4), what="pool")
+    assert named_changes(error.value) == "plan: 4 -> 8 entries"
+    with pytest.raises(RunRecordMismatch) as error:
+        check_run_record(folder, pool_record(teacher, 30, 2, min_frames=29), what="pool")
+    changes = named_changes(error.value)  # the first batch that differs: index, targets, ...
+    assert changes.startswith("plan[0]: [0, [0, 1, 2, 3, 4], ") and len(changes) < 100, changes
+    other = tmp_path / "pool_of_batches_of_10"
+    check_run_record(other, pool_record(teacher, 30, 2, batch_size=10), what="pool")
+    with pytest.raises(RunRecordMismatch) as error:  # a long entry: its first differing item
+        check_run_record(other, pool_record(teacher, 30, 2, 29, batch_size=10), what="pool")
+    changes = named_changes(error.value)
+    assert changes.startswith("plan[0][2]: ") and len(changes) < 30, changes

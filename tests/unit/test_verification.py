@@ -3,13 +3,18 @@ AS-norm, the cohort, EER / minDCF by a brute-force threshold sweep, trial and sc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import numpy as np
 import pytest
 import torch
+from conftest import FSDD_CLIPS, SPEAKER_VERIFICATION, load_module
+from speechbrain.dataio.dataset import DynamicItemDataset
 
+from kd_modules.dataio import audio_pipeline
+from kd_modules.hparams import load_composed
 from kd_modules.verification import (
     STD_FLOOR,
     as_norm,
@@ -239,3 +244,26 @@ def test_normalisation_argument_errors():
         normalised_scores(embeddings, trials, cohort, "asnorm", top_k=1)
     with pytest.raises(ValueError, match="labels must be 0 or 1, with both target and non-target"):
         verification_metrics([1, 1], [0.2, 0.3])
+
+
+def test_verify_embedding_bar_has_a_total_in_a_log(tmp_path, capsys):
+    """Issue 16 item 6: stage 7's embedding loop shows done/total on stderr that is not a terminal
+    (a nohup log), where its bar used to be switched off; real FSDD speech, the tiny ECAPA."""
+    train = load_module("speaker_verification_train", SPEAKER_VERIFICATION / "train.py")
+    verify = load_module("speaker_verification_verify", SPEAKER_VERIFICATION / "verify.py")
+    hp = SPEAKER_VERIFICATION / "hparams"
+    hparams = load_composed(
+        [hp / "common.yaml", hp / "student/ecapa_tiny.yaml", hp / "kd/none.yaml"],
+        {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "run"), "n_speakers": 4},
+    )
+    clips = sorted(FSDD_CLIPS.glob("*.flac"))[:5]
+    manifest = tmp_path / "test.json"
+    manifest.write_text(json.dumps({clip.stem: {"wav": str(clip)} for clip in clips}))
+    dataset = DynamicItemDataset.from_json(
+        manifest, dynamic_items=[audio_pipeline(16000)], output_keys=["id", "sig"]
+    )
+    brain = train.make_brain(hparams, {"device": "cpu"}, checkpoints=False)
+    embeddings = verify.embed(brain, dataset, batch_size=2, desc="test embeddings")
+    assert sorted(embeddings) == sorted(clip.stem for clip in clips)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "test embeddings" in line]
+    assert "0/3 " in lines[0] and "3/3 " in lines[-1], lines  # 5 clips in batches of 2
