@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import speechbrain as sb
 import torch
-import torch.nn.functional as F
 from speechbrain.utils.Accuracy import AccuracyStats
 
 from kd_modules.brains.distill import DistillBrain
 from kd_modules.dataio import is_placeholder
+from kd_modules.models.ensemble import classification_loss
 
 
 class ClassificationBrain(DistillBrain):
@@ -65,10 +65,10 @@ class ClassificationBrain(DistillBrain):
         mixing = self.mixing if stage == sb.Stage.TRAIN else None
         targets = batch.label_id.data.reshape(-1)  # (B,): never 0-d, even for one clip
         smoothing = getattr(self.hparams, "label_smoothing", 0.0)
-        loss = F.cross_entropy(student["logits"], targets, label_smoothing=smoothing)
+        loss = classification_loss(student, targets, smoothing)  # an ensemble's: per member
         if mixing is not None:
             lam, perm = mixing
-            mixed = F.cross_entropy(student["logits"], targets[perm], label_smoothing=smoothing)
+            mixed = classification_loss(student, targets[perm], smoothing)
             loss = lam * loss + (1.0 - lam) * mixed
         if is_placeholder(batch):
             return self.placeholder_loss(loss, student, teacher, lens, targets)

@@ -1,6 +1,7 @@
 """Architectures shared by recipes. Every model returns a dict of named outputs."""
 
 from kd_modules.models.classifier import EmbeddingClassifier
+from kd_modules.models.ensemble import Ensemble, classification_loss
 from kd_modules.models.pooling import FiniteStatisticsPooling, use_finite_statistics_pooling
 from kd_modules.models.speaker import SpeakerEmbeddingModel
 from kd_modules.models.tagger import CNNTagger, ConvLSTMTagger
@@ -9,7 +10,9 @@ __all__ = [
     "CNNTagger",
     "ConvLSTMTagger",
     "EmbeddingClassifier",
+    "Ensemble",
     "FiniteStatisticsPooling",
     "SpeakerEmbeddingModel",
+    "classification_loss",
     "use_finite_statistics_pooling",
 ]
