@@ -78,7 +78,13 @@ def test_front_end_counts_and_normalises_each_clips_own_frames(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arch_file", ["teacher/xvector_large.yaml", "teacher/cnn.yaml", "student/xvector_small.yaml"]
+    "arch_file",
+    [
+        "teacher/xvector_large.yaml",
+        "teacher/cnn.yaml",
+        "teacher/ensemble.yaml",
+        "student/xvector_small.yaml",
+    ],
 )
 def test_model_outputs_in_a_padded_batch_equal_each_clip_alone(tmp_path, monkeypatch, arch_file):
     """Eval mode, BatchNorm statistics from a few training passes on the same real clips.
