@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kd_modules.dataio import write_json_atomic
-from kd_modules.experiment import RUN_RECORD, data_record
 from kd_modules.outputs import OUTPUT_RECORD, output_checksums
+from kd_modules.provenance import data_record
+from kd_modules.run_folder import RUN_RECORD
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,35 +30,6 @@ REQUIRED_FIELDS = (
 )  # fmt: skip
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries a result depends on."""
-    import speechbrain
-    import torch
-    import torchaudio
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchaudio": torchaudio.__version__,
-        "speechbrain": speechbrain.__version__,
-    }
-
-
-def git_commit(path: str | Path = ".") -> str:
-    """The repository's HEAD commit (with ``+dirty`` for local changes), or ``unknown``."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=path, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def write_results(path: str | Path, results: dict) -> None:

@@ -31,21 +31,23 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.dataio import read_json
 from kd_modules.experiment import (
-    SessionClock,
     build_brain,
-    check_run_record,
     end_distributed,
     experiment_folder,
-    file_sha256,
-    folder_lock,
     load_teacher,
-    run_record,
     train_run,
+)
+from kd_modules.hparams import run_main
+from kd_modules.outputs import file_sha256
+from kd_modules.provenance import run_record
+from kd_modules.results import write_results
+from kd_modules.run_folder import (
+    SessionClock,
+    check_run_record,
+    folder_lock,
     training_status,
     training_wall_time_s,
 )
-from kd_modules.hparams import run_main
-from kd_modules.results import write_results
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
 from kd_modules.synthesis.figures import REAL_EXAMPLES
 

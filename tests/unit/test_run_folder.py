@@ -19,17 +19,16 @@ from conftest import RECIPE, write_fsdd_manifests
 from kd_modules.brains import ClassificationBrain
 from kd_modules.cache import TeacherCache, build_teacher_cache
 from kd_modules.checkpoints import COMPLETE, Checkpointer
-from kd_modules.experiment import (
+from kd_modules.experiment import UnfinishedTeacherError, load_teacher
+from kd_modules.hparams import load_composed
+from kd_modules.results import other_teacher_runs, results_table, stale_data_runs
+from kd_modules.run_folder import (
     FolderBusyError,
     RunRecordMismatch,
     SessionClock,
-    UnfinishedTeacherError,
     folder_lock,
-    load_teacher,
     training_wall_time_s,
 )
-from kd_modules.hparams import load_composed
-from kd_modules.results import other_teacher_runs, results_table, stale_data_runs
 from kd_modules.teacher import Teacher
 
 HP = RECIPE / "hparams"
@@ -157,7 +156,7 @@ def test_second_run_in_a_locked_folder_stops_naming_the_holder(data, tmp_path, r
     out = tmp_path / "busy"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom kd_modules.experiment import folder_lock\n"
+         "import sys, time\nfrom kd_modules.run_folder import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
          str(out)],  # fmt: skip
         cwd=REPO,
@@ -235,7 +234,7 @@ def test_resumed_epoch_logs_term_means_of_the_whole_epoch(data, tmp_path, recipe
 
 def test_wall_time_counts_a_session_killed_by_sigkill(tmp_path):
     code = (
-        "import os, signal, sys, time\nfrom kd_modules.experiment import SessionClock\n"
+        "import os, signal, sys, time\nfrom kd_modules.run_folder import SessionClock\n"
         "with SessionClock(sys.argv[1], heartbeat_s=0.1):\n"
         "    time.sleep(1.5)\n    os.kill(os.getpid(), signal.SIGKILL)"
     )
@@ -257,8 +256,8 @@ def test_wall_time_of_a_training_killed_by_sigkill_is_the_time_it_ran(data, tmp_
     args = train_args(data, out, "student/xvector_small.yaml", "none", "--number_of_epochs", "100",
                       "--skip_test", "True")  # fmt: skip
     code = (
-        "import runpy, sys\nimport kd_modules.experiment as experiment\n"
-        "experiment.HEARTBEAT_S = 0.2\nsys.argv = sys.argv[1:]\n"
+        "import runpy, sys\nimport kd_modules.run_folder as run_folder\n"
+        "run_folder.HEARTBEAT_S = 0.2\nsys.argv = sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')"
     )
     proc = subprocess.Popen(

@@ -478,7 +478,7 @@ def test_student_from_frami_samples_above_chance_on_held_back_clips(teacher, sha
 
 def test_a_pool_without_its_record_is_refused_not_trusted(tmp_path: Path):
     """Samples of unknown origin (no run_record.json) are never reused as the run's pool."""
-    from kd_modules.experiment import RunRecordMismatch, check_run_record
+    from kd_modules.run_folder import RunRecordMismatch, check_run_record
 
     plan = pool_plan(2, 1, 2, 5, 5)
     pool = SyntheticPool(tmp_path / "pool")
@@ -508,7 +508,7 @@ def named_changes(error: Exception) -> str:
 
 
 def test_a_pool_made_with_other_settings_names_each_change_and_the_way_out(tmp_path: Path):
-    from kd_modules.experiment import RunRecordMismatch, check_run_record
+    from kd_modules.run_folder import RunRecordMismatch, check_run_record
 
     teacher, folder = tiny_xvector().eval(), tmp_path / "pool"
     check_run_record(folder, pool_record(teacher, 30, 2), what="pool")
