@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hyperpyyaml import load_hyperpyyaml
 
-from kd_modules.losses import LOSSES, DecoupledKD, HintonKD, build_loss
+from kd_modules.losses import DecoupledKD, HintonKD
 
 
 def logits(z) -> dict[str, torch.Tensor]:
@@ -121,10 +123,15 @@ def test_dkd_half_inputs_give_float32_close_to_float32(dtype):
     torch.testing.assert_close(autocast, reference, rtol=1e-6, atol=0)
 
 
-def test_dkd_built_by_name_with_its_keys():
-    loss = build_loss("dkd", alpha=0.5, beta=2.0, tau=1.0, key="speaker_logits")
-    assert LOSSES["dkd"] is DecoupledKD and isinstance(loss, DecoupledKD)
-    assert (loss.alpha, loss.beta, loss.tau, loss.key) == (0.5, 2.0, 1.0, "speaker_logits")
+def test_dkd_yaml_builds_the_enskd_setting_its_comment_names():
+    """hparams/kd/dkd.yaml with ``--dkd_beta 2 --tau 1`` (ENSKD's speaker setting) builds
+    DecoupledKD(alpha 1, beta 2, tau 1) on the logits, weighted by dkd_weight."""
+    yaml = Path(__file__).parents[2] / "recipes/speaker_verification/hparams/kd/dkd.yaml"
+    overrides = {"teacher_folder": "unused", "dkd_beta": 2.0, "tau": 1.0}
+    hparams = load_hyperpyyaml(yaml.read_text(), overrides)
+    loss = hparams["kd_losses"]["dkd"]
+    assert isinstance(loss, DecoupledKD) and hparams["kd_weights"] == {"dkd": 1.0}
+    assert (loss.alpha, loss.beta, loss.tau, loss.key) == (1.0, 2.0, 1.0, "logits")
 
 
 def test_dkd_error_messages():

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import kd_modules.losses
 from kd_modules.losses import (
     IUSP,
-    LOSSES,
     DecoupledKD,
     EmbeddingKD,
     FitNetsHint,
@@ -134,8 +134,14 @@ CASES = {
 }
 
 
-def test_every_registered_loss_has_a_case():
-    assert {type(CASES[name]()[0]) for name in CASES} == set(LOSSES.values())
+def test_every_kd_loss_the_package_exports_has_a_case():
+    """Every KDLoss class ``kd_modules.losses`` offers a YAML (``!new:kd_modules.losses.X``)."""
+    exported = {
+        value
+        for value in vars(kd_modules.losses).values()
+        if isinstance(value, type) and issubclass(value, KDLoss) and value is not KDLoss
+    }
+    assert {type(CASES[name]()[0]) for name in CASES} == exported
 
 
 # Class ids of the 16 clips of the logit cases (DKD needs them; every other loss ignores them).
