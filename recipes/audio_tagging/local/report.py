@@ -9,8 +9,11 @@ paper's headline figure: ΔSP, ΔIUSP and ``(ΔIUSP − ΔSP)/ΔSP`` with
 ``Δ = micro-AUPRC(method) − micro-AUPRC(student alone)`` (means over seeds), for IUSP against SP
 and KD+IUSP against KD+SP at each level, beside the paper's 27.1 %–122.4 % (a footnote explains
 the ratio left undefined when ΔSP ≤ 0). With
-``--figure`` it also draws, for one validate clip, the T×T frame-similarity matrices (the ``frames``
-layer, as IUSP compares them) of the teacher and of each student, side by side.
+``--figure`` it also draws, for the first clip of the test split (the release's validate), the
+T×T frame-similarity matrices G of the ``frames`` layer as IUSP compares them (each pooled to
+the fewest frames, the teacher's) of the teacher and of each student alone, with SP and with
+IUSP, side by side: one colour scale and bar, frames (with their hop in ms) on both axes, each
+panel titled with its model, the title naming the clip, the dataset and the runs' seed.
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ import argparse
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from kd_modules.losses import IUSP
+from kd_modules.losses.base import pool_time
 from kd_modules.results import _count, _mean_std, collect, stale_data_runs
 from kd_modules.teacher import Teacher, preserved_random_state
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHOD_ORDER = ("none", "kd", "sp", "iusp", "kd_sp", "kd_iusp", "fitnets")
 COLUMNS = [(f"{level}_{name}", f"{level} {label}") for level in ("coarse", "fine")
@@ -123,6 +132,19 @@ def paper_tables(runs: list[dict]) -> str:
 
 # ----- the frame-similarity figure --------------------------------------------------------------
 
+FIGURE_METHODS = {"none": "alone", "sp": "SP", "iusp": "IUSP"}  # the students drawn, as titled
+SIMILARITY_LABEL = "G[t, t′]: QQᵀ, rows L2-normalised\n(values in [−1, 1])"
+Q_NOTE = "Q: the frames × features of the frames layer"
+
+
+@dataclass
+class Panel:
+    """One matrix of the figure: its title, the seed of its run and its frames ``(T, D)``."""
+
+    title: str
+    seed: int
+    frames: torch.Tensor
+
 
 def similarity(frames: torch.Tensor) -> torch.Tensor:
     """IUSP's G of one clip: ``row_l2_normalise(Q Qᵀ)`` of its frames ``(T, D)`` -> ``(T, T)``."""
@@ -136,57 +158,96 @@ def clip_frames(run_dir: Path, feats: torch.Tensor) -> torch.Tensor:
     return model(feats, torch.ones(1))["frames"][0]
 
 
-def clip_features(teacher_dir: Path, wav: str) -> torch.Tensor:
-    """The clean features ``(1, T, F)`` of one clip through the teacher run's own front end."""
+def run_hparams(run_dir: Path) -> dict:
+    """A run's saved ``hyperparams.yaml``, loaded without reseeding the caller."""
     from hyperpyyaml import load_hyperpyyaml
 
+    with open(run_dir / "hyperparams.yaml") as stream, preserved_random_state():
+        return load_hyperpyyaml(stream)
+
+
+def clip_features(hparams: dict, wav: str) -> torch.Tensor:
+    """The clean features ``(1, T, F)`` of one clip through a run's own front end."""
     from kd_modules.dataio import read_audio
 
-    with open(teacher_dir / "hyperparams.yaml") as stream, preserved_random_state():
-        hparams = load_hyperpyyaml(stream)
     rate = hparams["sample_rate"]
     sig = read_audio(wav, rate)[None, : int(hparams["max_duration_s"] * rate)]
     return hparams["front_end"](sig, torch.ones(1))
 
 
-def draw_similarities(runs: list[dict], png: Path) -> Path | None:
-    """Teacher and students (alone, SP, IUSP; first seed) on the first validate clip."""
-    from matplotlib.figure import Figure
-
-    teachers = [run for run in runs if run["role"] == "teacher"]
+def figure_runs(runs: list[dict]) -> list[tuple[str, dict]]:
+    """(title, run) of the panels: the teacher, then each student arch alone, with SP and with
+    IUSP, the first seed of each (empty when there is no teacher run)."""
+    teachers = sorted((run for run in runs if run["role"] == "teacher"), key=lambda r: r["seed"])
     if not teachers:
-        return None
-    teacher_dir = Path(teachers[0]["run_dir"])
-    manifest = json.loads(Path(teachers[0]["data_files"]["manifests"]["test"]).read_text())
-    clip = manifest[sorted(manifest)[0]]
-    feats = clip_features(teacher_dir, clip["wav"])
-    panels = [("teacher " + teachers[0]["arch"], teacher_dir)]
+        return []
     students = sorted(
-        (
-            run
-            for run in runs
-            if run["role"] == "student" and run["method"] in ("none", "sp", "iusp")
-        ),
+        (run for run in runs if run["role"] == "student" and run["method"] in FIGURE_METHODS),
         key=lambda run: (run["arch"], METHOD_ORDER.index(run["method"]), run["seed"]),
     )
-    seen = set()
+    chosen = {}
     for run in students:
-        if (run["arch"], run["method"]) not in seen:
-            seen.add((run["arch"], run["method"]))
-            panels.append((f"{run['arch']} {run['method']}", Path(run["run_dir"])))
-    frames = {name: clip_frames(folder, feats) for name, folder in panels}
-    teacher_frames = frames[panels[0][0]]
+        chosen.setdefault((run["arch"], run["method"]), run)
+    panels = [(f"teacher {teachers[0]['arch']}", teachers[0])]
+    for (arch, method), run in chosen.items():
+        panels.append((f"student {arch}, {FIGURE_METHODS[method]}", run))
+    return panels
+
+
+def seeds_text(panels: list[Panel]) -> str:
+    """``seed 1`` (or ``seeds 1, 2``): the seeds of the runs drawn."""
+    seeds = sorted({panel.seed for panel in panels})
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def similarity_figure(panels: list[Panel], hop_ms: float, clip: str, dataset: str) -> Figure:
+    """A ``Figure`` of the panels' G side by side, the first (the teacher) the reference.
+
+    Every panel's frames are average-pooled to the fewest frames among them, as IUSP pools the
+    longer of teacher and student, so all matrices are T×T on one time grid of
+    ``hop_ms × (feature frames // T)`` ms and on one colour scale (smallest to largest value
+    shown; rows of unit L2 norm make values shrink as T grows, so only equal T compare). Each
+    title gives the model, its own frame count and its IUSP loss to the teacher.
+    """
+    from matplotlib.figure import Figure
+
+    length = min(panel.frames.shape[0] for panel in panels)
+    pooled = [pool_time(panel.frames[None], length)[0] for panel in panels]
+    matrices = [similarity(frames).numpy() for frames in pooled]
+    low, high = min(g.min() for g in matrices), max(g.max() for g in matrices)
     distance = IUSP("frames")
-    fig = Figure(figsize=(2.6 * len(panels), 3), layout="constrained")
-    for axis, (name, _) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        axis.imshow(similarity(frames[name]).numpy(), cmap="viridis")  # own scale per panel
-        d = distance({"frames": frames[name][None]}, {"frames": teacher_frames[None]})
-        axis.set_title(f"{name}\nT={frames[name].shape[0]}, IUSP to teacher {float(d):.4f}",
-                       fontsize=8)  # fmt: skip
-        axis.set_xticks([]), axis.set_yticks([])
-    fig.suptitle(f"Frame similarity G (T×T, frames layer), clip {clip['audio_filename']}")
-    fig.savefig(png, dpi=80)
-    return png
+    fig = Figure(figsize=(2.4 * len(panels) + 1.2, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0]
+    for axis, panel, frames, g in zip(axes, panels, pooled, matrices):
+        image = axis.imshow(g, cmap="viridis", vmin=low, vmax=high)
+        own = panel.frames.shape[0]
+        count = f"{own}" if own == length else f"{own}→{length}"
+        d = distance({"frames": frames[None]}, {"frames": pooled[0][None]})
+        loss = "" if panel is panels[0] else f"\nIUSP loss to teacher {float(d):.4f}"
+        axis.set_title(f"{panel.title}\n{count} frames{loss}", fontsize=8, loc="left")
+        axis.set_xlabel(f"frame t′ ({hop_ms:g} ms)", fontsize=8)
+    axes[0].set_ylabel(f"frame t ({hop_ms:g} ms)", fontsize=8)
+    fig.colorbar(image, ax=list(axes), shrink=0.9).set_label(SIMILARITY_LABEL, fontsize=8)
+    heading = f"Frame similarity G of the frames layer, as IUSP compares them ({Q_NOTE})"
+    fig.suptitle(f"{heading}\n{dataset}, clip {clip} (test split), {seeds_text(panels)}")
+    return fig
+
+
+def draw_similarities(runs: list[dict]) -> Figure | None:
+    """The figure of the teacher and the students (alone, SP, IUSP; first seed) on the first
+    test clip, through the teacher's front end (None when there is no teacher run)."""
+    chosen = figure_runs(runs)
+    if not chosen:
+        return None
+    teacher = chosen[0][1]
+    manifest = json.loads(Path(teacher["data_files"]["manifests"]["test"]).read_text())
+    clip = manifest[sorted(manifest)[0]]
+    hparams = run_hparams(Path(teacher["run_dir"]))
+    feats = clip_features(hparams, clip["wav"])
+    panels = [Panel(title, run["seed"], clip_frames(Path(run["run_dir"]), feats))
+              for title, run in chosen]  # fmt: skip
+    hop_ms = hparams["hop_length"] * (feats.shape[1] // min(p.frames.shape[0] for p in panels))
+    return similarity_figure(panels, hop_ms, clip["audio_filename"], teacher["dataset"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"Refusing to report runs trained on other data: {', '.join(stale)}")
     text = "\n## The paper's table (DCASE 2019 Task 5 metrics on validate, %)\n\n"
     text += paper_tables(runs)
-    if args.figure and draw_similarities(runs, Path(args.figure)):
+    fig = draw_similarities(runs) if args.figure else None
+    if fig is not None:
+        fig.savefig(args.figure, dpi=80)
         text += f"\n![frame similarity]({Path(args.figure).name})\n"
     with open(args.out, "a") as f:
         f.write(text)
