@@ -1,13 +1,12 @@
 """What every recipe's ``train.py`` needs around its Brain, written once for all recipes.
 
-- :func:`require_finished_teacher` / :func:`load_teacher_side`: the frozen teacher (refused while
-  its training is unfinished, unless the user says so), and its cache when the run uses one.
 - :func:`run_experiment`: a recipe's ``train.py`` main (lock, run record, train, evaluate), given
   a :class:`Recipe` (its data pipeline, Brain and results writer); :func:`evaluate_best` and
   :func:`common_results` give every results.json its checkpoint, cost and provenance fields.
 
 The run folder's lock, record and clock are ``kd_modules.run_folder``'s; what a run is trained
-on (data hashes, git commit, versions) is ``kd_modules.provenance``'s.
+on (data hashes, git commit, versions) is ``kd_modules.provenance``'s; the frozen teacher of a KD
+run and its cache are ``kd_modules.teacher``'s (:func:`~kd_modules.teacher.load_teacher_side`).
 
 The recipe's hparams follow one contract: ``method``, ``teacher_folder``, ``teacher_taps``,
 ``teacher_selection`` (``{max_key: ...}`` or ``{min_key: ...}``), ``use_teacher_cache``,
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
+from kd_modules.cache import TeacherCache
 from kd_modules.provenance import git_commit, manifest_files, run_record, versions
 from kd_modules.run_folder import (
     LOCK_NAME,
@@ -40,87 +39,15 @@ from kd_modules.run_folder import (
     training_status,
     training_wall_time_s,
 )
-from kd_modules.teacher import IntegratedTeacher, Teacher
+from kd_modules.teacher import (
+    fingerprint_module,
+    load_teacher,
+    load_teacher_side,
+    teacher_cache_folder,
+    teacher_targets,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class UnfinishedTeacherError(RuntimeError):
-    """A KD stage was asked to learn from a teacher whose training has not finished."""
-
-
-def require_finished_teacher(teacher_folder: str | Path, allow_unfinished: bool) -> None:
-    """Refuse (``UnfinishedTeacherError``) a teacher whose training has not finished.
-
-    A teacher killed during its epoch 2 of 3 still has its epoch-1 checkpoint: distilling from it
-    silently would give students of a teacher that is about to change.
-    """
-    status = training_status(teacher_folder)
-    if status["finished"] or allow_unfinished:
-        return
-    progress = (
-        f"{status['epochs_done']} of {status['epochs']} epochs done"
-        if status["epochs_done"] is not None
-        else "no finished training session recorded"
-    )
-    raise UnfinishedTeacherError(
-        f"The teacher at {teacher_folder} has not finished training ({progress}). Finish it "
-        "first (run.sh --stage 2), or distil from it as it is with "
-        "run.sh --allow_unfinished_teacher true (YAML: allow_unfinished_teacher: True)."
-    )
-
-
-def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
-    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps, the
-    training manifest (a re-prepared split gets a new cache), the replayed augmentation (policy,
-    views, seed) and the storage (dtype, top-k). Refuses random transforms it cannot replay."""
-    check_deterministic_inputs(hparams["random_input_settings"])
-    replay = hparams.get("view_replay")
-    key = cache_key(
-        teacher.fingerprint,
-        hparams["feature_settings"],
-        hparams["teacher_taps"],
-        manifest=hparams["train_annotation"],
-        augmentation=replay.settings() if replay is not None else None,
-        storage={"dtype": hparams.get("cache_dtype"), "topk": hparams.get("cache_topk")},
-    )
-    return Path(hparams["exp_root"]) / "cache" / key
-
-
-def load_teacher(hparams: dict) -> Teacher | IntegratedTeacher:
-    """The frozen teacher of a KD run, refused while its training is unfinished; wrapped as an
-    :class:`IntegratedTeacher` when the composition has an ``integrated_input`` (IML-KD)."""
-    require_finished_teacher(hparams["teacher_folder"], hparams["allow_unfinished_teacher"])
-    teacher = Teacher.from_experiment(
-        hparams["teacher_folder"], taps=hparams["teacher_taps"], **hparams["teacher_selection"]
-    )
-    integrated = hparams.get("integrated_input")
-    if integrated is None:
-        return teacher
-    return IntegratedTeacher(teacher, integrated, score_key=hparams["attribution_score"])
-
-
-def teacher_targets(hparams: dict, dataset) -> Callable[[list[str]], Any] | None:
-    """Utterance ids -> their classes ``(B,)`` from the manifest field ``teacher_targets`` (for
-    a teacher whose outputs depend on the true class), or None when the key is unset."""
-    import torch
-
-    field = hparams.get("teacher_targets")
-    if not field:
-        return None
-    return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
-
-
-def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
-    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run."""
-    if hparams["method"] == "none":
-        return None, None
-    teacher = load_teacher(hparams)
-    if not hparams["use_teacher_cache"]:
-        return teacher, None
-    cache = TeacherCache(teacher_cache_folder(hparams, teacher))
-    cache.check_covers(hparams["train_annotation"])
-    return teacher, cache
 
 
 # ----- the train.py skeleton every recipe shares -------------------------------------------------
@@ -286,7 +213,6 @@ def common_results(
     """
     from kd_modules.brains.distill import unwrap_module
     from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
-    from kd_modules.teacher import fingerprint_module
 
     best = brain.checkpointer.find_checkpoint(max_key=key)
     model = copy.deepcopy(unwrap_module(brain.modules.model)).cpu()
@@ -370,7 +296,7 @@ def run_cache_stage(
     import torch.distributed as dist
     from speechbrain.utils.distributed import if_main_process
 
-    from kd_modules.cache import TeacherCache, build_teacher_cache
+    from kd_modules.cache import build_teacher_cache
     from kd_modules.hparams import load_composed, parse_recipe_arguments
     from kd_modules.progress import progress_bar
     from kd_modules.replay import verify_cache

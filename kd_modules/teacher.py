@@ -1,5 +1,9 @@
 """The frozen teacher: loaded from a finished experiment, always in eval mode, never trained.
 
+A KD run gets it from its hparams (:func:`load_teacher_side`: ``teacher_folder``,
+``teacher_taps``, ``teacher_selection``, ``allow_unfinished_teacher``, ``use_teacher_cache``),
+refused while its training is unfinished, with its cache (``kd_modules.cache``) when asked.
+
 The teacher is deliberately *not* an ``nn.Module`` attribute of a Brain's ``modules``: SpeechBrain
 therefore never switches it to train mode, never hands its parameters to the optimiser, never
 wraps it in DDP and never writes it into the student's checkpoints.
@@ -13,15 +17,18 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
+from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.checkpoints import Checkpointer
+from kd_modules.run_folder import training_status
 from kd_modules.taps import FeatureTaps
 
 logger = logging.getLogger(__name__)
@@ -221,3 +228,82 @@ class IntegratedTeacher:
         weight = self.integrated.weight(self.maps(feats, lens, targets), lens)
         outputs = self.teacher(self.integrated.apply(feats, weight.to(feats.dtype)), lens)
         return {**outputs, "ig_weight": weight.detach()}
+
+
+# ----- the teacher of a KD run, from its hparams ------------------------------------------------
+
+
+class UnfinishedTeacherError(RuntimeError):
+    """A KD stage was asked to learn from a teacher whose training has not finished."""
+
+
+def require_finished_teacher(teacher_folder: str | Path, allow_unfinished: bool) -> None:
+    """Refuse (``UnfinishedTeacherError``) a teacher whose training has not finished.
+
+    A teacher killed during its epoch 2 of 3 still has its epoch-1 checkpoint: distilling from it
+    silently would give students of a teacher that is about to change.
+    """
+    status = training_status(teacher_folder)
+    if status["finished"] or allow_unfinished:
+        return
+    progress = (
+        f"{status['epochs_done']} of {status['epochs']} epochs done"
+        if status["epochs_done"] is not None
+        else "no finished training session recorded"
+    )
+    raise UnfinishedTeacherError(
+        f"The teacher at {teacher_folder} has not finished training ({progress}). Finish it "
+        "first (run.sh --stage 2), or distil from it as it is with "
+        "run.sh --allow_unfinished_teacher true (YAML: allow_unfinished_teacher: True)."
+    )
+
+
+def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
+    """``<exp_root>/cache/<key>``: the key covers the teacher, the front end, the taps, the
+    training manifest (a re-prepared split gets a new cache), the replayed augmentation (policy,
+    views, seed) and the storage (dtype, top-k). Refuses random transforms it cannot replay."""
+    check_deterministic_inputs(hparams["random_input_settings"])
+    replay = hparams.get("view_replay")
+    key = cache_key(
+        teacher.fingerprint,
+        hparams["feature_settings"],
+        hparams["teacher_taps"],
+        manifest=hparams["train_annotation"],
+        augmentation=replay.settings() if replay is not None else None,
+        storage={"dtype": hparams.get("cache_dtype"), "topk": hparams.get("cache_topk")},
+    )
+    return Path(hparams["exp_root"]) / "cache" / key
+
+
+def load_teacher(hparams: dict) -> Teacher | IntegratedTeacher:
+    """The frozen teacher of a KD run, refused while its training is unfinished; wrapped as an
+    :class:`IntegratedTeacher` when the composition has an ``integrated_input`` (IML-KD)."""
+    require_finished_teacher(hparams["teacher_folder"], hparams["allow_unfinished_teacher"])
+    teacher = Teacher.from_experiment(
+        hparams["teacher_folder"], taps=hparams["teacher_taps"], **hparams["teacher_selection"]
+    )
+    integrated = hparams.get("integrated_input")
+    if integrated is None:
+        return teacher
+    return IntegratedTeacher(teacher, integrated, score_key=hparams["attribution_score"])
+
+
+def teacher_targets(hparams: dict, dataset) -> Callable[[list[str]], Any] | None:
+    """Utterance ids -> their classes ``(B,)`` from the manifest field ``teacher_targets`` (for
+    a teacher whose outputs depend on the true class), or None when the key is unset."""
+    field = hparams.get("teacher_targets")
+    if not field:
+        return None
+    return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
+
+
+def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
+    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run."""
+    if hparams["method"] == "none":
+        return None, None
+    teacher = load_teacher(hparams)
+    if not hparams["use_teacher_cache"]:
+        return teacher, None
+    cache = TeacherCache(teacher_cache_folder(hparams, teacher))
+    cache.check_covers(hparams["train_annotation"])
+    return teacher, cache

@@ -46,8 +46,9 @@ from types import ModuleType
 
 import torch
 
-from kd_modules.experiment import load_teacher_side, run_cache_stage
+from kd_modules.experiment import run_cache_stage
 from kd_modules.hparams import load_composed, parse_recipe_arguments
+from kd_modules.teacher import load_teacher_side
 
 REPO = Path(__file__).resolve().parents[1]
 # What each recipe's benchmark runs unless told otherwise; None leaves the recipe YAML's value.

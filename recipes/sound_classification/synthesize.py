@@ -30,13 +30,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.dataio import read_json
-from kd_modules.experiment import (
-    build_brain,
-    end_distributed,
-    experiment_folder,
-    load_teacher,
-    train_run,
-)
+from kd_modules.experiment import build_brain, end_distributed, experiment_folder, train_run
 from kd_modules.hparams import run_main
 from kd_modules.outputs import file_sha256
 from kd_modules.provenance import run_record
@@ -50,6 +44,7 @@ from kd_modules.run_folder import (
 )
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
 from kd_modules.synthesis.figures import REAL_EXAMPLES
+from kd_modules.teacher import load_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402

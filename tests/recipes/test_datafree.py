@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import RECIPE, write_fsdd_manifests
 
-from kd_modules.experiment import load_teacher
 from kd_modules.hparams import load_composed
 from kd_modules.synthesis import SyntheticPool
+from kd_modules.teacher import load_teacher
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ from conftest import FSDD_CLIPS, RECIPE
 
 from kd_modules.brains import ClassificationBrain
 from kd_modules.cache import TeacherCache
-from kd_modules.experiment import load_teacher, run_cache_stage, teacher_cache_folder
+from kd_modules.experiment import run_cache_stage
 from kd_modules.hparams import load_composed
 from kd_modules.replay import CacheMismatchError
+from kd_modules.teacher import load_teacher, teacher_cache_folder
 
 HP = RECIPE / "hparams"
 CROP_S = 0.25  # shorter than every clip used: all views have the same length, nothing is padded

@@ -19,7 +19,6 @@ from conftest import RECIPE, write_fsdd_manifests
 from kd_modules.brains import ClassificationBrain
 from kd_modules.cache import TeacherCache, build_teacher_cache
 from kd_modules.checkpoints import COMPLETE, Checkpointer
-from kd_modules.experiment import UnfinishedTeacherError, load_teacher
 from kd_modules.hparams import load_composed
 from kd_modules.results import other_teacher_runs, results_table, stale_data_runs
 from kd_modules.run_folder import (
@@ -29,7 +28,7 @@ from kd_modules.run_folder import (
     folder_lock,
     training_wall_time_s,
 )
-from kd_modules.teacher import Teacher
+from kd_modules.teacher import Teacher, UnfinishedTeacherError, load_teacher
 
 HP = RECIPE / "hparams"
 REPO = RECIPE.parents[1]
