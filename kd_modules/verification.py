@@ -11,25 +11,41 @@ L2-normalised embedding of each of some training speakers):
   ``top_k`` highest cohort scores of each side only.
 
 σ is the unbiased standard deviation (divisor n − 1), floored at :data:`STD_FLOOR`.
+
+:func:`embed` and :func:`cohort_embeddings` give a trained speaker Brain's embeddings (its model
+returns ``{"embedding": (B, E)}``) and its cohort; :func:`score_and_write` scores the trials raw
+and normalised, writes each score list and returns the metrics: stage 7 of a verification
+recipe, apart from its results.json.
 """
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from speechbrain.dataio.dataloader import make_dataloader
 from torch import Tensor
 
+from kd_modules.brains.distill import unwrap_module
 from kd_modules.dataio import write_text_atomic
 from kd_modules.metrics import eer_min_dcf
+from kd_modules.progress import progress_bar
 
 Trial = tuple[int, str, str]  # (label: 1 target / 0 non-target, enrol id, test id)
 
 # Floor of a cohort's standard deviation: a constant cohort score never divides by zero.
 STD_FLOOR = 1e-6
 NORMALISATIONS = ("snorm", "asnorm")
+# Score list -> (results.json metric prefix, score file name) of :func:`score_and_write`.
+SCORE_FILES = {
+    "raw": ("", "scores.txt"),
+    "snorm": ("snorm_", "scores_snorm.txt"),
+    "asnorm": ("asnorm_", "scores_asnorm.txt"),
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,3 +284,71 @@ def verification_metrics(
         "min_dcf": result["min_dcf"],
         "min_dcf_raw": result["min_dcf_raw"],
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings of a trained Brain, and stage 7's scoring
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed(brain, dataset, batch_size: int, desc: str) -> dict[str, Tensor]:
+    """Utterance id -> embedding ``(E,)`` (CPU, float32) of every readable item of ``dataset``,
+    from the Brain's model in eval mode on the clean features; a progress bar (batches done of
+    the total, ETA) goes to stderr, as lines every 30 s when stderr is a log."""
+    model = unwrap_module(brain.modules.model).eval()
+    collate = brain.hparams.eval_dataloader_options["collate_fn"]
+    loader = make_dataloader(dataset, batch_size=batch_size, collate_fn=collate)
+    embeddings = {}
+    for batch in progress_bar(loader, desc=desc, unit="batch"):
+        batch = batch.to(brain.device)
+        wavs, lens = batch.sig
+        if wavs.numel() == 0:
+            continue  # every clip of the batch was unreadable
+        feats, frame_lens = brain.hparams.front_end.features_and_lengths(wavs, lens)
+        vectors = model(feats, frame_lens)["embedding"].float().cpu()
+        embeddings.update(zip(batch.id, vectors))
+    return embeddings
+
+
+def cohort_embeddings(
+    brain, dataset, segments: int, size: int, batch_size: int, speaker_key: str = "spk_id"
+) -> Tensor:
+    """``(S, E)``: the cohort for score normalisation, from the first ``segments`` items (sorted
+    ids) of each speaker of ``dataset`` (the manifest field ``speaker_key``), ``size`` speakers
+    (:func:`speaker_cohort`)."""
+    per_speaker: dict[str, list[str]] = defaultdict(list)
+    for utt in sorted(dataset.data_ids):
+        per_speaker[dataset.data[utt][speaker_key]].append(utt)
+    chosen = [utt for utts in per_speaker.values() for utt in utts[:segments]]
+    speaker_of = {utt: dataset.data[utt][speaker_key] for utt in chosen}
+    subset = dataset.filtered_sorted(key_test={"id": lambda utt: utt in speaker_of})
+    vectors = embed(brain, subset, batch_size, "cohort embeddings")
+    ids = sorted(vectors)
+    stacked = torch.stack([vectors[utt] for utt in ids])
+    return speaker_cohort(stacked, [speaker_of[utt] for utt in ids], size)
+
+
+def score_and_write(
+    embeddings: Mapping[str, Tensor],
+    trials: Sequence[Trial],
+    cohort: Tensor,
+    folder: str | os.PathLike,
+    p_target: float,
+    top_k: int,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Score ``trials`` raw, S-normed and AS-normed (``top_k``) against ``cohort`` (S, E), write
+    each list to ``folder`` (:data:`SCORE_FILES`, :func:`write_scores`) and return the metrics
+    (``eer``, ``min_dcf``, ``snorm_*``, ``asnorm_*``) and the files written, by score list."""
+    labels = torch.tensor([label for label, _, _ in trials])
+    metrics, files = {}, {}
+    for kind, (prefix, name) in SCORE_FILES.items():
+        if kind == "raw":
+            scores = score_trials(embeddings, trials)
+        else:
+            scores = normalised_scores(embeddings, trials, cohort, kind, top_k)
+        write_scores(Path(folder) / name, trials, scores)
+        files[kind] = str(Path(folder) / name)
+        rates = verification_metrics(labels, scores, p_target)
+        metrics[f"{prefix}eer"], metrics[f"{prefix}min_dcf"] = rates["eer"], rates["min_dcf"]
+    return metrics, files

@@ -117,7 +117,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the ma
     n_speakers=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
         "$data/speakers.json")
     # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    single_split_stages "$tdir" "$methods" verify.py $(run_args)
+    single_split_stages "$tdir" "$methods" train.py $(run_args)
 fi
 
 if want 8; then

@@ -314,6 +314,22 @@ def test_errors_name_the_file(vox_tree: Path, tmp_path):
     assert str(err.value) == f"{listed}: no trial has readable audio on both sides"
 
 
+def test_bad_trial_line_is_named_as_the_library_reads_it(vox_tree: Path, tmp_path):
+    """Stage 1 reads the trial list with kd_modules.verification.read_trials, as stage 7 does: a
+    label other than 0 / 1 is named as such, with the file and line."""
+    root = tmp_path / "bad_label"
+    root.mkdir()
+    (root / "wav").symlink_to(vox_tree / "wav")
+    shutil.copy(vox_tree / "vox1_meta.csv", root)
+    lines = (vox_tree / "veri_test2.txt").read_text().splitlines()
+    label, enrol, test = lines[1].split()
+    lines[1] = f"2 {enrol} {test}"
+    (root / "veri_test2.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PrepareError) as err:
+        run(root, tmp_path / "out", dataset="voxceleb1")
+    assert str(err.value) == f"{root / 'veri_test2.txt'}, line 2: label must be 0 or 1, got '2'"
+
+
 def test_no_training_speaker_left_is_an_error(vox_tree: Path, tmp_path):
     root = tmp_path / "all_test"
     root.mkdir()

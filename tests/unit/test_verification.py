@@ -16,13 +16,16 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from kd_modules.dataio import audio_pipeline
 from kd_modules.hparams import load_composed
 from kd_modules.verification import (
+    SCORE_FILES,
     STD_FLOOR,
     as_norm,
     cosine_score,
+    embed,
     normalised_scores,
     read_scores,
     read_trials,
     s_norm,
+    score_and_write,
     score_trials,
     speaker_cohort,
     verification_metrics,
@@ -233,6 +236,28 @@ def test_missing_embedding_id_is_named():
         normalised_scores(embeddings, trials, torch.ones(3, 4), "snorm")
 
 
+def test_score_and_write_gives_each_list_its_file_and_metrics(tmp_path):
+    """Stage 7's scoring: raw, S-norm and AS-norm lists, each in its file (every trial, in order)
+    and scored by the file's own numbers."""
+    embeddings, trials = speaker_set(n_speakers=4, per_speaker=3, noise=0.6, seed=21)
+    cohort = randn(6, 16, seed=22)
+    metrics, files = score_and_write(embeddings, trials, cohort, tmp_path, 0.01, top_k=3)
+    assert sorted(files) == sorted(SCORE_FILES) and len(metrics) == 6
+    labels = torch.tensor([label for label, _, _ in trials])
+    expected = {
+        "raw": score_trials(embeddings, trials),
+        "snorm": normalised_scores(embeddings, trials, cohort, "snorm"),
+        "asnorm": normalised_scores(embeddings, trials, cohort, "asnorm", top_k=3),
+    }
+    for kind, (prefix, name) in SCORE_FILES.items():
+        assert files[kind] == str(tmp_path / name)
+        read_back, scores = read_scores(files[kind])
+        assert read_back == trials and torch.allclose(scores, expected[kind])
+        rates = verification_metrics(labels, scores, 0.01)
+        assert metrics[f"{prefix}eer"] == rates["eer"]
+        assert metrics[f"{prefix}min_dcf"] == rates["min_dcf"]
+
+
 def test_normalisation_argument_errors():
     embeddings, trials = {"a": torch.ones(4), "b": -torch.ones(4)}, [(0, "a", "b")]
     cohort = randn(5, 4, seed=13)
@@ -250,7 +275,6 @@ def test_verify_embedding_bar_has_a_total_in_a_log(tmp_path, capsys):
     """Issue 16 item 6: stage 7's embedding loop shows done/total on stderr that is not a terminal
     (a nohup log), where its bar used to be switched off; real FSDD speech, the tiny ECAPA."""
     train = load_module("speaker_verification_train", SPEAKER_VERIFICATION / "train.py")
-    verify = load_module("speaker_verification_verify", SPEAKER_VERIFICATION / "verify.py")
     hp = SPEAKER_VERIFICATION / "hparams"
     hparams = load_composed(
         [hp / "common.yaml", hp / "student/ecapa_tiny.yaml", hp / "kd/none.yaml"],
@@ -263,7 +287,7 @@ def test_verify_embedding_bar_has_a_total_in_a_log(tmp_path, capsys):
         manifest, dynamic_items=[audio_pipeline(16000)], output_keys=["id", "sig"]
     )
     brain = train.make_brain(hparams, {"device": "cpu"}, checkpoints=False)
-    embeddings = verify.embed(brain, dataset, batch_size=2, desc="test embeddings")
+    embeddings = embed(brain, dataset, batch_size=2, desc="test embeddings")
     assert sorted(embeddings) == sorted(clip.stem for clip in clips)
     lines = [line for line in capsys.readouterr().err.splitlines() if "test embeddings" in line]
     assert "0/3 " in lines[0] and "3/3 " in lines[-1], lines  # 5 clips in batches of 2

@@ -70,6 +70,7 @@ from kd_modules.dataio import (
     write_json_atomic,
     write_text_atomic,
 )
+from kd_modules.verification import Trial, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ LIBRISPEECH_TRAIN = ("train-clean-100",)
 LIBRISPEECH_TEST = ("test-clean", "test-other")
 OUTPUTS = ("train.json", "valid.json", "test.json", "trials.txt", "speakers.json")
 REPORT = "prepare_report.json"
-
-Trial = tuple[int, str, str]  # (label 1 = same speaker, enrol id, test id)
 
 
 @dataclass
@@ -208,21 +207,14 @@ def read_meta(path: Path) -> dict[str, str]:
     }
 
 
-def read_trials(path: Path) -> list[Trial]:
+def read_trial_list(path: Path) -> list[Trial]:
     """The trial list's lines ``label enrol_path test_path`` (paths relative to ``wav/``)."""
     if not path.is_file():
         raise PrepareError(f"no trial list {path} (download {TRIALS} or give --trials)")
-    trials = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3 or fields[0] not in ("0", "1"):
-            raise PrepareError(f"{path} line {number}: expected 'label enrol test', got {line!r}")
-        trials.append((int(fields[0]), fields[1], fields[2]))
-    if not trials:
-        raise PrepareError(f"{path}: no trials")
-    return trials
+    try:
+        return read_trials(path)
+    except ValueError as error:
+        raise PrepareError(str(error)) from None
 
 
 def speaker_files(folder: Path) -> list[Path]:
@@ -236,7 +228,7 @@ def voxceleb_sources(args: argparse.Namespace) -> Sources:
     wav = args.data_root / "wav"
     meta = read_meta(args.data_root / META)
     path = trial_path(args)
-    listed = read_trials(path)
+    listed = read_trial_list(path)
     trial_speakers = {PurePosixPath(rel).parts[0] for _, *pair in listed for rel in pair}
     dev = sorted(spk for spk, split in meta.items() if split == "dev")
     files = {spk: speaker_files(wav / spk) for spk in dev if spk not in trial_speakers}
