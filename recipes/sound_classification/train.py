@@ -24,7 +24,8 @@ from speechbrain.utils.data_pipeline import provides, takes
 
 from kd_modules.brains import ClassificationBrain
 from kd_modules.dataio import audio_pipeline
-from kd_modules.experiment import Recipe, build_brain, common_results, evaluate_best, run_experiment
+from kd_modules.evaluation import common_results, evaluate_best
+from kd_modules.experiment import Recipe, build_brain, run_experiment
 from kd_modules.hparams import run_main
 from kd_modules.results import write_results
 

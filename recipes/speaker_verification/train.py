@@ -33,7 +33,8 @@ from speechbrain.utils.distributed import if_main_process
 
 from kd_modules.brains import SpeakerBrain
 from kd_modules.dataio import audio_pipeline, segment_pipeline
-from kd_modules.experiment import Recipe, build_brain, common_results, run_experiment
+from kd_modules.evaluation import common_results
+from kd_modules.experiment import Recipe, build_brain, run_experiment
 from kd_modules.hparams import run_main
 from kd_modules.results import write_results
 from kd_modules.verification import cohort_embeddings, embed, read_trials, score_and_write
