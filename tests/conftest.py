@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,72 @@ SAMPLES = REPO / "tests" / "samples"
 SHARED_DATA = REPO.parent / "shared" / "data"
 RECIPE = REPO / "recipes" / "sound_classification"
 FSDD_CLIPS = SAMPLES / "fsdd" / "free-spoken-digit-dataset" / "recordings"
+
+
+def run_recipe(
+    recipe: Path,
+    *args: str | Path,
+    program: Sequence[str | Path] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run ``recipe``'s ``run.sh *args`` as a user does: from the recipe folder, one OMP thread.
+
+    ``program`` replaces ``bash run.sh`` (e.g. ``[sys.executable, "train.py"]`` or a torchrun
+    launcher), ``cwd`` the recipe folder, ``env`` adds variables. stdout and stderr go to files,
+    not pipes (a torchrun worker in a session of its own can hold a pipe open after its parent
+    has exited), and the command runs in a session of its own: past ``timeout_s`` the whole group
+    gets SIGTERM and the test fails. ``check``: a non-zero exit fails the test with the command
+    and the tails of both streams; ``check=False`` returns it for the test to judge.
+    """
+    program = ["bash", str(recipe / "run.sh")] if program is None else [str(p) for p in program]
+    command = [*program, *(str(arg) for arg in args)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            command,
+            cwd=recipe if cwd is None else cwd,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        timed_out = not _wait_or_stop(proc, timeout_s)
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
+    if timed_out:
+        pytest.fail(f"{' '.join(command[1:])}: still running after {timeout_s} s\n{tails(done)}")
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(command[1:])}: exit {done.returncode}\n{tails(done)}")
+    return done
+
+
+def torchrun(processes: int) -> list[str]:
+    """A ``run_recipe`` program launching a script on ``processes`` local ranks (DDP on CPU)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}"]  # fmt: skip
+
+
+def _wait_or_stop(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for ``proc``; True when it ended in time, else SIGTERM (then SIGKILL) its group."""
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun stops its workers on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return False
+
+
+def tails(proc: subprocess.CompletedProcess, chars: int = 6000) -> str:
+    """The last ``chars`` characters of a finished command's stdout and stderr, labelled."""
+    return f"--- stdout ---\n{proc.stdout[-chars:]}\n--- stderr ---\n{proc.stderr[-chars:]}"
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import AUDIO_TAGGING, load_module
+from conftest import AUDIO_TAGGING, load_module, run_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -25,28 +23,15 @@ standin = load_module("audio_tagging_standin", AUDIO_TAGGING / "local" / "make_s
 EPOCHS, BATCH = 2, 4
 
 
-def run_sh(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        "bash", str(AUDIO_TAGGING / "run.sh"), "--python", sys.executable,
+def options(tmp: Path) -> list[str]:
+    """run.sh's options of every call here: the stand-in under ``tmp``, one IUSP crnn student."""
+    return [
+        "--python", sys.executable,
         "--data_root", str(tmp / "release"), "--device", "cpu", "--students", "crnn",
         "--methods", "iusp", "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"),
         "--extra_args",
         f"--number_of_epochs {EPOCHS} --num_workers 0 --batch_size {BATCH} --teacher_width 32",
-        *args,
     ]  # fmt: skip
-    proc = subprocess.run(
-        command,
-        cwd=AUDIO_TAGGING,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (
-        f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n"
-        f"{proc.stderr[-6000:]}"
-    )
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +39,11 @@ def ddp_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("tagging_ddp")
     standin.main(["--out", str(tmp / "release"), "--n_train", "20", "--n_validate", "6",
                   "--clip_s", "2.0"])  # fmt: skip
-    run_sh(tmp, "--stage", "0", "--stop_stage", "3")  # one process
-    run_sh(tmp, "--stage", "4", "--stop_stage", "5", "--ngpu", "2")
+    run_recipe(AUDIO_TAGGING, *options(tmp), "--stage", "0", "--stop_stage", "3")  # one process
+    run_recipe(AUDIO_TAGGING, *options(tmp), "--stage", "4", "--stop_stage", "5", "--ngpu", "2")
     student = tmp / "exp" / "sonyc_ust" / "student" / "crnn" / "iusp" / "seed1"
     checkpoints = sorted((student / "save").glob("CKPT+*"))
-    run_sh(tmp, "--stage", "7", "--stop_stage", "7")
+    run_recipe(AUDIO_TAGGING, *options(tmp), "--stage", "7", "--stop_stage", "7")
     train = json.loads((tmp / "data" / "sonyc_ust" / "train.json").read_text())
     return {"student": student, "checkpoints": checkpoints, "n_train": len(train)}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AUDIO_TAGGING, load_module
+from conftest import AUDIO_TAGGING, load_module, run_recipe
 
 from kd_modules.metrics import dcase_coarse_metrics, dcase_fine_metrics
 from kd_modules.results import REQUIRED_FIELDS
@@ -36,6 +35,7 @@ RUNS = [("teacher", "cnn10", "none"), *(("student", "crnn", m) for m in ("none",
 N_VALIDATE, N_EVAL = 12, 6
 TEST_SETS = {"validate": ("validate", N_VALIDATE), "eval": (standin.EVAL_SPLIT, N_EVAL)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 900
 
 
 @dataclass
@@ -54,17 +54,6 @@ def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
 
 
-def run_sh(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        command,
-        cwd=RECIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Experiment:
     root = tmp_path_factory.mktemp("audio_tagging")
@@ -72,13 +61,12 @@ def experiment(tmp_path_factory) -> Experiment:
     standin.main(["--out", str(tree), "--n_train", "40", "--n_validate", str(N_VALIDATE),
                   "--n_eval", str(N_EVAL)])  # fmt: skip
     command = [
-        "bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--data_root", str(tree),
+        "--python", sys.executable, "--data_root", str(tree),
         "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
         "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
         "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 64",
     ]  # fmt: skip
-    proc = run_sh(command)
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     return Experiment(tree, root / "exp" / "sonyc_ust", root / "data" / "sonyc_ust", proc, command)
 
 
@@ -99,7 +87,7 @@ def saved_state(experiment: Experiment) -> dict[str, int]:
 def resumed(experiment: Experiment) -> tuple[dict, dict, subprocess.CompletedProcess]:
     """The same command again: the saved state before and after, and the second run."""
     before = saved_state(experiment)
-    second = run_sh(experiment.command)
+    second = run_recipe(RECIPE, *experiment.command, timeout_s=TIMEOUT_S, check=False)
     return before, saved_state(experiment), second
 
 

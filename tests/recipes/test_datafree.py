@@ -9,14 +9,12 @@ the student a 3-block x-vector with 32-64 channels.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPE, write_fsdd_manifests
+from conftest import RECIPE, run_recipe, torchrun, write_fsdd_manifests
 
 from kd_modules.hparams import load_composed
 from kd_modules.synthesis import SyntheticPool
@@ -24,7 +22,6 @@ from kd_modules.teacher import load_teacher
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_S = 600
 TINY_STUDENT = """arch: xvector_tiny
 embedding_dim: 32
 model: !new:kd_modules.models.EmbeddingClassifier
@@ -44,19 +41,11 @@ POOL_ARGS = ["--samples_per_class", "40", "--synthesis_steps", "100", "--min_fra
              "--max_frames", "90", "--lambda_bn", "0.005"]  # fmt: skip
 
 
-def run(args: list[str], tmp: Path, torchrun: int = 0) -> subprocess.CompletedProcess:
-    launcher = [sys.executable]
-    if torchrun:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
-    common = ["--data_folder", str(tmp / "data" / "fold1"), "--n_classes", "10",
-              "--exp_root", str(tmp / "exp"), "--device", "cpu", "--num_workers", "0",
-              "--max_duration_s", "1.0"]  # fmt: skip
-    proc = subprocess.run(
-        [*launcher, *args, *common], cwd=RECIPE, capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-6000:]}"
-    return proc
+def common_options(tmp: Path) -> list[str]:
+    """The options every train.py / synthesize.py call here ends with: data and exp under tmp."""
+    return ["--data_folder", str(tmp / "data" / "fold1"), "--n_classes", "10",
+            "--exp_root", str(tmp / "exp"), "--device", "cpu", "--num_workers", "0",
+            "--max_duration_s", "1.0"]  # fmt: skip
 
 
 def datafree_args(tmp: Path, method: str, pool: Path, output: Path, student: Path,
@@ -73,11 +62,13 @@ def experiment(tmp_path_factory) -> Path:
     student = tmp / "xvector_tiny.yaml"
     student.write_text(TINY_STUDENT)
     teacher = tmp / "exp" / "teacher"
-    run(["train.py", "hparams/common.yaml", "hparams/student/xvector_small.yaml",
-         "hparams/kd/none.yaml", "--role", "teacher", "--output_folder", str(teacher),
-         "--number_of_epochs", "15"], tmp)  # fmt: skip
+    run_recipe(RECIPE, "train.py", "hparams/common.yaml", "hparams/student/xvector_small.yaml",
+               "hparams/kd/none.yaml", "--role", "teacher", "--output_folder", str(teacher),
+               "--number_of_epochs", "15", *common_options(tmp),
+               program=[sys.executable])  # fmt: skip
     args = datafree_args(tmp, "frami_noreuse", tmp / "pool", tmp / "student", student)
-    run([*args, "--number_of_epochs", "20", "--lr", "0.005"], tmp)
+    run_recipe(RECIPE, *args, "--number_of_epochs", "20", "--lr", "0.005", *common_options(tmp),
+               program=[sys.executable])  # fmt: skip
     return tmp
 
 
@@ -133,8 +124,9 @@ def test_two_gloo_ranks_synthesise_one_pool(experiment: Path):
              "--min_frames", "30", "--max_frames", "40"]  # fmt: skip
     args = datafree_args(tmp, "frami_noreuse", pool, tmp / "ddp_student",
                          tmp / "xvector_tiny.yaml", small)  # fmt: skip
-    run([*args, "--number_of_epochs", "1", "--skip_test", "True", "--distributed_backend", "gloo"],
-        tmp, torchrun=2)
+    run_recipe(RECIPE, *args, "--number_of_epochs", "1", "--skip_test", "True",
+               "--distributed_backend", "gloo", *common_options(tmp),
+               program=torchrun(2))  # fmt: skip
     manifest = SyntheticPool(pool).manifest()
     assert sorted(entry["label_id"] for entry in manifest.values()) == sorted(list(range(10)) * 4)
     parts = sorted(p.name for p in (pool / "parts").glob("*.json"))

@@ -8,15 +8,13 @@ stage 7 evaluates the DDP checkpoints in one process, as ``run.sh`` does for any
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import RECIPE, write_fsdd_manifests
+from conftest import RECIPE, run_recipe, write_fsdd_manifests
 from hyperpyyaml import load_hyperpyyaml
 
 from kd_modules.brains.distill import KDObjective
@@ -25,33 +23,18 @@ from kd_modules.teacher import Teacher
 
 pytestmark = pytest.mark.slow
 
-RUN_SH = RECIPE / "run.sh"
 TRAIN_PER_DIGIT = 3  # 30 training clips: 15 per rank, one batch of 16 per rank and epoch
 EPOCHS = 2
-TIMEOUT_S = 600
 
 
-def run_sh(tmp: Path, *args: str, epochs: int) -> subprocess.CompletedProcess:
-    command = [
-        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
+def options(tmp: Path, epochs: int) -> list[str]:
+    """run.sh's options of every call here: FSDD under ``tmp``, a live-teacher FitNets student."""
+    return [
+        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
         "--device", "cpu",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
         "--use_cache", "false", "--extra_args", f"--number_of_epochs {epochs} --num_workers 0",
-        *args,
     ]  # fmt: skip
-    proc = subprocess.run(
-        command,
-        cwd=RECIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, (
-        f"{' '.join(args)}: exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}"
-        f"\n--- stderr ---\n{proc.stderr[-6000:]}"
-    )
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +47,14 @@ def ddp_run(tmp_path_factory) -> dict:
     teacher = fold / "teacher" / "xvector_large" / "none" / "seed1"
     student = fold / "student" / "xvector_small" / "fitnets" / "seed1"
 
-    run_sh(tmp, "--stage", "2", "--stop_stage", "2", epochs=1)  # one process
-    ddp = run_sh(tmp, "--stage", "4", "--stop_stage", "5", "--ngpu", "2", epochs=EPOCHS)
+    run_recipe(RECIPE, *options(tmp, epochs=1), "--stage", "2", "--stop_stage", "2")  # one process
+    ddp = run_recipe(
+        RECIPE, *options(tmp, EPOCHS), "--stage", "4", "--stop_stage", "5", "--ngpu", "2"
+    )
     assert not (student / "results.json").exists()  # stages 2/4/5 train only
     checkpoints = sorted((student / "save").glob("CKPT+*"))
     best = Checkpointer(student / "save").find_checkpoint(max_key="accuracy").path
-    evaluation = run_sh(tmp, "--stage", "7", "--stop_stage", "7", epochs=EPOCHS)
+    evaluation = run_recipe(RECIPE, *options(tmp, EPOCHS), "--stage", "7", "--stop_stage", "7")
     return {
         "teacher": teacher,
         "student": student,

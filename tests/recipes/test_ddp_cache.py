@@ -3,27 +3,19 @@ views and writes its own shards; the store equals the one a single process build
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import RECIPE, REPO, write_fsdd_manifests
+from conftest import RECIPE, REPO, run_recipe, torchrun, write_fsdd_manifests
 
 from kd_modules.cache import TeacherCache
 
 pytestmark = pytest.mark.slow
 
 HP = RECIPE / "hparams"
-
-
-def run(*command: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        command, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+PYTHON = [sys.executable]
+ENV = {"PYTHONPATH": str(REPO)}
 
 
 def test_two_ranks_build_one_store_equal_to_one_process(tmp_path):
@@ -33,15 +25,16 @@ def test_two_ranks_build_one_store_equal_to_one_process(tmp_path):
         "--noprogressbar", "--augment", "True", "--cache_views", "2", "--cache_shard_size", "4",
     ]  # fmt: skip
     teacher = tmp_path / "teacher"
-    run(sys.executable, "train.py", str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
-        str(HP / "kd/none.yaml"), *common, "--output_folder", str(teacher), "--role", "teacher",
-        "--number_of_epochs", "1", "--exp_root", str(tmp_path))  # fmt: skip
+    run_recipe(RECIPE, "train.py", str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
+               str(HP / "kd/none.yaml"), *common, "--output_folder", str(teacher), "--role",
+               "teacher", "--number_of_epochs", "1", "--exp_root", str(tmp_path), program=PYTHON,
+               env=ENV)  # fmt: skip
     kd = [str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/kd.yaml"),
           *common, "--teacher_folder", str(teacher), "--output_folder", str(teacher)]  # fmt: skip
-    run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "ddp"),
-        "--distributed_backend", "gloo")  # fmt: skip
-    run(sys.executable, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "one"))
+    run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "ddp"),
+               "--distributed_backend", "gloo", program=torchrun(2), env=ENV)  # fmt: skip
+    run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "one"),
+               program=PYTHON, env=ENV)  # fmt: skip
 
     (ddp_folder,) = (tmp_path / "ddp" / "cache").iterdir()
     (one_folder,) = (tmp_path / "one" / "cache").iterdir()

@@ -9,55 +9,31 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FSDD_CLIPS, RECIPE
+from conftest import FSDD_CLIPS, RECIPE, run_recipe
 
 from kd_modules.dataio import AudioReadError, read_audio
 
 pytestmark = pytest.mark.slow
 
-RUN_SH = RECIPE / "run.sh"
 EPOCHS = 2
 STEPS_PER_EPOCH = 2  # 4 training clips, batch size 1, 2 ranks
 TIMEOUT_S = 240  # a normal stage-5 run takes ~10 s
 
 
-def run_sh(tmp: Path, *args: str, epochs: int = EPOCHS) -> str:
-    """Run run.sh; on a hang, SIGTERM its process group (torchrun then stops its workers, which
-    run in sessions of their own) and fail. Output goes to a file: a pipe could be held open."""
-    command = [
-        "bash", str(RUN_SH), "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
+def options(tmp: Path, epochs: int = EPOCHS) -> list[str]:
+    """run.sh's options of every call here: FSDD under ``tmp``, FitNets, batches of one clip."""
+    return [
+        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
         "--device", "cpu",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
         "--use_cache", "false", "--extra_args",
-        f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1", *args,
+        f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1",
     ]  # fmt: skip
-    log = tmp / f"run_sh_stage{args[1]}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=RECIPE,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-            pytest.fail(f"{' '.join(args)} hung for {TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
-    output = log.read_text()
-    assert proc.returncode == 0, f"{' '.join(args)}: exit {proc.returncode}\n{output[-8000:]}"
-    return output
 
 
 def write_manifests(data: Path, corrupt: Path) -> None:
@@ -84,8 +60,11 @@ def ddp_run(tmp_path_factory) -> dict:
     data = tmp / "data" / "fsdd"
     write_manifests(data / "fold1", corrupt)
     (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
-    run_sh(tmp, "--stage", "2", "--stop_stage", "2", epochs=1)  # the teacher, one process
-    output = run_sh(tmp, "--stage", "5", "--stop_stage", "5", "--ngpu", "2")
+    run_recipe(RECIPE, *options(tmp, epochs=1), "--stage", "2", "--stop_stage", "2")  # one process
+    # a hang (gloo waiting on the other rank) fails at the timeout, the process group stopped
+    ddp = run_recipe(RECIPE, *options(tmp), "--stage", "5", "--stop_stage", "5", "--ngpu", "2",
+                     timeout_s=TIMEOUT_S)  # fmt: skip
+    output = ddp.stdout + ddp.stderr
     student = tmp / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "fitnets" / "seed1"
     return {"student": student, "output": output, "corrupt": corrupt}
 

@@ -9,30 +9,17 @@ SpeechBrain's torchvision warning no longer reaches the log.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE, REPO, write_fsdd_manifests
+from conftest import RECIPE, REPO, run_recipe, write_fsdd_manifests
 
 from kd_modules.cache import check_deterministic_inputs
 
 RUN_SH = RECIPE / "run.sh"
-TIMEOUT_S = 120
-
-
-def run_sh(*args: str, cwd: Path = RECIPE, script: Path = RUN_SH) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(script), *args],
-        cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:
@@ -80,13 +67,13 @@ def refused(proc: subprocess.CompletedProcess) -> str:
     ],
 )
 def test_invalid_value_is_refused_before_any_stage(tmp_path, option, value, allowed):
-    proc = run_sh(f"--{option}", value, *folders(tmp_path))
+    proc = run_recipe(RECIPE, f"--{option}", value, *folders(tmp_path), check=False)
     assert refused(proc) == f"run.sh: invalid --{option} '{value}' (allowed: {allowed})"
     assert not (tmp_path / "data").exists() and not (tmp_path / "exp").exists()
 
 
 def test_stage_after_stop_stage_is_refused(tmp_path):
-    proc = run_sh("--stage", "5", "--stop_stage", "3", *folders(tmp_path))
+    proc = run_recipe(RECIPE, "--stage", "5", "--stop_stage", "3", *folders(tmp_path), check=False)
     expected = "run.sh: invalid --stage 5 after --stop_stage 3 (allowed: --stage <= --stop_stage)"
     assert refused(proc) == expected
 
@@ -107,7 +94,7 @@ def test_stage_after_stop_stage_is_refused(tmp_path):
 )  # fmt: skip
 def test_unknown_yaml_name_is_refused_even_from_a_later_stage(tmp_path, option, value, message):
     names = {kind: available(kind) for kind in ("kd", "student", "teacher")}
-    proc = run_sh("--stage", "5", f"--{option}", value, *folders(tmp_path))
+    proc = run_recipe(RECIPE, "--stage", "5", f"--{option}", value, *folders(tmp_path), check=False)
     assert refused(proc) == f"run.sh: invalid --{option} {message.format(**names)}"
 
 
@@ -119,7 +106,7 @@ def test_unwritable_folder_is_refused_at_stage_0(tmp_path, option):
     good = {"exp_dir": tmp_path / "exp", "data_dir": tmp_path / "data"}
     good[option] = blocker / "sub"
     args = [arg for name, path in good.items() for arg in (f"--{name}", str(path))]
-    proc = run_sh("--stop_stage", "0", "--device", "cpu", *args)
+    proc = run_recipe(RECIPE, "--stop_stage", "0", "--device", "cpu", *args, check=False)
     expected = (
         f"run.sh: --{option} {blocker}/sub cannot be created or written "
         f"({blocker} is not a writable folder)"
@@ -128,10 +115,9 @@ def test_unwritable_folder_is_refused_at_stage_0(tmp_path, option):
 
 
 def test_stage_0_alone_checks_folders_without_creating_them(tmp_path):
-    proc = run_sh("--python", sys.executable, "--stop_stage", "0", "--device", "cpu",
-                  "--data_dir", str(tmp_path / "new" / "data"),
-                  "--exp_dir", str(tmp_path / "new" / "exp"))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, "--python", sys.executable, "--stop_stage", "0", "--device", "cpu",
+                      "--data_dir", str(tmp_path / "new" / "data"),
+                      "--exp_dir", str(tmp_path / "new" / "exp"))  # fmt: skip
     assert proc.stdout.rstrip().endswith("[run.sh] done")
     assert list(tmp_path.iterdir()) == []  # nothing created, no probe left behind
 
@@ -154,14 +140,13 @@ def declared_options() -> dict[str, tuple[str, str]]:
 
 
 def help_lines(proc: subprocess.CompletedProcess) -> dict[str, list[str]]:
-    assert proc.returncode == 0, explain(proc)
     rows = re.findall(r'^  --(\S+) +("[^"]*"|\S+) +(.*)$', proc.stdout, re.M)
     return {name: [value, meaning] for name, value, meaning in rows}
 
 
 def test_help_gives_every_option_its_value_and_meaning():
     declared = declared_options()
-    lines = help_lines(run_sh("--help"))
+    lines = help_lines(run_recipe(RECIPE, "--help"))
     assert list(lines) == list(declared)
     for name, (default, meaning) in declared.items():
         shown = f'"{default}"' if not default or " " in default else default
@@ -172,7 +157,7 @@ def test_help_gives_every_option_its_value_and_meaning():
 
 
 def test_help_shows_values_given_before_it():
-    lines = help_lines(run_sh("--dataset", "esc50", "--seeds", "1 2 3", "--help"))
+    lines = help_lines(run_recipe(RECIPE, "--dataset", "esc50", "--seeds", "1 2 3", "--help"))
     assert lines["dataset"][0] == "esc50" and lines["seeds"][0] == '"1 2 3"'
 
 
@@ -189,7 +174,7 @@ def test_help_is_generic_for_any_script_sourcing_parse_options(tmp_path):
         'help_message="Usage: tiny"\n'
         f'. "{REPO}/tools/parse_options.sh"\n'
     )
-    proc = run_sh("--help", cwd=tmp_path, script=Path("recipe/run.sh"))  # a relative path
+    proc = run_recipe(tmp_path, "--help", program=["bash", "recipe/run.sh"])  # a relative path
     assert proc.stdout.splitlines() == [
         "Usage: tiny",
         "Options (current value, then meaning and allowed values):",
@@ -233,9 +218,9 @@ def commands(log: Path, script: str) -> list[str]:
 def test_allow_unfinished_teacher_reaches_stages_3_and_5_only(tmp_path, recorder, allow):
     stub, log = recorder
     prepared(tmp_path, "fsdd", "seeded", [1])
-    proc = run_sh("--python", str(stub), "--stage", "2", "--stop_stage", "5", "--device", "cpu",
-                  "--allow_unfinished_teacher", allow, *folders(tmp_path))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, "--python", str(stub), "--stage", "2", "--stop_stage", "5",
+               "--device", "cpu", "--allow_unfinished_teacher", allow,
+               *folders(tmp_path))  # fmt: skip
     flag = "--allow_unfinished_teacher True"
     cache_runs = commands(log, "cache_teacher.py")
     teacher, alone, *kd_students = commands(log, "train.py")
@@ -251,8 +236,7 @@ def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_pa
     common = ["--python", str(stub), "--device", "cpu", "--methods", "kd", "--kd_args", "--tau 2",
               "--teacher", "xvector_large",
               *folders(tmp_path)]  # fmt: skip
-    proc = run_sh(*common, "--stage", "2", "--stop_stage", "5")
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, *common, "--stage", "2", "--stop_stage", "5")
     (cache_run,) = commands(log, "cache_teacher.py")
     teacher, alone, kd_student = commands(log, "train.py")
     assert "--tau 2" in cache_run and "--tau 2" in kd_student
@@ -263,8 +247,7 @@ def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_pa
         (runs / folder / "seed1").mkdir(parents=True)
         (runs / folder / "seed1" / "train_info.json").write_text("{}")
     log.unlink()
-    proc = run_sh(*common, "--stage", "7", "--stop_stage", "7")
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, *common, "--stage", "7", "--stop_stage", "7")
     evaluations = {
         line.split("--output_folder ")[1].split()[0]: line for line in commands(log, "train.py")
     }
@@ -278,9 +261,8 @@ def test_report_title_names_the_prepared_split(tmp_path, recorder):
     """Item 20: data prepared seeded, stage 8 run by a command that says nothing of the split."""
     stub, log = recorder
     prepared(tmp_path, "esc50", "seeded", [1])
-    proc = run_sh("--python", str(stub), "--dataset", "esc50", "--stage", "8", "--device", "cpu",
-                  *folders(tmp_path))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "8",
+               "--device", "cpu", *folders(tmp_path))  # fmt: skip
     (report,) = commands(log, "-m")
     assert "--title Sound classification: esc50 (seeded split, folds 1, seeds 1)" in report
 
@@ -289,9 +271,8 @@ def test_later_stages_run_the_prepared_folds(tmp_path, recorder):
     """Started at stage 2 on seeded ESC-50 data, run.sh trains fold 1 only (not folds 1-5)."""
     stub, log = recorder
     prepared(tmp_path, "esc50", "seeded", [1])
-    proc = run_sh("--python", str(stub), "--dataset", "esc50", "--stage", "2", "--stop_stage", "2",
-                  "--device", "cpu", *folders(tmp_path))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "2",
+               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
     (teacher,) = commands(log, "train.py")
     assert f"--data_folder {tmp_path}/data/esc50/fold1 " in teacher
 
@@ -306,8 +287,9 @@ def tiny_dataset(tmp_path: Path) -> None:
 
 def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
     tiny_dataset(tmp_path)
-    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4", "--device",
-                  "cpu", "--extra_args", "--numbr_of_epochs 2", *folders(tmp_path))  # fmt: skip
+    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
+                      "--device", "cpu", "--extra_args", "--numbr_of_epochs 2", *folders(tmp_path),
+                      check=False)  # fmt: skip
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.strip().splitlines()[-1] == (
         "train.py: unknown hyperparameter --numbr_of_epochs (closest valid names: number_of_epochs)"
@@ -317,8 +299,9 @@ def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
 
 def test_wrong_type_override_names_the_key_and_value(tmp_path):
     tiny_dataset(tmp_path)
-    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4", "--device",
-                  "cpu", "--extra_args", "--number_of_epochs two", *folders(tmp_path))  # fmt: skip
+    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
+                      "--device", "cpu", "--extra_args", "--number_of_epochs two",
+                      *folders(tmp_path), check=False)  # fmt: skip
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.strip().splitlines()[-1] == (
         "train.py: invalid hyperparameter --number_of_epochs 'two': expected an integer "
@@ -330,10 +313,9 @@ def test_wrong_type_override_names_the_key_and_value(tmp_path):
 def test_training_log_has_no_torchvision_warning(tmp_path):
     """Item 14: SpeechBrain's import-time torchvision warning is filtered (matplotlib draws)."""
     tiny_dataset(tmp_path)
-    proc = run_sh("--python", sys.executable, "--stage", "4", "--stop_stage", "4",
-                  "--methods", "", "--device", "cpu", "--extra_args",
-                  "--number_of_epochs 1 --num_workers 0", *folders(tmp_path))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
+                      "--methods", "", "--device", "cpu", "--extra_args",
+                      "--number_of_epochs 1 --num_workers 0", *folders(tmp_path))  # fmt: skip
     run = tmp_path / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "none" / "seed1"
     assert (run / "train_info.json").is_file()
     assert "torchvision" not in proc.stdout + proc.stderr
@@ -361,9 +343,8 @@ def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
                                  str(REPO / "tests/samples/fsdd/free-spoken-digit-dataset")],
         "audio_tagging": ["--standin", "true"],
     }[recipe]  # fmt: skip
-    proc = run_sh("--python", sys.executable, "--device", "cpu", "--stop_stage", "1",
-                  *data, *folders(tmp_path), cwd=folder, script=folder / "run.sh")  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(folder, "--python", sys.executable, "--device", "cpu", "--stop_stage", "1",
+                      *data, *folders(tmp_path))  # fmt: skip
     assert "unbound variable" not in proc.stderr, explain(proc)
     assert not re.search(r"stage [2-8]:", proc.stdout), explain(proc)
     assert proc.stdout.rstrip().endswith("done"), explain(proc)
@@ -377,16 +358,14 @@ def test_standin_sources_reach_make_standin(tmp_path, recorder):
     (tmp_path / "data" / "standin").mkdir(parents=True)  # what the recorded make_standin writes
     sources = ["--standin_librispeech", str(tmp_path / "libri"), "--standin_vctk",
                str(tmp_path / "vctk wavs")]  # fmt: skip
-    proc = run_sh("--python", str(stub), "--standin", "true", "--stop_stage", "1", *sources,
-                  *folders(tmp_path), cwd=folder, script=folder / "run.sh")  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(folder, "--python", str(stub), "--standin", "true", "--stop_stage", "1",
+               *sources, *folders(tmp_path))  # fmt: skip
     (command,) = commands(log, "local/make_standin.py")
     assert command == (
         f"local/make_standin.py --out {tmp_path}/data/standin --librispeech {tmp_path}/libri "
         f"--vctk {tmp_path}/vctk wavs"
     )
-    proc = run_sh("--python", str(stub), *sources, *folders(tmp_path), cwd=folder,
-                  script=folder / "run.sh")  # fmt: skip
+    proc = run_recipe(folder, "--python", str(stub), *sources, *folders(tmp_path), check=False)
     assert refused(proc).endswith(
         "--standin_librispeech / --standin_vctk are the sources of --standin true: give it too"
     )
@@ -399,9 +378,8 @@ def teacher_command(tmp_path: Path, recorder, *extra: str) -> str:
     if not (tmp_path / "data" / "fsdd").exists():
         prepared(tmp_path, "fsdd", "seeded", [1])
     log.unlink(missing_ok=True)
-    proc = run_sh("--python", str(stub), "--stage", "2", "--stop_stage", "2", "--device", "cpu",
-                  *folders(tmp_path), *extra)  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, "--python", str(stub), "--stage", "2", "--stop_stage", "2",
+               "--device", "cpu", *folders(tmp_path), *extra)  # fmt: skip
     (teacher,) = commands(log, "train.py")
     return teacher
 
@@ -427,9 +405,8 @@ def test_epochs_given_by_the_user_win_over_the_default_teachers(tmp_path, record
 def test_every_dataset_has_a_default_teacher_that_exists(tmp_path, recorder, dataset):
     stub, log = recorder
     prepared(tmp_path, dataset, "seeded", [1])
-    proc = run_sh("--python", str(stub), "--dataset", dataset, "--stage", "2", "--stop_stage", "2",
-                  "--device", "cpu", *folders(tmp_path))  # fmt: skip
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, "--python", str(stub), "--dataset", dataset, "--stage", "2",
+               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
     (teacher,) = commands(log, "train.py")
     arch = re.search(r"hparams/teacher/(\w+)\.yaml", teacher).group(1)
     assert (RECIPE / "hparams" / "teacher" / f"{arch}.yaml").is_file()

@@ -7,7 +7,6 @@ tests; a second, identical command checks that a finished experiment resumes wit
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,21 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FSDD_CLIPS, RECIPE
+from conftest import FSDD_CLIPS, RECIPE, run_recipe
 
 from kd_modules.results import REQUIRED_FIELDS
 from kd_modules.teacher import Teacher
 
 pytestmark = pytest.mark.slow
 
-RUN_SH = RECIPE / "run.sh"
 TAKES = range(5, 10)  # takes 5-9 of every speaker and digit: 6 x 10 x 5 = 300 clips
 KD_METHODS = ("kd", "fitnets", "sp")
 TEACHER = ("teacher", "xvector_large", "none")
 STUDENTS = [("student", "xvector_small", method) for method in ("none", *KD_METHODS)]
 RUNS = [TEACHER, *STUDENTS]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TIMEOUT_S = 600
 
 
 @dataclass
@@ -43,18 +40,6 @@ class Experiment:
 
     def run_dir(self, role: str, arch: str, method: str) -> Path:
         return self.exp_dir / "fsdd" / "fold1" / role / arch / method / "seed1"
-
-
-def run_sh(*args: str, cwd: Path = RECIPE) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        ["bash", str(RUN_SH), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
 
 
 def explain(proc: subprocess.CompletedProcess) -> str:
@@ -98,8 +83,7 @@ def experiment(tmp_path_factory) -> Experiment:
         "--split", "seeded", "--device", "cpu", "--exp_dir", str(exp_dir),
         "--data_dir", str(data_dir), "--extra_args", "--number_of_epochs 2 --num_workers 0",
     ]  # fmt: skip
-    first = run_sh(*command)
-    assert first.returncode == 0, explain(first)
+    first = run_recipe(RECIPE, *command)
     return Experiment(root, exp_dir, data_dir, command, first)
 
 
@@ -110,7 +94,7 @@ def resumed(experiment: Experiment) -> tuple[dict, dict, subprocess.CompletedPro
     results = {
         run: experiment.run_dir(*run).joinpath("results.json").stat().st_mtime_ns for run in RUNS
     }
-    second = run_sh(*experiment.command)
+    second = run_recipe(RECIPE, *experiment.command, check=False)
     return {"checkpoints": before, "results": results}, checkpoint_state(experiment), second
 
 
@@ -223,21 +207,20 @@ def test_rerun_does_not_evaluate_again(experiment: Experiment, resumed):
 
 # ----- bad options -----------------------------------------------------------------------------
 def test_unknown_option_is_refused():
-    proc = run_sh("--no_such_option", "1")
+    proc = run_recipe(RECIPE, "--no_such_option", "1", check=False)
     assert proc.returncode != 0
     assert "unknown option" in proc.stderr
 
 
 def test_help_lists_the_options():
-    proc = run_sh("--help")
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, "--help")
     assert "--stage" in proc.stdout and "--data_root" in proc.stdout
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path: Path):
-    proc = run_sh(
-        "--python", sys.executable, "--dataset", "esc50", "--device", "cpu",
-        "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"),
+    proc = run_recipe(
+        RECIPE, "--python", sys.executable, "--dataset", "esc50", "--device", "cpu",
+        "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"), check=False,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "--data_root" in proc.stderr and "esc50" in proc.stderr

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SPEAKER_VERIFICATION
+from conftest import SPEAKER_VERIFICATION, run_recipe
 from safetensors import safe_open
 
 pytestmark = pytest.mark.slow
@@ -32,37 +30,26 @@ EPOCHS, BATCH = 2, 16
 EXTRA_ARGS = f"--number_of_epochs {EPOCHS} --batch_size {BATCH} --num_workers 0 --ig_steps 2"
 
 
-def run_sh(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        "bash", str(SPEAKER_VERIFICATION / "run.sh"), "--python", sys.executable,
+def options(tmp: Path) -> list[str]:
+    """run.sh's options of every call here: the stand-in under ``tmp``, one IML-KD student."""
+    return [
+        "--python", sys.executable,
         "--standin", "true", "--dataset", "voxceleb1", "--device", "cpu",
         "--teacher", ARCH, "--students", ARCH, "--methods", "imlkd",
         "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"),
-        "--extra_args", f"{EXTRA_ARGS} --cache_views 1", *args,
+        "--extra_args", f"{EXTRA_ARGS} --cache_views 1",
     ]  # fmt: skip
-    proc = subprocess.run(
-        command,
-        cwd=SPEAKER_VERIFICATION,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (
-        f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n"
-        f"{proc.stderr[-6000:]}"
-    )
-    return proc
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, shared_data) -> dict:
     tmp = tmp_path_factory.mktemp("speaker_ddp")
-    run_sh(tmp, "--stage", "0", "--stop_stage", "2")  # one process
-    run_sh(tmp, "--stage", "3", "--stop_stage", "5", "--ngpu", "2")
+    common = options(tmp)
+    run_recipe(SPEAKER_VERIFICATION, *common, "--stage", "0", "--stop_stage", "2")  # one process
+    run_recipe(SPEAKER_VERIFICATION, *common, "--stage", "3", "--stop_stage", "5", "--ngpu", "2")
     student = tmp / "exp" / "voxceleb1" / "student" / ARCH / "imlkd" / "seed1"
     checkpoints = sorted((student / "save").glob("CKPT+*"))
-    verified = run_sh(tmp, "--stage", "7", "--stop_stage", "7")
+    verified = run_recipe(SPEAKER_VERIFICATION, *common, "--stage", "7", "--stop_stage", "7")
     train = json.loads((tmp / "data" / "voxceleb1" / "train.json").read_text())
     return {"student": student, "checkpoints": checkpoints, "segments": sorted(train),
             "stage7": verified.stdout}  # fmt: skip

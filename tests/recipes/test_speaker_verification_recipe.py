@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SPEAKER_VERIFICATION
+from conftest import SPEAKER_VERIFICATION, run_recipe
 from safetensors import safe_open
 from speechbrain.lobes.features import Fbank
 
@@ -45,6 +44,7 @@ METRICS = ("eer", "min_dcf", "snorm_eer", "snorm_min_dcf", "asnorm_eer", "asnorm
 P_TARGET = 0.01  # common.yaml's p_target (VoxCeleb's minDCF setting)
 N_MELS = 80
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 900
 
 
 @dataclass
@@ -72,17 +72,6 @@ def explain(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
 
 
-def run_sh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(RECIPE / "run.sh"), *args],
-        cwd=RECIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 def user_command(root: Path, exp_dir: Path, methods=METHODS, *extra: str) -> list[str]:
     """The one command of the recipe's README, on CPU, with tiny models and short runs."""
     return [
@@ -97,8 +86,7 @@ def user_command(root: Path, exp_dir: Path, methods=METHODS, *extra: str) -> lis
 def experiment(tmp_path_factory, shared_data) -> Experiment:
     root = tmp_path_factory.mktemp("speaker_verification")
     command = user_command(root, root / "exp")
-    proc = run_sh(*command)
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     return Experiment(root, proc, command)
 
 
@@ -262,7 +250,7 @@ def saved_state(experiment: Experiment) -> dict[str, int]:
 def resumed(experiment: Experiment) -> tuple[dict, dict, subprocess.CompletedProcess]:
     """The same command again: the saved state before and after, and the second run."""
     before = saved_state(experiment)
-    second = run_sh(*experiment.command)
+    second = run_recipe(RECIPE, *experiment.command, timeout_s=TIMEOUT_S, check=False)
     return before, saved_state(experiment), second
 
 
@@ -282,8 +270,7 @@ def test_rerun_retrains_and_reevaluates_nothing(experiment: Experiment, resumed)
 def test_stop_after_prepare_runs_no_later_stage(experiment: Experiment, resumed):
     """``--stop_stage 1`` (prepare, then look at the data): stages 2-7 and their arguments (the
     speaker count of the manifests) are never touched."""
-    proc = run_sh(*experiment.command, "--stop_stage", "1")
-    assert proc.returncode == 0, explain(proc)
+    proc = run_recipe(RECIPE, *experiment.command, "--stop_stage", "1", timeout_s=TIMEOUT_S)
     assert "unbound variable" not in proc.stderr, proc.stderr[-2000:]
     stages = re.findall(r"\[run\.sh\] stage (\d+)", proc.stdout)
     assert sorted(set(stages)) == ["0", "1"], proc.stdout[-2000:]
@@ -297,8 +284,7 @@ def test_imlkd_student_trains_with_the_live_integrated_teacher(experiment: Exper
     shutil.copytree(teacher, live_exp / teacher.relative_to(experiment.root / "exp"))
     command = user_command(experiment.root, live_exp, ["imlkd"], "--use_cache", "false",
                            "--stage", "5", "--stop_stage", "5")  # fmt: skip
-    proc = run_sh(*command)
-    assert proc.returncode == 0, explain(proc)
+    run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     student = live_exp / "voxceleb1" / "student" / ARCH / "imlkd" / "seed1"
     info = json.loads((student / "train_info.json").read_text())
     assert info["finished"] and info["teacher_cache"] is None
