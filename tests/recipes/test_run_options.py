@@ -310,6 +310,7 @@ def test_wrong_type_override_names_the_key_and_value(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_training_log_has_no_torchvision_warning(tmp_path):
     """Item 14: SpeechBrain's import-time torchvision warning is filtered (matplotlib draws)."""
     tiny_dataset(tmp_path)
@@ -335,6 +336,7 @@ def test_cache_refusal_names_the_run_sh_option_and_the_yaml_key():
 
 
 @pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging"])
+@pytest.mark.slow
 def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
     """--stop_stage 1 prepares and stops: no later stage reads the (not yet known) label count."""
     folder = REPO / "recipes" / recipe

@@ -290,6 +290,7 @@ def test_seeded_split_of_each_sample(tmp_path, dataset):
     }
 
 
+@pytest.mark.slow
 def test_audiomnist_paper_folds_via_cli(tmp_path):
     """The CLI as run.sh calls it: official speaker folds of the samples, soundfile conversion."""
     out = tmp_path / "audiomnist"

@@ -174,6 +174,7 @@ def test_student_is_never_the_teacher():
     [(DeepInversion, {}), (CMI, {}), (FRAMI, {}), (FRAMI, {"fuse_views": True})],
     ids=["deepinversion", "cmi", "frami", "frami_fused_views"],
 )
+@pytest.mark.slow
 def test_inversion_lowers_ce_and_bn_gap_and_hits_the_targets(teacher, cls, options):
     xs, targets, synth = synthesise(cls, teacher, steps=150, **options)
     ce, bn = synth.history["ce"], synth.history["bn"]
@@ -225,6 +226,7 @@ def test_frami_fused_views_give_the_two_separate_passes_results(teacher, framewi
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_generator_parameterization_lowers_ce(teacher):
     # A generator shares its weights across samples: R_BN must weigh less than on direct inputs.
     xs, targets, synth = synthesise(FRAMI, teacher, parameterization="generator",
@@ -234,6 +236,7 @@ def test_generator_parameterization_lowers_ce(teacher):
     assert xs[0].shape == (40, 60, N_MELS)
 
 
+@pytest.mark.slow
 def test_frami_samples_more_diverse_than_deepinversion(teacher):
     """Diversity: mean within-class pairwise cosine distance of the teacher's embeddings."""
     diversity = {}
