@@ -106,8 +106,8 @@ class ViewReplay:
         """Features ``(B, T, F)`` and parameters ``(B, P)`` of same-length views.
 
         ``batch`` holds ``(utt_id, view, waveform, (generator, crop_start))`` entries as
-        :func:`kd_modules.cache.build_teacher_cache` groups them; masks are drawn from each view's
-        own generator for its frame count, so the draw never depends on the batch.
+        :func:`kd_modules.cache_build.build_teacher_cache` groups them; masks are drawn from each
+        view's own generator for its frame count, so the draw never depends on the batch.
         """
         wavs = torch.stack([wave for _, _, wave, _ in batch]).to(device)
         feats = self.front_end(wavs, torch.ones(len(batch), device=device))

@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kd_modules.cache import ShardWriter, TeacherCache, build_teacher_cache  # noqa: E402
+from kd_modules.cache import ShardWriter, TeacherCache  # noqa: E402
+from kd_modules.cache_build import build_teacher_cache  # noqa: E402
 
 
 def write_synthetic_store(folder: Path, size: int, shard_size: int) -> float:

@@ -46,8 +46,8 @@ from types import ModuleType
 
 import torch
 
-from kd_modules.experiment import run_cache_stage
 from kd_modules.hparams import load_composed, parse_recipe_arguments
+from kd_modules.stages.cache import run_cache_stage
 from kd_modules.teacher import load_teacher_side
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from train import dataio_prepare
 
-from kd_modules.experiment import run_cache_stage
 from kd_modules.hparams import run_main
+from kd_modules.stages.cache import run_cache_stage
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")

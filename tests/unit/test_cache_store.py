@@ -23,13 +23,8 @@ from conftest import FSDD_CLIPS, RECIPE, REPO
 from safetensors import safe_open
 
 from kd_modules.augment import AugmentPolicy, epoch_view, mix
-from kd_modules.cache import (
-    ShardWriter,
-    TeacherCache,
-    build_teacher_cache,
-    cache_key,
-    stored_ids,
-)
+from kd_modules.cache import ShardWriter, TeacherCache, cache_key, stored_ids
+from kd_modules.cache_build import build_teacher_cache
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
 from kd_modules.progress import progress_bar
@@ -209,7 +204,7 @@ def test_time_sharded_build_killed_keeps_its_shards_and_resumes_to_the_same_cach
     assert len(shards) == 2 and sorted(stored_ids(folder)) == sorted(first)
     mtimes = [shard.stat().st_mtime_ns for shard in shards]
     log = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="kd_modules.cache"):
+    with caplog.at_level(logging.INFO, logger="kd_modules.cache_build"):
         build(setup, folder, shard_seconds=0.0,
               progress=partial(progress_bar, file=log, log_interval_s=0), **options)  # fmt: skip
     assert f"resuming: 2 of {N_CLIPS} utterances already cached" in caplog.text

@@ -23,7 +23,8 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from torch import nn
 
 from kd_modules.brains.distill import DistillBrain
-from kd_modules.cache import TeacherCache, build_teacher_cache
+from kd_modules.cache import TeacherCache
+from kd_modules.cache_build import build_teacher_cache
 from kd_modules.dataio import AudioReadError, SkipBadCollate, read_audio
 from kd_modules.hparams import load_composed
 from kd_modules.teacher import Teacher, resolve_tap_points

@@ -14,18 +14,13 @@ import torch
 from conftest import RECIPE, write_fsdd_manifests
 
 from kd_modules.brains import ClassificationBrain
-from kd_modules.cache import (
-    TeacherCache,
-    build_teacher_cache,
-    cache_key,
-    check_deterministic_inputs,
-)
+from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
+from kd_modules.cache_build import build_teacher_cache
 from kd_modules.dataio import SkipBadCollate
 from kd_modules.hparams import load_composed
 from kd_modules.metrics import accuracy
 from kd_modules.teacher import Teacher
 
-pytestmark = pytest.mark.slow  # every test uses a teacher trained by the recipe's train.py
 HP = RECIPE / "hparams"
 
 

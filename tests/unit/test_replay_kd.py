@@ -14,12 +14,11 @@ from conftest import FSDD_CLIPS, RECIPE
 
 from kd_modules.brains import ClassificationBrain
 from kd_modules.cache import TeacherCache
-from kd_modules.experiment import run_cache_stage
 from kd_modules.hparams import load_composed
 from kd_modules.replay import CacheMismatchError
+from kd_modules.stages.cache import run_cache_stage
 from kd_modules.teacher import load_teacher, teacher_cache_folder
 
-pytestmark = pytest.mark.slow  # every test uses the recipe's trained teacher and its cache
 HP = RECIPE / "hparams"
 CROP_S = 0.25  # shorter than every clip used: all views have the same length, nothing is padded
 
