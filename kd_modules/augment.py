@@ -10,13 +10,19 @@ students alone, KD with a live teacher), so all runs share one augmentation poli
 
 Parameters of one view are one int64 vector ``(P,)`` (:meth:`AugmentPolicy.param_size`):
 ``[crop_start, t_start_1, t_width_1, ..., f_start_1, f_width_1, ...]``; an unused mask has width 0.
-Mixup pairs clips within a batch and is applied in the Brain (:func:`mix`), on the student's
-inputs and on the teacher's outputs (live or cached) with the same pairing and λ.
+A training batch goes through :meth:`AugmentPolicy.crop_training` (waveforms) and
+:meth:`AugmentPolicy.mask_training` (features), with the parameters a cached batch carries or
+fresh ones. Mixup pairs clips within a batch (:meth:`AugmentPolicy.draw_mixup`, a
+:class:`Mixing`): the student's inputs, the teacher's outputs (live or cached, :func:`mix`) and
+the task loss's targets share the pairing and λ. It is drawn per batch, not per view, so it is no
+part of a view's settings (nor of the teacher cache key).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -53,6 +59,8 @@ class AugmentPolicy:
         Inclusive range of the number of masks along time (frames) and frequency (bins).
     time_width, freq_width : tuple[int, int]
         Inclusive range of one mask's width.
+    mixup_alpha : float
+        > 0: mixup of the training batch, λ ~ Beta(alpha, alpha) (0: off).
     """
 
     def __init__(
@@ -64,8 +72,10 @@ class AugmentPolicy:
         time_width: tuple[int, int] = (5, 19),
         freq_masks: tuple[int, int] = (1, 2),
         freq_width: tuple[int, int] = (2, 7),
+        mixup_alpha: float = 0.0,
     ) -> None:
         self.crop_samples = int(crop_samples) if random_crop else 0
+        self.mixup_alpha = float(mixup_alpha or 0.0)
         off = (0, 0)
         self.time_masks = tuple(time_masks) if spec_masks else off
         self.freq_masks = tuple(freq_masks) if spec_masks else off
@@ -147,6 +157,46 @@ class AugmentPolicy:
             out[row, :size] = wavs[row, start : start + size]
         return out, kept.float() / length
 
+    def crop_training(
+        self, wavs: torch.Tensor, lens: torch.Tensor, stored: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's waveforms ``(B, S)`` through the random crop: ``(wavs, lens)``.
+
+        A batch that replays cached views crops at their stored starts (``stored``, the views'
+        parameters ``(B, P)``); otherwise each start is drawn afresh (torch's global generator,
+        seeded by the run's seed) inside the clip's own samples.
+        """
+        if not self.crop_samples:
+            return wavs, lens
+        n_samples = (lens * wavs.shape[1]).round().long()
+        if stored is not None:
+            starts = stored[:, 0]
+        else:
+            starts = torch.tensor([self.draw_crop(None, int(n)) for n in n_samples])
+        return self.crop_batch(wavs, n_samples, starts)
+
+    def mask_training(
+        self, feats: torch.Tensor, lens: torch.Tensor, stored: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A training batch's features ``(B, T, F)`` through the time/frequency masks.
+
+        A batch that replays cached views carries their parameters (``stored``, ``(B, P)``), so
+        the student gets exactly the teacher's view; otherwise masks are drawn afresh inside each
+        clip's valid frames (drawn even with no masks configured: the global generator then
+        advances as it always has, which keeps seeded runs reproducible).
+        """
+        if stored is None:
+            stored = self.live_masks(lens, feats.shape[1], feats.shape[2])
+        return self.mask(feats, stored)
+
+    def draw_mixup(self, batch_size: int, device=None) -> Mixing | None:
+        """The mixup of a training batch of ``batch_size`` clips (None: off, or a single clip)."""
+        if self.mixup_alpha <= 0 or batch_size < 2:
+            return None
+        alpha = self.mixup_alpha
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        return Mixing(lam, torch.randperm(batch_size, device=device))
+
     def mask(self, feats: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Zero the views' time and frequency masks: feats ``(B, T, F)``, params ``(B, P)``."""
         if not (self.time_masks[1] or self.freq_masks[1]):
@@ -178,3 +228,28 @@ def mix(tensors: dict, lam: float, perm: torch.Tensor) -> dict:
         name: lam * value + (1.0 - lam) * value[perm] if value.is_floating_point() else value
         for name, value in tensors.items()
     }
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """The mixup of one batch: clip ``i`` becomes ``lam·x_i + (1 − lam)·x_perm[i]``.
+
+    ``perm`` ``(B,)`` pairs the clips; inputs, teacher outputs and targets are mixed alike.
+    """
+
+    lam: float
+    perm: torch.Tensor
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixed inputs (or soft targets) ``(B, ...)``."""
+        return self.lam * x + (1.0 - self.lam) * x[self.perm]
+
+    def outputs(self, tensors: dict) -> dict:
+        """The teacher's outputs (name -> ``(B, ...)``) mixed like the inputs (:func:`mix`)."""
+        return mix(tensors, self.lam, self.perm)
+
+    def loss(
+        self, loss_fn: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Mixup's task loss on hard ``targets`` ``(B, ...)``: λ·L(targets) + (1 − λ)·L(paired)."""
+        return self.lam * loss_fn(targets) + (1.0 - self.lam) * loss_fn(targets[self.perm])
