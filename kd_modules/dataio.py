@@ -320,7 +320,7 @@ class SkipBadCollate:
     examples (ids, labels) with ``placeholder_samples`` zeros as their signal, ``placeholder=True``.
     Under DDP every rank must run the same forward and backward collectives at every step, so no
     rank may skip a batch: a Brain runs its usual forward on the placeholder and multiplies its
-    loss by 0 (``DistillBrain.placeholder_loss``), counting nothing but the skipped clips.
+    loss by 0 (:func:`kd_modules.brains.ddp.zero_loss`), counting nothing but the skipped clips.
     ``placeholder_samples`` (1 s at 16 kHz) only needs to be long enough for the front end and the
     model's receptive field.
     """

@@ -6,7 +6,7 @@ of every training utterance (crop, then time/frequency masks, each from a genera
 (seed, utterance, view)) and run the teacher on them; a KD run's data pipeline uses
 :meth:`ViewReplay.dataset_item` to pick the epoch's view of each utterance, read that view's
 teacher outputs and parameters from the cache, and crop the waveform the same way, and its Brain
-applies the stored masks (:meth:`DistillBrain.augment_features`). No teacher runs in the KD run.
+applies the stored masks (:meth:`AugmentPolicy.mask_training`). No teacher runs in the KD run.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class ViewReplay:
         output) of the utterance's view in the current epoch, read from the cache.
 
         The Brain crops the waveform and masks the features with these parameters
-        (:meth:`DistillBrain.augment_waveforms`, :meth:`DistillBrain.augment_features`). A clip
+        (:meth:`AugmentPolicy.crop_training`, :meth:`AugmentPolicy.mask_training`). A clip
         that stage 3 could not read gives empty tensors: its ``sig`` is empty too and the collate
         function drops it, as without a cache.
         """

@@ -1,10 +1,13 @@
-"""SpeechBrain Brains: DistillBrain (teacher plumbing) and the task brains built on it."""
+"""SpeechBrain Brains: DistillBrain (the teacher contract), TaskBrain (what every task shares) and
+the task brains built on them; ``stage_log`` (terms, history) and ``ddp`` (DDP set-up,
+placeholder batches) are their components."""
 
 from kd_modules.brains.classification import ClassificationBrain
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.brains.distill import DistillBrain, KDObjective
 from kd_modules.brains.speaker import SpeakerBrain
 from kd_modules.brains.tagging import TaggingBrain, TagLayout
+from kd_modules.brains.task import TaskBrain
 
 __all__ = [
     "ClassificationBrain",
@@ -14,4 +17,5 @@ __all__ = [
     "SpeakerBrain",
     "TagLayout",
     "TaggingBrain",
+    "TaskBrain",
 ]

@@ -37,8 +37,9 @@ class DataFreeBrain(ClassificationBrain):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not self.distilling:
-            raise ValueError("Data-free KD needs KD losses (kd_losses): the pool has no labels "
-                             "but the teacher's")  # fmt: skip
+            raise ValueError(
+                "Data-free KD needs KD losses (kd_losses): the pool has no labels but the teacher's"
+            )
         if self.teacher is not None:
             check_distinct(self.modules.model, self.teacher.model)
 

@@ -20,40 +20,30 @@ import speechbrain as sb
 import torch
 
 from kd_modules.brains.classification import ClassificationBrain
-from kd_modules.dataio import is_placeholder
 
 
 class SpeakerBrain(ClassificationBrain):
     """Train a speaker-embedding model alone or from a teacher; report speaker-ID accuracy."""
 
+    def teacher_targets(self, batch) -> torch.Tensor:
+        """The training speakers ``(B,)``, for IML-KD's integrated gradients."""
+        return batch.spk_label.data.reshape(-1)
+
     def compute_forward(self, batch, stage: sb.Stage):
         """``(student, teacher, lens, distilled)``: the student's outputs on the input, the
         teacher's (KD training only), the lengths, and the student's outputs the KD terms see
         (on the integrated input for IML-KD, else the same as ``student``)."""
-        batch = batch.to(self.device)
-        self.count_skipped(batch)
-        placeholder = is_placeholder(batch)
-        feats, lens = self.compute_features(batch, stage)
-        self.mixing = mixing = self.draw_mixup(stage, feats.shape[0])
-        if mixing is not None:
-            lam, perm = mixing
-            feats = lam * feats + (1.0 - lam) * feats[perm]
+        feats, lens, placeholder = self.model_inputs(batch, stage)
         student = self.student_forward(feats, lens, placeholder=placeholder)
-        teacher, distilled = None, student
-        if stage == sb.Stage.TRAIN and self.distilling:
-            targets = batch.spk_label.data.reshape(-1)
-            teacher = self.teacher_forward(
-                batch.id, feats, lens, placeholder, batch=batch, mixing=mixing, targets=targets
-            )
-            weight = teacher.pop("ig_weight", None)
-            if weight is not None:
-                if mixing is not None:
-                    raise ValueError("IML-KD's integrated input does not mix: set mixup_alpha 0")
-                integrated = feats if placeholder else self.hparams.integrated_input.apply(
-                    feats, weight.to(feats.dtype)
-                )
-                distilled = self.student_forward(integrated, lens, placeholder=placeholder)
-        return student, teacher, lens, distilled
+        teacher = self.teacher_outputs(batch, stage, feats, lens, placeholder)
+        weight = teacher.pop("ig_weight", None) if teacher is not None else None
+        if weight is None:
+            return student, teacher, lens, student
+        if self.mixing is not None:
+            raise ValueError("IML-KD's integrated input does not mix: set mixup_alpha 0")
+        if not placeholder:  # a placeholder's zero audio needs no integrated input
+            feats = self.hparams.integrated_input.apply(feats, weight.to(feats.dtype))
+        return student, teacher, lens, self.student_forward(feats, lens, placeholder)
 
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
         """AAM softmax on the input (+ weighted KD terms on ``distilled`` in training);
@@ -61,17 +51,13 @@ class SpeakerBrain(ClassificationBrain):
         student, teacher, lens, distilled = predictions
         targets = batch.spk_label.data.reshape(-1)  # (B,)
         cosine = student["cosine"].unsqueeze(1)  # (B, 1, C), as SpeechBrain's AAM wants it
-        loss = self.hparams.aam_loss(cosine, targets.unsqueeze(1))
+
+        def aam(speakers: torch.Tensor) -> torch.Tensor:
+            return self.hparams.aam_loss(cosine, speakers.unsqueeze(1))
+
         mixing = self.mixing if stage == sb.Stage.TRAIN else None
-        if mixing is not None:
-            lam, perm = mixing
-            loss = lam * loss + (1.0 - lam) * self.hparams.aam_loss(cosine, targets[perm, None])
-        if is_placeholder(batch):
-            return self.placeholder_loss(loss, distilled, teacher, lens, targets)
-        self.log_terms(aam=loss)
-        if teacher is not None:
-            loss = loss + self.distill_loss(distilled, teacher, lens, targets)
+        loss = aam(targets) if mixing is None else mixing.loss(aam, targets)
+        loss = self.task_and_kd_loss(batch, {"aam": loss}, distilled, teacher, lens, targets)
         if stage != sb.Stage.TRAIN:
-            logits = student["logits"].detach().float().unsqueeze(1)  # (B, 1, C)
-            self.accuracy.append(logits, targets.unsqueeze(1), torch.ones_like(lens))
+            self.count_correct(batch, student, targets, lens)
         return loss

@@ -1,7 +1,7 @@
 """Multi-label tagging (urban sound tagging): binary cross-entropy + KD terms, DCASE metrics.
 
 Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``targets``
-(``(B, K)`` in {0, 1}), and the hparams of :class:`ClassificationBrain`'s front end plus
+(``(B, K)`` in {0, 1}), and the hparams of :class:`~kd_modules.brains.task.TaskBrain` plus
 ``tag_layout`` (a :class:`TagLayout`: which of the K outputs are fine tags, X tags and coarse
 classes) and ``selection_key`` (the validation metric that keeps the best checkpoint, e.g.
 ``coarse_micro_auprc``). Outside training it collects every clip's sigmoid scores, computes the
@@ -20,7 +20,7 @@ import speechbrain as sb
 import torch
 import torch.nn.functional as F
 
-from kd_modules.brains.classification import ClassificationBrain
+from kd_modules.brains.task import TaskBrain
 from kd_modules.dataio import is_placeholder
 from kd_modules.metrics import CoarseClass, dcase_coarse_metrics, dcase_fine_metrics
 
@@ -64,40 +64,34 @@ class TagLayout:
         return flat, {level: result["class_auprc"] for level, result in levels.items()}
 
 
-class TaggingBrain(ClassificationBrain):
+class TaggingBrain(TaskBrain):
     """Train a tagger alone, or a student from a teacher; report the DCASE metrics.
 
-    The front end and the forward passes (student, teacher or its cache, placeholders for
-    unreadable batches) are :class:`ClassificationBrain`'s; this class changes the task loss
-    (BCE over every output), the metrics and the checkpoint selection.
+    The front end, the forward passes (student, teacher or its cache, placeholders for
+    unreadable batches) and the epoch's end are :class:`~kd_modules.brains.task.TaskBrain`'s;
+    this class adds the task loss (BCE over every output), the metrics and the selection key.
     """
 
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
         """BCE (+ weighted KD terms in training); outside training, collect the scores.
 
-        With mixup (``ClassificationBrain.compute_forward`` mixed the inputs and ``self.mixing``
-        holds λ and the pairing), the BCE targets are mixed alike (soft multi-label targets).
+        With mixup (``self.mixing``: the inputs were mixed), the BCE targets are mixed alike
+        (soft multi-label targets).
         """
         student, teacher, lens = predictions
         targets = batch.targets.data.float()  # (B, K)
-        mixing = getattr(self, "mixing", None) if stage == sb.Stage.TRAIN else None
-        if mixing is not None:  # mixup: the inputs were mixed, so are the targets
-            lam, perm = mixing
-            targets = lam * targets + (1.0 - lam) * targets[perm]
+        if stage == sb.Stage.TRAIN and self.mixing is not None:
+            targets = self.mixing.inputs(targets)
         loss = F.binary_cross_entropy_with_logits(student["logits"].float(), targets)
-        if is_placeholder(batch):
-            return self.placeholder_loss(loss, student, teacher, lens, targets)
-        self.log_terms(bce=loss)
-        if teacher is not None:
-            loss = loss + self.distill_loss(student, teacher, lens, targets)
-        if stage != sb.Stage.TRAIN:
+        loss = self.task_and_kd_loss(batch, {"bce": loss}, student, teacher, lens, targets)
+        if stage != sb.Stage.TRAIN and not is_placeholder(batch):
             self.scores.append(student["logits"].detach().float().sigmoid().cpu())
             self.truth.append(targets.cpu())
             self.ids.extend(batch.id)
         return loss
 
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
-        """Reset the term accumulators and the collected scores."""
+        """Reset the stage log and the collected scores."""
         super().on_stage_start(stage, epoch)
         self.scores: list[torch.Tensor] = []
         self.truth: list[torch.Tensor] = []
@@ -105,35 +99,19 @@ class TaggingBrain(ClassificationBrain):
 
     def stage_metrics(self) -> dict:
         """DCASE metrics of the scores collected in this stage (per-class AUPRC kept aside)."""
+        if not self.scores:
+            return {}
         layout: TagLayout = self.hparams.tag_layout
         truth, scores = torch.cat(self.truth).numpy(), torch.cat(self.scores).numpy()
         metrics, self.class_auprc = layout.metrics(truth, scores)
         return metrics
 
+    def selection_key(self) -> str:
+        """hparams ``selection_key`` (e.g. ``coarse_micro_auprc``) keeps the best checkpoint."""
+        return self.hparams.selection_key
+
     def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
-        """Log the epoch, anneal the learning rate, keep the best checkpoint by
-        ``selection_key``; in the test stage keep the scores in ``test_predictions``."""
-        stats = {"loss": stage_loss, **self.term_means()}
-        if self.skipped_clips:
-            stats["skipped_clips"] = self.skipped_clips
-        if stage != sb.Stage.TRAIN and self.scores:
-            stats.update(self.stage_metrics())
-        elapsed = self.finish_epoch(stage, epoch, stats)
-        if stage == sb.Stage.TRAIN:
-            self.train_stats = {**stats, "epoch_time_s": elapsed}
-        elif stage == sb.Stage.VALID:
-            key = self.hparams.selection_key
-            old_lr, new_lr = self.hparams.lr_annealing(stats["loss"])
-            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            self.hparams.train_logger.log_stats(
-                {"epoch": epoch, "lr": old_lr}, train_stats=self.train_stats, valid_stats=stats
-            )
-            self.checkpointer.save_and_keep_only(
-                meta={key: stats[key], "epoch": epoch}, max_keys=[key], num_to_keep=1
-            )
-        else:
-            self.test_stats = stats
+        """TaskBrain's epoch end; in the test stage keep the scores in ``test_predictions``."""
+        super().on_stage_end(stage, stage_loss, epoch)
+        if stage == sb.Stage.TEST:
             self.test_predictions = (list(self.ids), torch.cat(self.scores).numpy())
-            self.hparams.train_logger.log_stats(
-                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
-            )

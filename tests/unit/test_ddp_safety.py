@@ -158,7 +158,7 @@ def assert_placeholder_step(brain, batch) -> tuple:
         assert not param.grad.any(), f"{name} got a non-zero gradient"
     state = brain.modules.model.state_dict()
     assert buffers and all(torch.equal(state[k], v) for k, v in buffers.items())
-    assert brain.term_means() == {} and brain.skipped_clips == batch.skipped
+    assert brain.stage_log.means() == {} and brain.skipped_clips == batch.skipped
     return predictions
 
 
@@ -173,9 +173,9 @@ def test_all_bad_batch_is_a_placeholder_with_zero_loss_and_zero_gradients(bad_se
     loss, (student, _, _) = step(brain, real)
     assert loss.item() > 0.0 and any(p.grad.any() for _, p in trained(brain))
     ce = F.cross_entropy(student["logits"], real.label_id.data.reshape(-1))
-    means = brain.term_means()
+    means = brain.stage_log.means()
     assert set(means) == {"ce", "kd_fitnets"} and means["ce"] == pytest.approx(ce.item())
-    assert brain.progress.counts == {"ce": 1, "kd_fitnets": 1}
+    assert brain.stage_log.counts == {"ce": 1, "kd_fitnets": 1}
     assert brain.skipped_clips == 2
 
 
@@ -187,7 +187,7 @@ def test_placeholder_adds_nothing_to_the_accuracy(bad_setup):
         loss, _ = step(brain, bad_setup["bad"][0], sb.Stage.VALID)
         assert loss.item() == 0.0 and brain.accuracy.total == 0
         step(brain, bad_setup["good"][0], sb.Stage.VALID)
-    assert brain.accuracy.total == 2 and brain.term_means().keys() == {"ce"}
+    assert brain.accuracy.total == 2 and brain.stage_log.means().keys() == {"ce"}
 
 
 def test_placeholder_with_the_teacher_cache_uses_zeros_not_the_missing_ids(bad_setup):
