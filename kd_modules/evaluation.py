@@ -17,7 +17,7 @@ from pathlib import Path
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.utils.distributed import if_main_process
 
-from kd_modules.brains.distill import unwrap_module
+from kd_modules.brains.ddp import unwrap_module
 from kd_modules.profiling import count_macs, count_params, cpu_latency_ms
 from kd_modules.provenance import git_commit, manifest_files, versions
 from kd_modules.run_folder import training_wall_time_s

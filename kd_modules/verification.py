@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from speechbrain.dataio.dataloader import make_dataloader
 from torch import Tensor
 
-from kd_modules.brains.distill import unwrap_module
+from kd_modules.brains.ddp import unwrap_module
 from kd_modules.dataio import write_text_atomic
 from kd_modules.metrics import eer_min_dcf
 from kd_modules.progress import progress_bar
