@@ -3,9 +3,10 @@
 Expects batches with ``sig`` (waveforms ``(B, S)`` + relative lengths) and ``spk_label``
 (``(B, 1)`` training-speaker ids), and hparams ``front_end`` and ``aam_loss`` (SpeechBrain's
 ``LogSoftmaxWrapper(AdditiveAngularMargin)``, called on the model's ``cosine`` ``(B, 1, C)``).
-Features, augmentation, mixup, unreadable batches, validation accuracy (speaker identification
-on held-out segments of the training speakers, which selects the checkpoint) and the epoch
-logging are :class:`ClassificationBrain`'s.
+Features, augmentation, mixup, unreadable batches and the epoch's end are
+:class:`~kd_modules.brains.task.TaskBrain`'s; the mixed class loss and validation accuracy
+(speaker identification on held-out segments of the training speakers, which selects the
+checkpoint) are :class:`ClassificationBrain`'s, with the speakers as classes and AAM as the loss.
 
 IML-KD (METHODS.md §2): when the teacher's outputs carry ``ig_weight`` ``(B, T', F)`` (a live
 :class:`~kd_modules.teacher.IntegratedTeacher`, or a teacher cache built from one), the student
@@ -25,9 +26,19 @@ from kd_modules.brains.classification import ClassificationBrain
 class SpeakerBrain(ClassificationBrain):
     """Train a speaker-embedding model alone or from a teacher; report speaker-ID accuracy."""
 
-    def teacher_targets(self, batch) -> torch.Tensor:
-        """The training speakers ``(B,)``, for IML-KD's integrated gradients."""
+    task_term = "aam"
+
+    def class_targets(self, batch) -> torch.Tensor:
+        """The batch's training speakers ``(B,)``."""
         return batch.spk_label.data.reshape(-1)
+
+    def class_loss(self, student: dict, targets: torch.Tensor) -> torch.Tensor:
+        """AAM softmax on the student's ``cosine`` ``(B, 1, C)``, as SpeechBrain's AAM wants it."""
+        return self.hparams.aam_loss(student["cosine"].unsqueeze(1), targets.unsqueeze(1))
+
+    def teacher_targets(self, batch) -> torch.Tensor:
+        """The training speakers, for IML-KD's integrated gradients."""
+        return self.class_targets(batch)
 
     def compute_forward(self, batch, stage: sb.Stage):
         """``(student, teacher, lens, distilled)``: the student's outputs on the input, the
@@ -49,15 +60,4 @@ class SpeakerBrain(ClassificationBrain):
         """AAM softmax on the input (+ weighted KD terms on ``distilled`` in training);
         speaker-ID accuracy outside training. A placeholder batch gives an exact 0."""
         student, teacher, lens, distilled = predictions
-        targets = batch.spk_label.data.reshape(-1)  # (B,)
-        cosine = student["cosine"].unsqueeze(1)  # (B, 1, C), as SpeechBrain's AAM wants it
-
-        def aam(speakers: torch.Tensor) -> torch.Tensor:
-            return self.hparams.aam_loss(cosine, speakers.unsqueeze(1))
-
-        mixing = self.mixing if stage == sb.Stage.TRAIN else None
-        loss = aam(targets) if mixing is None else mixing.loss(aam, targets)
-        loss = self.task_and_kd_loss(batch, {"aam": loss}, distilled, teacher, lens, targets)
-        if stage != sb.Stage.TRAIN:
-            self.count_correct(batch, student, targets, lens)
-        return loss
+        return self.class_objectives(batch, stage, student, teacher, lens, kd_student=distilled)
