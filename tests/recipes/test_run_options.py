@@ -114,6 +114,7 @@ def test_unwritable_folder_is_refused_at_stage_0(tmp_path, option):
     assert refused(proc) == expected
 
 
+@pytest.mark.slow
 def test_stage_0_alone_checks_folders_without_creating_them(tmp_path):
     proc = run_recipe(RECIPE, "--python", sys.executable, "--stop_stage", "0", "--device", "cpu",
                       "--data_dir", str(tmp_path / "new" / "data"),
@@ -285,6 +286,7 @@ def tiny_dataset(tmp_path: Path) -> None:
     (data / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
 
 
+@pytest.mark.slow
 def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
     tiny_dataset(tmp_path)
     proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
@@ -297,6 +299,7 @@ def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_wrong_type_override_names_the_key_and_value(tmp_path):
     tiny_dataset(tmp_path)
     proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
@@ -352,6 +355,7 @@ def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
     assert proc.stdout.rstrip().endswith("done"), explain(proc)
 
 
+@pytest.mark.slow
 def test_standin_sources_reach_make_standin(tmp_path, recorder):
     """Issue 16 item 10: the options make_standin.py's message names work through run.sh, and
     are refused without --standin true."""

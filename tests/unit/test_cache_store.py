@@ -225,6 +225,7 @@ def test_time_sharded_build_killed_keeps_its_shards_and_resumes_to_the_same_cach
 
 @pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging",
                                     "speaker_verification"])  # fmt: skip
+@pytest.mark.slow
 def test_cache_stage_help_lists_the_shard_settings(recipe):
     folder = REPO / "recipes" / recipe
     proc = subprocess.run(
