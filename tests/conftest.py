@@ -33,7 +33,9 @@ def run_recipe(
     """Run ``recipe``'s ``run.sh *args`` as a user does: from the recipe folder, one OMP thread.
 
     ``program`` replaces ``bash run.sh`` (e.g. ``[sys.executable, "train.py"]`` or a torchrun
-    launcher), ``cwd`` the recipe folder, ``env`` adds variables. stdout and stderr go to files,
+    launcher), with the repository root on ``PYTHONPATH`` as run.sh puts it there (the scripts
+    import their siblings as ``recipes.<name>.*``); ``cwd`` replaces the recipe folder, ``env``
+    adds variables. stdout and stderr go to files,
     not pipes (a torchrun worker in a session of its own can hold a pipe open after its parent
     has exited), and the command runs in a session of its own: past ``timeout_s`` the whole group
     gets SIGTERM and the test fails. ``check``: a non-zero exit fails the test with the command
@@ -45,7 +47,7 @@ def run_recipe(
         proc = subprocess.Popen(
             command,
             cwd=recipe if cwd is None else cwd,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})},
             stdout=out,
             stderr=err,
             start_new_session=True,
@@ -98,8 +100,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def recipe_train():
     """The sound-classification recipe's train.py module (dataio_prepare, main)."""
-    sys.path.insert(0, str(RECIPE))
-    import train
+    from recipes.sound_classification import train
 
     return train
 
@@ -136,21 +137,3 @@ def fsdd_manifests(tmp_path: Path) -> Path:
 
 AUDIO_TAGGING = REPO / "recipes" / "audio_tagging"
 SPEAKER_VERIFICATION = REPO / "recipes" / "speaker_verification"
-
-
-def load_module(name: str, path: Path):
-    """Import a recipe script by path under a unique ``name`` (recipes' train.py / local/*.py
-    would clash as top-level modules); its folder is on sys.path while it imports its siblings."""
-    import importlib.util
-
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module

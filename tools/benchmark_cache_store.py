@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kd_modules.cache import ShardWriter, TeacherCache
+from kd_modules.cache_build import build_teacher_cache
 
-from kd_modules.cache import ShardWriter, TeacherCache  # noqa: E402
-from kd_modules.cache_build import build_teacher_cache  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "sound_classification"
+SHARED_DATA = REPO.parent / "shared" / "data"  # real datasets beside the checkout
 
 
 def write_synthetic_store(folder: Path, size: int, shard_size: int) -> float:
@@ -81,9 +82,6 @@ def read_random_batches(folder: str, batches: int, batch_size: int, workers: int
 
 def build_throughput(rounds: int, clips: int) -> dict:
     """Clips per second of a cache build, batched (16) and one clip at a time, on real audio."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import SHARED_DATA, RECIPE  # noqa: I001
-
     from kd_modules.augment import AugmentPolicy
     from kd_modules.dataio import read_audio
     from kd_modules.hparams import load_composed

@@ -10,14 +10,15 @@ epoch time and its ratios to the student alone and to logit KD (live and cached)
 among ``--methods``. Goals: KD from the cache <= 1.10x the student alone, SP <= 1.15x; IML-KD
 from the cache <= 1.25x logit KD.
 
-``--recipe`` picks the recipe folder: its train.py (``dataio_prepare``, ``make_brain``), its
-hparams/ (``--student``, ``--methods``) and its label count (sound classification: ``n_classes``
-from the dataset's labels.json; audio tagging: ``n_outputs``, the fine and coarse columns of
-labels.json; speaker verification: ``n_speakers`` from speakers.json, and
-``teacher_embedding_dim`` from the teacher's hyperparams.yaml). ``--extra_args`` are
+``--recipe`` picks the recipe: its train.py (``recipes.<recipe>.train``: ``dataio_prepare``,
+``make_brain``), its hparams/ (``--student``, ``--methods``) and its label count (sound
+classification: ``n_classes`` from the dataset's labels.json; audio tagging: ``n_outputs``, the
+fine and coarse columns of labels.json; speaker verification: ``n_speakers`` from speakers.json,
+and ``teacher_embedding_dim`` from the teacher's hyperparams.yaml). ``--extra_args`` are
 HyperPyYAML overrides for every variant, as run.sh's; give the ones the teacher was trained with
 (e.g. ``--teacher_width 32``).
 
+    export PYTHONPATH=$(pwd)  # the repository root: the recipes import as recipes.<name>
     cd recipes/sound_classification && python ../../tools/benchmark_kd.py \
         --data_folder data/urbansound8k/fold1 --methods kd sp fitnets \
         --teacher_folder exp/urbansound8k/fold1/teacher/xvector_large/none/seed1
@@ -32,13 +33,12 @@ HyperPyYAML overrides for every variant, as run.sh's; give the ones the teacher 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import logging
 import re
 import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,20 +94,10 @@ def teacher_dim_args(recipe: str, teacher_folder: str) -> list[str]:
     return ["--teacher_embedding_dim", found.group(1)]
 
 
-def load_train_module(recipe_dir: Path) -> ModuleType:
-    """The recipe's train.py, imported by path under a unique name (each recipe has one), with
-    the recipe folder on sys.path while it imports its siblings; it must define
-    ``dataio_prepare`` and ``make_brain``."""
-    name = f"{recipe_dir.name}_train"
-    spec = importlib.util.spec_from_file_location(name, recipe_dir / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # registered, so dataloader workers can unpickle its items
-    sys.path.insert(0, str(recipe_dir))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(recipe_dir))
-    return module
+def train_module(recipe: str) -> ModuleType:
+    """The recipe's train.py (``recipes.<recipe>.train``); it defines ``dataio_prepare`` and
+    ``make_brain``."""
+    return importlib.import_module(f"recipes.{recipe}.train")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -199,7 +189,7 @@ def ratio_table(times: dict[str, list[float]]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    train = load_train_module(REPO / "recipes" / args.recipe)
+    train = train_module(args.recipe)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         variants = {"student alone": make_variant(args, train, "none", False, work)}

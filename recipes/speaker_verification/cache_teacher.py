@@ -15,10 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from train import dataio_prepare
-
 from kd_modules.hparams import run_main
 from kd_modules.stages.cache import run_cache_stage
+from recipes.speaker_verification.train import dataio_prepare
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s - %(message)s")

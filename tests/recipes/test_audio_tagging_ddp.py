@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import AUDIO_TAGGING, load_module, run_recipe
+from conftest import AUDIO_TAGGING, run_recipe
+
+from recipes.audio_tagging.local import make_standin as standin
 
 pytestmark = pytest.mark.slow
 
-standin = load_module("audio_tagging_standin", AUDIO_TAGGING / "local" / "make_standin.py")
 EPOCHS, BATCH = 2, 4
 
 

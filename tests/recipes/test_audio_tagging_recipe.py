@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AUDIO_TAGGING, load_module, run_recipe
+from conftest import AUDIO_TAGGING, run_recipe
 
 from kd_modules.metrics import dcase_coarse_metrics, dcase_fine_metrics
 from kd_modules.results import REQUIRED_FIELDS
+from recipes.audio_tagging.local import make_standin as standin
 
 pytestmark = pytest.mark.slow
 
 RECIPE = AUDIO_TAGGING
-standin = load_module("audio_tagging_standin", RECIPE / "local" / "make_standin.py")
 
 METHODS = ("kd", "sp", "iusp", "kd_sp", "kd_iusp", "fitnets")
 RUNS = [("teacher", "cnn10", "none"), *(("student", "crnn", m) for m in ("none", *METHODS))]

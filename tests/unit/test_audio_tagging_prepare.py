@@ -13,14 +13,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import AUDIO_TAGGING, load_module
+from conftest import AUDIO_TAGGING
 
 from kd_modules.conversion import PrepareError
 from kd_modules.dataio import read_json
+from recipes.audio_tagging import train
+from recipes.audio_tagging.local import make_standin as standin
+from recipes.audio_tagging.local import prepare
 
-standin = load_module("audio_tagging_standin", AUDIO_TAGGING / "local" / "make_standin.py")
-prepare = load_module("audio_tagging_prepare", AUDIO_TAGGING / "local" / "prepare.py")
-train = load_module("audio_tagging_train", AUDIO_TAGGING / "train.py")
 ROLES = ("train", "valid", "test", "eval")
 
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import AUDIO_TAGGING, load_module
-
 from kd_modules.results import write_results
-
-report = load_module("audio_tagging_report", AUDIO_TAGGING / "local" / "report.py")
+from recipes.audio_tagging.local import report
 
 # (coarse, fine) micro-AUPRC per method and seed: binary fractions, so every Δ is exact.
 METRICS = {

@@ -11,14 +11,13 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import AUDIO_TAGGING, SAMPLES, load_module
+from conftest import AUDIO_TAGGING, SAMPLES
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 
 from kd_modules.checkpoints import Checkpointer
 from kd_modules.hparams import compose_yaml
 from kd_modules.results import collect
-
-report = load_module("audio_tagging_report", AUDIO_TAGGING / "local" / "report.py")
+from recipes.audio_tagging.local import report
 
 HPARAMS = AUDIO_TAGGING / "hparams"
 CLIP = SAMPLES / "urbansound8k" / "UrbanSound8K" / "audio" / "fold1" / "24074-1-0-0.flac"

@@ -8,9 +8,11 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA, load_module
+from conftest import REPO, SHARED_DATA
 
-benchmark = load_module("benchmark_kd", REPO / "tools" / "benchmark_kd.py")
+from recipes.speaker_verification.local import prepare
+from tools import benchmark_kd as benchmark
+
 SPEAKER = REPO / "recipes" / "speaker_verification"
 
 
@@ -55,7 +57,7 @@ def test_teacher_without_embedding_dim_is_an_error_naming_the_file(tmp_path: Pat
 
 @pytest.mark.parametrize("recipe", sorted(benchmark.RECIPE_DEFAULTS))
 def test_each_recipe_train_py_gives_the_benchmark_its_functions(recipe: str):
-    module = benchmark.load_train_module(REPO / "recipes" / recipe)
+    module = benchmark.train_module(recipe)
     assert module.__file__ == str(REPO / "recipes" / recipe / "train.py")
     assert callable(module.dataio_prepare) and callable(module.make_brain)
     args = benchmark.parse_args(["--recipe", recipe, "--data_folder", "d", "--teacher_folder", "t"])
@@ -98,7 +100,6 @@ def test_speaker_verification_variant_composes_the_recipe_defaults(tmp_path: Pat
     shared = SHARED_DATA / "librispeech_subset"
     if not shared.is_dir():
         pytest.skip(f"{shared} is not available")
-    prepare = load_module("speaker_verification_prepare", SPEAKER / "local" / "prepare.py")
     data = tmp_path / "data"
     prepare.main(["--dataset", "librispeech", "--data_root", str(shared), "--out_dir", str(data),
                   "--convert", "none"])  # fmt: skip
@@ -108,7 +109,7 @@ def test_speaker_verification_variant_composes_the_recipe_defaults(tmp_path: Pat
     args = benchmark.parse_args(["--recipe", "speaker_verification", "--data_folder", str(data),
                                  "--teacher_folder", str(teacher), "--student", "ecapa_tiny",
                                  "--extra_args", "--cache_views 1"])  # fmt: skip
-    train = benchmark.load_train_module(SPEAKER)
+    train = benchmark.train_module("speaker_verification")
     brain, train_set, _, files = benchmark.make_variant(args, train, "none", False, tmp_path)
     speakers = json.loads((data / "speakers.json").read_text())
     assert brain.hparams.n_speakers == len(speakers)

@@ -42,7 +42,7 @@ def compose(arch: str, method: str, data, out, **overrides) -> dict:
 
 def make_brain(hparams: dict, teacher=None, cache=None) -> ClassificationBrain:
     """The recipe's own brain constructor, on the CPU."""
-    from train import make_brain as recipe_make_brain
+    from recipes.sound_classification.train import make_brain as recipe_make_brain
 
     return recipe_make_brain(hparams, {"device": "cpu", "noprogressbar": True}, teacher, cache)
 

@@ -1,6 +1,5 @@
 """Sound-classification prepare (official layouts -> manifests) and kd_modules.splits."""
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ import soundfile
 from kd_modules import conversion
 from kd_modules.dataio import audio_info, read_audio, read_json
 from kd_modules.splits import stratified_group_split
+from recipes.sound_classification.local import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -24,19 +24,6 @@ RECIPE = REPO / "recipes" / "sound_classification"
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"{SHARED} (the shared real-audio folder) is absent"
 )
-
-
-def _load_prepare():
-    """Import local/prepare.py by path under a unique name (registered, so pool workers see it)."""
-    name = "sound_classification_prepare"
-    spec = importlib.util.spec_from_file_location(name, RECIPE / "local" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _load_prepare()
 
 
 def run(dataset, data_root, out_dir, *extra):

@@ -353,11 +353,9 @@ def test_a_pool_asked_with_other_settings_stops_in_one_line(teacher, data, tmp_p
     """synthesize.py once with 2 inversion steps, then with 3: one line on stderr naming the
     change and the way out, exit status 1, no traceback (was: a RunRecordMismatch traceback
     saying the pool was "trained on other data or from another teacher")."""
-    from conftest import load_module
-
     from kd_modules.hparams import run_main
+    from recipes.sound_classification import synthesize
 
-    synthesize = load_module("sound_classification_synthesize", RECIPE / "synthesize.py")
     pool = tmp_path / "pool"
     args = [
         str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),

@@ -1,6 +1,5 @@
 """Very short clips: finite statistics pooling, and the recipe's models at its minimum duration."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from speechbrain.nnet.pooling import StatisticsPooling
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
 from kd_modules.models import EmbeddingClassifier, FiniteStatisticsPooling
+from recipes.sound_classification.local import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "sound_classification"
@@ -24,10 +24,7 @@ RATE = 16000
 
 def _min_duration_s() -> float:
     """The default of prepare.py's --min_duration_s (the recipe's policy)."""
-    spec = importlib.util.spec_from_file_location("sc_prepare", RECIPE / "local" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MIN_DURATION_S
+    return prepare.MIN_DURATION_S
 
 
 def _recipe_hparams(folder: Path, arch_file: str) -> dict:

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import REPO, SHARED_DATA, load_module
+from conftest import REPO, SHARED_DATA
 
 from kd_modules.conversion import PrepareError
 from kd_modules.dataio import read_json, resolve_audio_path
+from recipes.speaker_verification.local import make_standin as standin
+from recipes.speaker_verification.local import prepare
 
 LOCAL = REPO / "recipes" / "speaker_verification" / "local"
-prepare = load_module("speaker_verification_prepare", LOCAL / "prepare.py")
-standin = load_module("speaker_verification_standin", LOCAL / "make_standin.py")
 RATE = 16000
 SEGMENT_S = 3.0
 N_TRAIN_SPEAKERS = 8

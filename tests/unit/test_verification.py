@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import FSDD_CLIPS, SPEAKER_VERIFICATION, load_module
+from conftest import FSDD_CLIPS, SPEAKER_VERIFICATION
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from kd_modules.dataio import audio_pipeline
@@ -31,6 +31,7 @@ from kd_modules.verification import (
     verification_metrics,
     write_scores,
 )
+from recipes.speaker_verification import train
 
 
 def randn(*shape: int, seed: int) -> torch.Tensor:
@@ -274,7 +275,6 @@ def test_normalisation_argument_errors():
 def test_verify_embedding_bar_has_a_total_in_a_log(tmp_path, capsys):
     """Issue 16 item 6: stage 7's embedding loop shows done/total on stderr that is not a terminal
     (a nohup log), where its bar used to be switched off; real FSDD speech, the tiny ECAPA."""
-    train = load_module("speaker_verification_train", SPEAKER_VERIFICATION / "train.py")
     hp = SPEAKER_VERIFICATION / "hparams"
     hparams = load_composed(
         [hp / "common.yaml", hp / "student/ecapa_tiny.yaml", hp / "kd/none.yaml"],

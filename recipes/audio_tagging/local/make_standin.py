@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from taxonomy import SHIPPED, read_layout
 
 from kd_modules.dataio import read_audio, resolve_audio_path
+from recipes.audio_tagging.local.taxonomy import SHIPPED, read_layout
 
 # Source class -> SONYC fine tag (coarse-fine numbers; None: no SONYC tag, a clip with no positive).
 CLASS_TAGS = {

@@ -34,8 +34,6 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from taxonomy import read_layout, release_taxonomy
-
 from kd_modules.conversion import (
     PrepareError,
     check_and_convert,
@@ -44,6 +42,7 @@ from kd_modules.conversion import (
 )
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
+from recipes.audio_tagging.local.taxonomy import read_layout, release_taxonomy
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ teacher context (below 0.03 s the TDNN's reflect padding even fails); FSDD's sho
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -42,10 +41,13 @@ from kd_modules.conversion import (
 )
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
+from recipes.sound_classification.local import audiomnist, esc50, fsdd, urbansound8k
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("esc50", "urbansound8k", "audiomnist", "fsdd")
+# --dataset -> its reader (TITLE, FOLDS, find_root, read_rows, audio_dir and its protocol)
+READERS = {"esc50": esc50, "urbansound8k": urbansound8k, "audiomnist": audiomnist, "fsdd": fsdd}
+DATASETS = tuple(READERS)
 ROLES = ("train", "valid", "test")
 MIN_DURATION_S = 0.14  # the teacher's 15-frame TDNN context at a 10 ms hop (see above)
 
@@ -71,19 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_dataset(name: str) -> ModuleType:
-    """Import local/<name>.py by path, so no two recipes' local/ modules clash in sys.modules."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"sound_classification_local_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> None:
     """Prepare one dataset as the arguments say; raise PrepareError when it cannot."""
     args = parse_args(argv)
-    dataset = load_dataset(args.dataset)
+    dataset = READERS[args.dataset]
     folds = _folds(args, dataset)
     settings = _settings(args, folds)
     if _is_done(args.out_dir, settings, folds):
