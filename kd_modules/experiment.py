@@ -18,12 +18,17 @@ Nothing here knows a dataset.
 from __future__ import annotations
 
 import contextlib
-import logging
+import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import speechbrain as sb
+import torch.distributed as dist
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
 from kd_modules.provenance import run_record
 from kd_modules.run_folder import (
     SessionClock,
@@ -32,14 +37,12 @@ from kd_modules.run_folder import (
     record_training,
     training_status,
 )
-from kd_modules.teacher import (
-    load_teacher_side,
-)
-
-logger = logging.getLogger(__name__)
+from kd_modules.teacher import load_teacher_side
 
 
-# ----- the train.py skeleton every recipe shares -------------------------------------------------
+def no_run_preparation(hparams: dict, run_opts: dict, datasets: dict, teacher) -> dict:
+    """The default :attr:`Recipe.prepare_run`: the run trains on its datasets as they are."""
+    return {}
 
 
 @dataclass
@@ -50,18 +53,26 @@ class Recipe:
     cache) -> DistillBrain``; ``write_results(brain, hparams, datasets, train_info)`` evaluates
     and writes results.json; ``splits(hparams)`` names the manifests the run is trained and
     tested on (recorded in the run folder).
+
+    Two hooks for runs that train on something else than the prepared clips (data-free KD:
+    ``synthesize.py``): ``teacher_side(hparams) -> (teacher, cache)`` loads the frozen teacher
+    of a training run (default :func:`~kd_modules.teacher.load_teacher_side`; not called with
+    ``--test_only``, where the teacher is None); ``prepare_run(hparams, run_opts, datasets,
+    teacher) -> dict`` runs next, on every rank, and may replace ``datasets["train"]`` and
+    adapt ``hparams`` (e.g. a synthetic pool and its loader); the entries it returns join the
+    run record, so a run folder refuses a resume on other training data.
     """
 
     dataio_prepare: Callable[[dict], dict]
     make_brain: Callable[..., Any]
     write_results: Callable[[Any, dict, dict, dict], None]
     splits: Callable[[dict], tuple[str, ...]] = lambda hparams: ("train", "valid", "test")
+    teacher_side: Callable[[dict], tuple[Any, Any]] = load_teacher_side
+    prepare_run: Callable[[dict, dict, dict, Any], dict] = no_run_preparation
 
 
 def train_run(brain, hparams: dict, datasets: dict, teacher, cache, record: dict) -> None:
     """Fit (or resume) the run; keep train_info.json honest about time, teacher and progress."""
-    from speechbrain.utils.distributed import if_main_process
-
     output = Path(hparams["output_folder"])
     epochs = hparams["number_of_epochs"]
     status = training_status(output)
@@ -112,11 +123,6 @@ def build_brain(brain_class, hparams: dict, run_opts, teacher=None, cache=None, 
 def experiment_folder(argv: list[str] | None) -> Iterator[tuple[dict, dict, Path]]:
     """Compose a run's YAML from ``argv``, join torchrun's process group, lock the run folder
     (main process) and write its composed YAML; yields ``(hparams, run_opts, output folder)``."""
-    import speechbrain as sb
-    from speechbrain.utils.distributed import if_main_process, run_on_main
-
-    from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
-
     files, run_opts, overrides = parse_recipe_arguments(argv)
     hparams = load_composed(files, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -132,15 +138,15 @@ def experiment_folder(argv: list[str] | None) -> Iterator[tuple[dict, dict, Path
 
 def run_experiment(argv: list[str] | None, recipe: Recipe) -> None:
     """A recipe's ``train.py`` main: compose the YAML, lock the run folder, check its record,
-    train (unless ``--test_only``) and evaluate (unless ``skip_test``)."""
-    from speechbrain.utils.distributed import run_on_main
-
+    train (unless ``--test_only``) and evaluate (unless ``skip_test``), with the recipe's hooks
+    (:class:`Recipe`)."""
     with experiment_folder(argv) as (hparams, run_opts, output):
         datasets = recipe.dataio_prepare(hparams)
-        teacher, cache = (None, None) if run_opts["test_only"] else load_teacher_side(hparams)
+        teacher, cache = (None, None) if run_opts["test_only"] else recipe.teacher_side(hparams)
         if cache is not None:  # the training clips come with their cached views
             hparams["view_replay"].attach(datasets["train"], cache)
-        record = run_record(hparams, teacher, recipe.splits(hparams))
+        extra = recipe.prepare_run(hparams, run_opts, datasets, teacher)
+        record = {**run_record(hparams, teacher, recipe.splits(hparams)), **extra}
         run_on_main(check_run_record, args=[output, record])
         brain = recipe.make_brain(hparams, run_opts, teacher, cache)
         if not run_opts["test_only"]:
@@ -156,10 +162,6 @@ def end_distributed(brain) -> None:
     Left to interpreter shutdown, gloo's worker threads can be destroyed with work still queued
     and abort a rank ("terminate called without an active exception") after a finished run.
     """
-    import gc
-
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return
     brain.modules = None  # drops the DDP wrappers (and their reducers' pending work)

@@ -30,22 +30,17 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from kd_modules.brains.datafree import DataFreeBrain
 from kd_modules.dataio import read_json
-from kd_modules.experiment import build_brain, end_distributed, experiment_folder, train_run
+from kd_modules.experiment import Recipe, build_brain, run_experiment
 from kd_modules.hparams import run_main
 from kd_modules.outputs import file_sha256
-from kd_modules.provenance import run_record
 from kd_modules.results import write_results
-from kd_modules.run_folder import (
-    SessionClock,
-    check_run_record,
-    folder_lock,
-    training_status,
-    training_wall_time_s,
-)
+from kd_modules.run_folder import SessionClock, check_run_record, folder_lock, training_wall_time_s
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
 from kd_modules.synthesis.figures import REAL_EXAMPLES
 from kd_modules.teacher import load_teacher
-from recipes.sound_classification.train import SPLITS, dataio_prepare, write_run_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -149,36 +144,51 @@ def pool_dataset(pool: SyntheticPool) -> DynamicItemDataset:
                               output_keys=["id", "feats", "label_id"])  # fmt: skip
 
 
-def write_datafree_results(brain, hparams: dict, datasets: dict, pool: SyntheticPool) -> None:
-    """The recipe's results.json, plus the pool's synthesis time and size."""
-    output = Path(hparams["output_folder"])
-    write_run_results(brain, hparams, datasets, training_status(output))
-    if if_main_process():
-        results = read_json(output / "results.json")
-        results["synthesis"] = pool_summary(pool)
-        write_results(output / "results.json", results)
+class PoolRun:
+    """The data-free run's hooks in the library's skeleton (``kd_modules.experiment``): the
+    teacher's synthetic pool replaces the real training clips; validation and test stay real."""
+
+    def __init__(self) -> None:
+        self.pool: SyntheticPool | None = None
+
+    def prepare(self, hparams: dict, run_opts: dict, datasets: dict, teacher) -> dict:
+        """Synthesise (or finish, or reuse) the pool, or open it to evaluate (``--test_only``
+        loads no teacher); train on it with its loader and schedule. Returns the run record's
+        entry for the pool: its manifest's hash."""
+        if teacher is not None:
+            self.pool = build_pool(hparams, run_opts, teacher, datasets["valid"])
+        else:
+            self.pool = SyntheticPool(hparams["pool_folder"])
+        datasets["train"] = pool_dataset(self.pool)
+        hparams["train_dataloader_options"] = hparams["pool_dataloader_options"]
+        use_pool_schedule(hparams)
+        return {"pool_manifest": file_sha256(self.pool.manifest_file)}
+
+    def write_results(self, brain, hparams: dict, datasets: dict, train_info: dict) -> None:
+        """The recipe's results.json, plus the pool's synthesis time and size."""
+        write_run_results(brain, hparams, datasets, train_info)
+        if if_main_process():
+            path = Path(hparams["output_folder"]) / "results.json"
+            results = read_json(path)
+            results["synthesis"] = pool_summary(self.pool)
+            write_results(path, results)
+
+
+def live_teacher(hparams: dict) -> tuple:
+    """The frozen teacher and no cache: the pool is synthesised from the live model."""
+    return load_teacher(hparams), None
+
+
+def make_brain(hparams: dict, run_opts: dict, teacher=None, cache=None) -> DataFreeBrain:
+    """The data-free student's Brain (the teacher live, never a cache)."""
+    return build_brain(DataFreeBrain, hparams, run_opts, teacher)
 
 
 def main(argv: list[str] | None = None) -> None:
-    with experiment_folder(argv) as (hparams, run_opts, output):
-        datasets = dataio_prepare(hparams)  # real valid/test only: "train" is replaced below
-        teacher = None if run_opts["test_only"] else load_teacher(hparams)
-        if teacher is not None:
-            pool = build_pool(hparams, run_opts, teacher, datasets["valid"])
-        else:
-            pool = SyntheticPool(hparams["pool_folder"])
-        datasets["train"] = pool_dataset(pool)
-        record = run_record(hparams, teacher, SPLITS)
-        record["pool_manifest"] = file_sha256(pool.manifest_file)
-        run_on_main(check_run_record, args=[output, record])
-        hparams["train_dataloader_options"] = hparams["pool_dataloader_options"]
-        use_pool_schedule(hparams)
-        brain = build_brain(DataFreeBrain, hparams, run_opts, teacher)
-        if not run_opts["test_only"]:
-            train_run(brain, hparams, datasets, teacher, None, record)
-        if not hparams["skip_test"]:
-            write_datafree_results(brain, hparams, datasets, pool)
-    end_distributed(brain)
+    run = PoolRun()
+    recipe = Recipe(dataio_prepare, make_brain, run.write_results, splits=lambda hparams: SPLITS,
+                    teacher_side=live_teacher, prepare_run=run.prepare)  # fmt: skip
+    run_experiment(argv, recipe)
 
 
 if __name__ == "__main__":
