@@ -38,9 +38,7 @@ from kd_modules.run_folder import SessionClock, check_run_record, folder_lock, t
 from kd_modules.synthesis import SyntheticPool, pool_plan, synthesize_pool
 from kd_modules.synthesis.figures import REAL_EXAMPLES
 from kd_modules.teacher import load_teacher
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import SPLITS, dataio_prepare, write_run_results  # noqa: E402
+from recipes.sound_classification.train import SPLITS, dataio_prepare, write_run_results
 
 logger = logging.getLogger(__name__)
 
