@@ -1,13 +1,16 @@
 # make demo : build the environment if missing, then run the sound-classification recipe end to end
 #             on the real FSDD clips shipped in tests/samples (about 5 minutes on 2 CPU cores).
-# make test : build the environment if missing, then lint and run the whole test suite.
+# make test : build the environment if missing, then lint and run the whole test suite (with the
+#             tests marked slow, which train through the recipes).
+# make test-fast : lint, then every test not marked slow (pytest -m "not slow"): the loop
+#                  to run while editing, in a few minutes on 2 CPU cores.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: env demo test lint clean-demo
+.PHONY: env demo test test-fast lint clean-demo
 
 $(STAMP): setup.py
 	@echo "[make] creating the environment in $(VENV) (torch 2.11, torchaudio 2.11, speechbrain 1.1.2)"
@@ -25,6 +28,9 @@ demo: env
 
 test: env lint
 	$(PY) -m pytest -q tests
+
+test-fast: env lint
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: env
 	$(VENV)/bin/ruff check .
