@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -288,15 +289,6 @@ def plot_history(history_file: str | Path, png: str | Path, title: str | None = 
     return fig
 
 
-# The data-free comparison (FRAMI's table): (row label, role, method); students of every arch.
-DATAFREE_ROWS = (
-    ("teacher", "teacher", "none"), ("student on real data", "student", "none"),
-    ("KD on real data", "student", "kd"), ("DeepInversion", "student", "deepinversion"),
-    ("CMI", "student", "cmi"), ("FRAMI w/o reuse", "student", "frami_noreuse"),
-    ("FRAMI", "student", "frami"),
-)  # fmt: skip
-
-
 def _datafree_row(label: str, group: list[dict]) -> str:
     """One row of the data-free table: accuracy, and the synthesis time and size of the pools."""
     pools = [run["synthesis"] for run in group if run.get("synthesis")]
@@ -306,15 +298,18 @@ def _datafree_row(label: str, group: list[dict]) -> str:
     return f"| {label} | {len(group)} | {accuracy} | {seconds} | {samples} |"
 
 
-def datafree_tables(runs: list[dict]) -> str:
-    """FRAMI's comparison per dataset and student arch, when any run is data-free ("" if none).
+def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> str:
+    """A data-free comparison per dataset and student arch, when any run is data-free ("" if
+    none).
 
-    Rows: teacher, student on real data, KD on real data, DeepInversion, CMI, FRAMI without and
-    with hidden-state reuse (rows without runs are left out); accuracy mean ± std over seeds and
-    folds; for data-free rows the synthesis wall time (s) and the number of synthetic samples of
-    their pools (mean ± std over the pools). A data-free method whose pools were synthesised with
-    different settings gets a row per set of settings, named by those that differ
-    (``synthesis_variants``: "FRAMI (steps 30)", "FRAMI (steps 120)").
+    ``rows`` are the recipe's ``(row label, role, method)``, in table order (the sound recipe's
+    are FRAMI's table: teacher, student on real data, KD on real data, DeepInversion, CMI,
+    FRAMI without and with hidden-state reuse); a teacher row takes the teacher of every arch,
+    the others the students of the table's arch, and rows without runs are left out. Accuracy
+    mean ± std over seeds and folds; for data-free rows the synthesis wall time (s) and the
+    number of synthetic samples of their pools (mean ± std over the pools). A data-free method
+    whose pools were synthesised with different settings gets a row per set of settings, named
+    by those that differ (``synthesis_variants``: "FRAMI (steps 30)", "FRAMI (steps 120)").
     """
     datafree = [run for run in runs if run.get("synthesis")]
     variants = synthesis_variants(runs)
@@ -323,15 +318,15 @@ def datafree_tables(runs: list[dict]) -> str:
         lines = [f"### Data-free KD: {dataset}, student {arch}", "",
                  "| model | runs | accuracy | synthesis s | synthetic samples |",
                  "|---|---|---|---|---|"]  # fmt: skip
-        for label, role, method in DATAFREE_ROWS:
-            rows: dict[tuple, list[dict]] = defaultdict(list)
+        for label, role, method in rows:
+            cells: dict[tuple, list[dict]] = defaultdict(list)
             for run in runs:
                 if (run["dataset"], run["role"], run["method"]) == (dataset, role, method) and (
                     role == "teacher" or run["arch"] == arch
                 ):
-                    rows[variants.get(id(run), ((), ""))].append(run)
-            for key, variant in sorted(rows):
-                lines.append(_datafree_row(label + variant, rows[(key, variant)]))
+                    cells[variants.get(id(run), ((), ""))].append(run)
+            for key, variant in sorted(cells):
+                lines.append(_datafree_row(label + variant, cells[(key, variant)]))
         sections.append("\n".join(lines))
     if not sections:
         return ""
@@ -353,8 +348,14 @@ def update_readme(readme: str | Path, table: str) -> None:
     readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Stage 8: collect results, write RESULTS.md (+ README table) and each run's curves."""
+def main(
+    argv: list[str] | None = None, sections: Callable[[list[dict]], str] | None = None
+) -> None:
+    """Stage 8: collect results, write RESULTS.md (+ README table) and each run's curves.
+
+    ``sections(runs)`` is a recipe's own Markdown after the results table, in RESULTS.md and the
+    README alike (the sound recipe's data-free table: ``recipes/sound_classification/local/
+    report.py``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("exp_dir", help="folder searched recursively for results.json")
     parser.add_argument("--out", required=True, help="Markdown file to write (RESULTS.md)")
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         if history.is_file():
             title = str(top / history.parent.relative_to(args.exp_dir))
             plot_history(history, history.parent / "curves.png", title)
-    table = results_table(runs) + datafree_tables(runs)
+    table = results_table(runs) + (sections(runs) if sections is not None else "")
     Path(args.out).write_text(f"# {args.title}\n\n{table}")
     if args.readme:
         update_readme(args.readme, table)

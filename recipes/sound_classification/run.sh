@@ -207,8 +207,8 @@ if want 8; then
         data_folds=$(json_field "$prepared" folds)
     fi
     title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
-    $python -m kd_modules.results "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
-        --title "$title" "${readme_flag[@]}"
+    $python local/report.py "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
+        --title "$title" "${readme_flag[@]}"  # the library's table + this recipe's data-free rows
     if [ -n "$datafree_methods" ]; then  # synthetic spectrograms per class beside real ones
         $python -m kd_modules.synthesis.figures "$exp_dir/$dataset" \
             --labels "$data_dir/$dataset/labels.json" --out "$exp_dir/$dataset/synthesis_grid.png"

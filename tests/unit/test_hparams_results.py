@@ -26,6 +26,7 @@ from kd_modules.results import (
     update_readme,
     write_results,
 )
+from recipes.sound_classification.local import report as sound_report
 
 
 def _write(path: Path, text: str) -> Path:
@@ -180,7 +181,7 @@ def test_datafree_pools_of_other_synthesis_settings_get_a_row_each(tmp_path):
     _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
     _datafree_run(tmp_path, 2, 0.30, steps=30, wall_s=15.0)
     runs = collect(tmp_path / "exp")
-    datafree = results.datafree_tables(runs)
+    datafree = sound_report.datafree_section(runs)
     assert _rows(datafree, "FRAMI") == [
         ["FRAMI (steps 30)", "1", "30.00", "15", "200"],
         ["FRAMI (steps 120)", "1", "40.00", "62", "200"],
@@ -196,7 +197,7 @@ def test_datafree_pools_of_the_same_settings_share_a_row(tmp_path):
     _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
     _datafree_run(tmp_path, 2, 0.30, steps=120, wall_s=60.0)
     runs = collect(tmp_path / "exp")
-    datafree = results.datafree_tables(runs)
+    datafree = sound_report.datafree_section(runs)
     assert _rows(datafree, "FRAMI") == [["FRAMI", "2", "35.00 ± 7.07", "61 ± 1", "200 ± 0"]]
     assert "not averaged together" not in datafree + results_table(runs)
 
@@ -205,9 +206,40 @@ def test_a_datafree_run_whose_pool_record_is_gone_is_not_averaged_in(tmp_path):
     _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
     _datafree_run(tmp_path, 2, 0.30, steps=120, wall_s=60.0)
     (tmp_path / "exp/fsdd/fold1/pool/large_seed1/frami/seed2/run_record.json").unlink()
-    rows = _rows(results.datafree_tables(collect(tmp_path / "exp")), "FRAMI")
+    rows = _rows(sound_report.datafree_section(collect(tmp_path / "exp")), "FRAMI")
     assert [row[:3] for row in rows] == [["FRAMI", "1", "40.00"],
                                          ["FRAMI (settings unknown)", "1", "30.00"]]  # fmt: skip
+
+
+def test_datafree_tables_show_the_rows_a_recipe_passes_in(tmp_path):
+    """The library knows no dataset's method names: the rows, their labels and their order are
+    the caller's, and a method without a row is not in the table."""
+    _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
+    write_results(tmp_path / "exp/fsdd/fold1/student/small/kd/seed1/results.json", _run(1, 0.5))
+    rows = (("pool-trained", "student", "frami"), ("distilled", "student", "kd"))
+    table = results.datafree_tables(collect(tmp_path / "exp"), rows)
+    labelled = [row[:3] for row in _rows(table, "")][1:]  # the header row first
+    assert labelled == [["pool-trained", "1", "40.00"], ["distilled", "1", "50.00"]]
+    alone = results.datafree_tables(collect(tmp_path / "exp"), rows[:1])
+    assert "distilled" not in alone and "KD on real data" not in alone
+
+
+def test_sound_stage8_adds_its_datafree_table_to_results_and_readme(tmp_path):
+    """The sound recipe's stage 8 (local/report.py) writes RESULTS.md and the README's block
+    with the data-free table in its rows after the library's table; the library's own stage 8
+    (python -m kd_modules.results) writes none."""
+    _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
+    readme = _write(tmp_path / "README.md", f"intro\n{README_START}\nold\n{README_END}\n")
+    exp, out = str(tmp_path / "exp/fsdd"), tmp_path / "RESULTS.md"
+    sound_report.main([exp, "--out", str(out), "--readme", str(readme), "--title", "FSDD"])
+    written = out.read_text()
+    assert written.startswith("# FSDD\n\n| dataset |")
+    assert "### Data-free KD: fsdd, student small" in written
+    assert _rows(written, "FRAMI") == [["FRAMI", "1", "40.00", "62", "200"]]
+    block = readme.read_text().split(README_START)[1].split(README_END)[0]
+    assert written.split("\n\n", 1)[1] in block
+    results.main([exp, "--out", str(out)])
+    assert "Data-free KD" not in out.read_text()
 
 
 def test_torchrun_rank_gets_its_own_gpu(monkeypatch):
