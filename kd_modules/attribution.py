@@ -5,8 +5,8 @@
 chunk of c steps of all B examples as ONE batch of c·B interpolated inputs, so one forward and one
 backward pass run per chunk (never one per step). :func:`segment_attributions` computes IG on
 fixed-duration segments of each utterance and stitches the maps back; :class:`IntegratedInput`
-turns those maps into the input weighting of IML-KD (METHODS.md §2). Nothing here knows a dataset
-or a model: the caller passes ``forward``, a function giving one scalar per example.
+turns those maps into the input weighting of IML-KD (docs/METHODS.md §2). Nothing here knows a
+dataset or a model: the caller passes ``forward``, a function giving one scalar per example.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def _check_steps(steps: int, rule: str) -> None:
 def step_alphas(steps: int, rule: str) -> tuple[Tensor, Tensor]:
     """(alphas (m,), weights (m,)) of the rule: IG ≈ (x − x′) ⊙ Σ_k w_k ∇F(x′ + α_k (x − x′)).
 
-    riemann_right is METHODS.md's (1/m) Σ_{k=1..m} with α_k = k/m; riemann_left uses α_k = (k−1)/m
-    and riemann_middle α_k = (k − ½)/m, all with w_k = 1/m; riemann_trapezoid is the composite
-    trapezoid rule on the m points α_k = (k−1)/(m−1) (w = 1/(m−1), halved at both ends);
+    riemann_right is docs/METHODS.md's (1/m) Σ_{k=1..m} with α_k = k/m; riemann_left uses
+    α_k = (k−1)/m and riemann_middle α_k = (k − ½)/m, all with w_k = 1/m; riemann_trapezoid is the
+    composite trapezoid rule on the m points α_k = (k−1)/(m−1) (w = 1/(m−1), halved at both ends);
     gausslegendre uses the m Gauss–Legendre nodes and weights mapped from [−1, 1] to [0, 1]. The
     weights of every rule sum to 1, so a model that is linear along the path has a zero gap
     (Captum's riemann_trapezoid takes the same nodes with weights 1/m halved at the ends, which sum
@@ -241,7 +241,7 @@ def segment_attributions(
 
 
 class IntegratedInput:
-    """METHODS.md's integrated input x̃ = x ⊙ (1 + weight), every choice a constructor argument
+    """docs/METHODS.md's integrated input x̃ = x ⊙ (1 + weight), every choice a constructor argument
     (the YAML keys).
 
     - durations_s: segment durations d (s) of the maps A_d; hop_length_ms: the feature hop that

@@ -1,7 +1,7 @@
 """Evaluation metrics: accuracy, DCASE 2019 Task 5 (SONYC-UST) AUPRC/F1, EER and minDCF.
 
 The functions take arrays or tensors and never know a dataset. The DCASE metrics follow the
-organisers' evaluation step by step (METHODS.md section 5), including its tie handling, so that
+organisers' evaluation step by step (docs/METHODS.md section 5), including its tie handling, so that
 numbers are comparable with the published ones.
 """
 
@@ -162,7 +162,7 @@ def dcase_fine_metrics(y_true_fine, y_score_fine, taxonomy: Sequence[CoarseClass
     y_true_fine : (N, F) {0, 1}, every fine tag including the X tags.
     y_score_fine : (N, F) in [0, 1], the same columns.
     taxonomy : one entry per coarse class k: ``{"complete": [columns], "incomplete": column or
-        None}``. An X tag is matched at the coarse level (METHODS.md section 5, step 1).
+        None}``. An X tag is matched at the coarse level (docs/METHODS.md section 5, step 1).
 
     Returns
     -------

@@ -179,7 +179,7 @@ class IntegratedTeacher:
     For features ``x`` ``(B, T, F)`` and the true classes ``targets`` ``(B,)``, ``integrated``
     (a :class:`kd_modules.attribution.IntegratedInput`) computes the integrated-gradients maps of
     the teacher's ``score_key`` output of the true class (the AAM cosine of the true speaker,
-    METHODS.md §2) at each segment duration and their weight ``w`` ``(B, T', F)``; the teacher
+    docs/METHODS.md §2) at each segment duration and their weight ``w`` ``(B, T', F)``; the teacher
     then runs on ``x̃ = integrated.apply(x, w)``. Returns the teacher's outputs on ``x̃`` plus
     ``ig_weight`` = ``w``, so a teacher cache stores the map with the outputs and a KD run
     builds the student's ``x̃`` from the same map. Its fingerprint covers the teacher and the

@@ -8,7 +8,7 @@ Features, augmentation, mixup, unreadable batches and the epoch's end are
 (speaker identification on held-out segments of the training speakers, which selects the
 checkpoint) are :class:`ClassificationBrain`'s, with the speakers as classes and AAM as the loss.
 
-IML-KD (METHODS.md §2): when the teacher's outputs carry ``ig_weight`` ``(B, T', F)`` (a live
+IML-KD (docs/METHODS.md §2): when the teacher's outputs carry ``ig_weight`` ``(B, T', F)`` (a live
 :class:`~kd_modules.teacher.IntegratedTeacher`, or a teacher cache built from one), the student
 runs a second time, on the integrated input ``x̃ = integrated_input.apply(x, ig_weight)``, and the
 KD terms compare its outputs with the teacher's outputs on the same ``x̃``; the AAM loss stays on

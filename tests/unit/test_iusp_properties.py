@@ -1,4 +1,4 @@
-"""IUSP's defining properties (METHODS.md section 1), on random frame features.
+"""IUSP's defining properties (docs/METHODS.md section 1), on random frame features.
 
 Padded frames change nothing; identical teacher and student features give zero; a time
 permutation of both gives the same loss; it is not SP; teacher and student may differ in T and D.

@@ -1,6 +1,6 @@
 """Tests of kd_modules.metrics against hand-worked examples and independent re-implementations.
 
-The reference code here is written as literal loops over Python lists, following METHODS.md
+The reference code here is written as literal loops over Python lists, following docs/METHODS.md
 section 5, and shares nothing with the library but numpy's default ``argsort`` (which the spec
 prescribes for ordering tied recalls).
 """

@@ -26,7 +26,7 @@ import yaml
 from kd_modules.results import _mean_std, collect
 
 BASELINES = ("kd", "embedding_cosine", "embedding_mse", "mlkd", "dkd")
-PAPER_RELATIVE_EER = -5.0  # METHODS.md §2: IML-KD against the best KD baseline
+PAPER_RELATIVE_EER = -5.0  # docs/METHODS.md §2: IML-KD against the best KD baseline
 
 
 def comparison(runs: list[dict]) -> str:
