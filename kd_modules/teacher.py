@@ -282,6 +282,12 @@ def load_teacher(hparams: dict) -> Teacher | IntegratedTeacher:
     teacher = Teacher.from_experiment(
         hparams["teacher_folder"], taps=hparams["teacher_taps"], **hparams["teacher_selection"]
     )
+    return as_composed(teacher, hparams)
+
+
+def as_composed(teacher: Teacher, hparams: dict) -> Teacher | IntegratedTeacher:
+    """``teacher`` as the composition distils from it: an :class:`IntegratedTeacher` when it
+    has an ``integrated_input`` (IML-KD), else itself."""
     integrated = hparams.get("integrated_input")
     if integrated is None:
         return teacher

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import AUDIO_TAGGING
 
+from kd_modules.brains import TagLayout
 from kd_modules.conversion import PrepareError
 from kd_modules.dataio import read_json
 from recipes.audio_tagging import train
@@ -188,6 +189,17 @@ def test_layout_and_conversion(prepared: Path):
 
     info = soundfile.info(entry["wav"])
     assert (info.samplerate, info.channels) == (16000, 1)  # converted from the tree's 22.05 kHz
+
+
+def test_data_info_gives_the_taggers_output_count(prepared: Path):
+    """data_info.json (what run.sh reads) holds TagLayout's output count, the columns and the
+    files a run reads."""
+    info = read_json(prepared / "data_info.json")
+    layout = TagLayout.from_json(prepared / "labels.json")
+    assert (info["dataset"], info["outputs"]) == ("sonyc_ust", layout.n_outputs)
+    assert info["classes"] == {"fine": layout.fine, "coarse": layout.coarse}
+    manifests = {f"{role}.json" for role in ROLES if (prepared / f"{role}.json").is_file()}
+    assert set(info["files"]) == manifests | {"labels.json", ".done"}
 
 
 def test_rerun_with_the_same_arguments_is_skipped(tree, prepared, caplog):

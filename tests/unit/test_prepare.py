@@ -312,6 +312,20 @@ def test_audiomnist_paper_folds_via_cli(tmp_path):
     assert failed.returncode == 1 and "AudioMNIST fold 4: the test split" in failed.stderr
 
 
+def test_data_info_has_the_classes_folds_and_files_later_stages_read(tmp_path):
+    """Stage 1 writes the facts run.sh reads (kd_modules.data_info): the classes as labels.json
+    has them and their number, the split and the folds prepared, and every file a run reads."""
+    root = SAMPLES / "audiomnist" / "AudioMNIST"
+    out = run("audiomnist", root, tmp_path / "am", "--convert", "none", "--folds", "1", "2")
+    info = read_json(out / "data_info.json")
+    labels = read_json(out / "labels.json")
+    assert (info["dataset"], info["classes"], info["outputs"]) == ("audiomnist", labels, 10)
+    assert (info["split"], info["folds"]) == ("official", [1, 2])
+    manifests = {f"fold{k}/{role}.json" for k in (1, 2) for role in ("train", "valid", "test")}
+    assert set(info["files"]) == manifests | {"labels.json", ".done"}
+    assert all((out / name).is_file() for name in info["files"])
+
+
 def test_without_sox_converts_with_soundfile(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(conversion, "sox_available", lambda: False)

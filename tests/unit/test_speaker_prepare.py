@@ -266,6 +266,16 @@ def test_voxceleb_drops_dev_speakers_of_a_custom_trial_list(vox_tree: Path, tmp_
 # --- reruns and errors --------------------------------------------------------------------------
 
 
+def test_data_info_counts_the_training_speakers(vox: Path):
+    """data_info.json (what run.sh reads): the classifier's classes are the training speakers;
+    the files are those a run reads."""
+    info = read_json(vox / "data_info.json")
+    speakers = read_json(vox / "speakers.json")
+    assert (info["dataset"], info["outputs"]) == ("voxceleb1", len(speakers))
+    names = {"train.json", "valid.json", "test.json", "trials.txt", "speakers.json", ".done"}
+    assert set(info["files"]) == names
+
+
 def test_rerun_with_the_same_arguments_is_skipped(vox: Path, vox_tree: Path, caplog):
     before = {p.name: p.stat().st_mtime_ns for p in vox.iterdir() if p.is_file()}
     caplog.set_level("INFO")

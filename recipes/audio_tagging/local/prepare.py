@@ -6,8 +6,9 @@ Reads ``annotations.csv`` (one row per clip and annotator) and the release's
 ``dcase-ust-taxonomy.yaml`` (the copy shipped in local/, with a warning, when the release lacks
 one). Writes ``out_dir/{train,valid,test}.json`` (+ ``eval.json`` when the later eval release is
 present), ``labels.json`` (the output columns: fine tags with X tags, then coarse classes, and
-the fine-level taxonomy), ``prepare_report.json`` and ``.done`` (the arguments: a rerun with the
-same ones is skipped).
+the fine-level taxonomy), ``prepare_report.json``, ``.done`` (the arguments: a rerun with the
+same ones is skipped) and ``data_info.json`` (kd_modules.data_info: the columns as ``classes``,
+the tagger's output count as ``outputs``, which run.sh reads).
 
 - ``train`` rows are the training pool; ``valid`` is carved from it, grouped by ``sensor_id`` (no
   sensor on both sides), for checkpoint selection. ``validate`` rows are the reported test set
@@ -34,12 +35,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from kd_modules.brains import TagLayout
 from kd_modules.conversion import (
     PrepareError,
     check_and_convert,
     remove_stale_conversions,
     run_prepare,
 )
+from kd_modules.data_info import DATA_INFO, data_info
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
 from recipes.audio_tagging.local.taxonomy import read_layout, release_taxonomy
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = settings_of(args)
     done = args.out_dir / ".done"
-    if done.is_file() and read_json(done) == settings:
+    if done.is_file() and read_json(done) == settings and (args.out_dir / DATA_INFO).is_file():
         logger.info("SONYC-UST already prepared with these arguments in %s: skipping", args.out_dir)
         return
     done.unlink(missing_ok=True)
@@ -259,10 +262,20 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(args.out_dir / "labels.json", layout)
     write_json_atomic(args.out_dir / "prepare_report.json", report)
     write_json_atomic(done, settings)
+    write_data_info(args.out_dir, layout, sizes)
     logger.info(
         "SONYC-UST: %s; %d missing, %d unreadable, %d test clips without a verified row -> %s",
         sizes, len(missing), len(corrupt), len(unverified), args.out_dir,
     )  # fmt: skip
+
+
+def write_data_info(out: Path, layout: dict, sizes: dict) -> None:
+    """data_info.json: the output columns and the tagger's output count (TagLayout's, the one
+    the Brain checks), with the manifests written (``sizes``: role -> clips) and labels.json."""
+    outputs = TagLayout(layout["fine"], layout["coarse"], layout["fine_taxonomy"]).n_outputs
+    files = ["labels.json", ".done", *(f"{role}.json" for role in sizes)]
+    classes = {"fine": layout["fine"], "coarse": layout["coarse"]}
+    write_json_atomic(out / DATA_INFO, data_info(out, "sonyc_ust", outputs, files, classes=classes))
 
 
 if __name__ == "__main__":

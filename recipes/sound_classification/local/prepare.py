@@ -3,11 +3,13 @@
     python local/prepare.py --dataset esc50 --data_root /data/ESC-50-master --out_dir data/esc50
 
 Writes ``out_dir/fold<k>/{train,valid,test}.json`` ({utt_id: {wav, duration, label, label_id,
-group}}), ``labels.json``, ``prepare_report.json`` and ``.done`` (the arguments, so a rerun with
-the same ones is skipped). Works on the full release or any part of it: rows whose audio is
-absent are counted as missing; unreadable clips (every clip is decoded in full once, so a
-truncated FLAC with a valid header counts too) and clips shorter than ``--min_duration_s`` are
-skipped with a warning and counted, with their files / ids, in ``prepare_report.json``.
+group}}), ``labels.json``, ``prepare_report.json``, ``.done`` (the arguments, so a rerun with
+the same ones is skipped) and ``data_info.json`` (kd_modules.data_info: the classes, their number
+as ``outputs``, the split and the folds prepared, which run.sh reads). Works on the full
+release or any part of it: rows whose audio is absent are counted as missing; unreadable clips
+(every clip is decoded in full once, so a truncated FLAC with a valid header counts too) and
+clips shorter than ``--min_duration_s`` are skipped with a warning and counted, with their
+files / ids, in ``prepare_report.json``.
 
 ``--split official`` follows each dataset's protocol (local/<dataset>.py); validation comes from
 the training side only. ``--split seeded`` makes one fold ``1`` by a seeded group-disjoint
@@ -39,6 +41,7 @@ from kd_modules.conversion import (
     remove_stale_conversions,
     run_prepare,
 )
+from kd_modules.data_info import DATA_INFO, data_info
 from kd_modules.dataio import read_json, resolve_audio_path, write_json_atomic
 from kd_modules.splits import stratified_group_split
 from recipes.sound_classification.local import audiomnist, esc50, fsdd, urbansound8k
@@ -155,9 +158,8 @@ def _settings(args: argparse.Namespace, folds: list[int]) -> dict:
 
 
 def _is_done(out_dir: Path, settings: dict, folds: list[int]) -> bool:
-    needed = [out_dir / "labels.json", out_dir / "prepare_report.json"] + [
-        out_dir / f"fold{k}" / f"{role}.json" for k in folds for role in ROLES
-    ]
+    needed = [out_dir / "labels.json", out_dir / "prepare_report.json", out_dir / DATA_INFO]
+    needed += [out_dir / f"fold{k}" / f"{role}.json" for k in folds for role in ROLES]
     done = out_dir / ".done"
     return done.is_file() and read_json(done) == settings and all(p.is_file() for p in needed)
 
@@ -302,7 +304,11 @@ def _write_outputs(args, dataset, labels, manifests, report: dict, settings: dic
     write_json_atomic(out / "labels.json", labels)
     write_json_atomic(out / "prepare_report.json", {**report, "splits": sizes})
     write_json_atomic(out / ".done", settings)
-    logger.info("wrote manifests, labels.json and prepare_report.json to %s", out)
+    files = ["labels.json", ".done"]
+    files += [f"fold{fold}/{role}.json" for fold in manifests for role in ROLES]
+    classes = {"classes": labels, "split": args.split, "folds": list(manifests)}
+    write_json_atomic(out / DATA_INFO, data_info(out, args.dataset, len(labels), files, **classes))
+    logger.info("wrote manifests, labels.json, prepare_report.json and %s to %s", DATA_INFO, out)
 
 
 if __name__ == "__main__":

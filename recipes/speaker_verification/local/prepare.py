@@ -24,7 +24,8 @@ Writes into ``--out_dir``:
 - ``speakers.json``: the training speaker ids in label order (the classifier's classes).
 - ``prepare_report.json``: counts and ids of missing, unreadable (corrupt) and too-short files,
   dropped trials, excluded speakers, segments; ``.done``: the arguments (a rerun with the same
-  ones is skipped).
+  ones is skipped); ``data_info.json`` (kd_modules.data_info): the number of training speakers
+  as ``outputs`` (the classifier's classes, which run.sh reads), with the files above.
 
 ``voxceleb1``: ``data_root/wav/idXXXXX/<video>/NNNNN.wav`` (a ``.flac`` where a ``.wav`` is
 expected is accepted), ``data_root/vox1_meta.csv`` (tab-separated: VoxCeleb1 ID, VGGFace1 ID,
@@ -62,6 +63,7 @@ from kd_modules.conversion import (
     remove_stale_conversions,
     run_prepare,
 )
+from kd_modules.data_info import DATA_INFO, data_info
 from kd_modules.dataio import (
     AUDIO_EXTENSIONS,
     audio_info,
@@ -179,7 +181,7 @@ def trial_path(args: argparse.Namespace) -> Path:
 def is_done(out_dir: Path, settings: dict) -> bool:
     """True when ``.done`` records these settings and every output exists."""
     done = out_dir / ".done"
-    outputs = [out_dir / name for name in (*OUTPUTS, REPORT)]
+    outputs = [out_dir / name for name in (*OUTPUTS, REPORT, DATA_INFO)]
     return done.is_file() and read_json(done) == settings and all(p.is_file() for p in outputs)
 
 
@@ -489,12 +491,14 @@ def manifests(segments, tests, trials, args) -> dict[str, dict | list]:
 
 
 def write_outputs(out: Path, outputs: dict, trials: list[Trial], report: dict, settings: dict):
-    """Every output atomically; ``.done`` last, so a killed run is redone."""
+    """Every output atomically; ``.done`` then ``data_info.json`` last: a killed run is redone."""
     for name, obj in outputs.items():
         write_json_atomic(out / name, obj)
     write_text_atomic(out / "trials.txt", "".join(f"{lab} {e} {t}\n" for lab, e, t in trials))
     write_json_atomic(out / REPORT, report)
     write_json_atomic(out / ".done", settings)
+    info = data_info(out, settings["dataset"], len(outputs["speakers.json"]), [*OUTPUTS, ".done"])
+    write_json_atomic(out / DATA_INFO, info)
     logger.info(
         "%s: %d speakers, %d train / %d valid segments, %d test utterances, %d trials "
         "(%d dropped); %d missing, %d unreadable, %d too short -> %s", settings["dataset"],
