@@ -9,7 +9,7 @@ class _NoTorchvisionWarning(logging.Filter):
     ``speechbrain.utils.train_logger`` looks torchvision up at import time, for the image saver
     of its ``ProgressSampleLogger`` (samples of generative models), and warns when it is missing;
     every recipe imports that module for ``FileTrainLogger``. Nothing here uses that saver: the
-    training curves are drawn with matplotlib (``kd_modules.results.plot_history``). Installed
+    training curves are drawn with matplotlib (``kd_modules.curves.plot_history``). Installed
     here, before any recipe YAML imports the module, so the warning never reaches a log.
     """
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from ruamel.yaml.constructor import DuplicateKeyError
 
-from kd_modules import results
+from kd_modules import results, tables
+from kd_modules.curves import plot_history
 from kd_modules.hparams import (
     HparamsError,
     compose_yaml,
@@ -21,11 +22,10 @@ from kd_modules.results import (
     README_END,
     README_START,
     collect,
-    plot_history,
-    results_table,
     update_readme,
     write_results,
 )
+from kd_modules.tables import results_table
 from recipes.sound_classification.local import report as sound_report
 
 
@@ -217,10 +217,10 @@ def test_datafree_tables_show_the_rows_a_recipe_passes_in(tmp_path):
     _datafree_run(tmp_path, 1, 0.40, steps=120, wall_s=62.0)
     write_results(tmp_path / "exp/fsdd/fold1/student/small/kd/seed1/results.json", _run(1, 0.5))
     rows = (("pool-trained", "student", "frami"), ("distilled", "student", "kd"))
-    table = results.datafree_tables(collect(tmp_path / "exp"), rows)
+    table = tables.datafree_tables(collect(tmp_path / "exp"), rows)
     labelled = [row[:3] for row in _rows(table, "")][1:]  # the header row first
     assert labelled == [["pool-trained", "1", "40.00"], ["distilled", "1", "50.00"]]
-    alone = results.datafree_tables(collect(tmp_path / "exp"), rows[:1])
+    alone = tables.datafree_tables(collect(tmp_path / "exp"), rows[:1])
     assert "distilled" not in alone and "KD on real data" not in alone
 
 

@@ -21,7 +21,7 @@ from kd_modules.cache import TeacherCache
 from kd_modules.cache_build import build_teacher_cache
 from kd_modules.checkpoints import COMPLETE, Checkpointer
 from kd_modules.hparams import load_composed
-from kd_modules.results import other_teacher_runs, results_table, stale_data_runs
+from kd_modules.results import stale_data_runs
 from kd_modules.run_folder import (
     FolderBusyError,
     RunRecordMismatch,
@@ -29,6 +29,7 @@ from kd_modules.run_folder import (
     folder_lock,
     training_wall_time_s,
 )
+from kd_modules.tables import other_teacher_runs, results_table
 from kd_modules.teacher import Teacher, UnfinishedTeacherError, load_teacher
 
 HP = RECIPE / "hparams"

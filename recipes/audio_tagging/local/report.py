@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from kd_modules.losses import IUSP
 from kd_modules.losses.base import pool_time
-from kd_modules.results import _count, _mean_std, collect, stale_data_runs
+from kd_modules.results import collect, stale_data_runs
+from kd_modules.tables import _count, _mean_std
 from kd_modules.teacher import Teacher, preserved_random_state
 
 if TYPE_CHECKING:

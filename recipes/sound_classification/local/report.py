@@ -11,7 +11,7 @@ the results table in RESULTS.md and in the README's results block alike.
 
 from __future__ import annotations
 
-from kd_modules import results
+from kd_modules import results, tables
 
 # The data-free comparison (FRAMI's table): (row label, role, method); students of every arch.
 DATAFREE_ROWS = (
@@ -27,7 +27,7 @@ DATAFREE_ROWS = (
 
 def datafree_section(runs: list[dict]) -> str:
     """The data-free tables of ``runs`` in this recipe's rows ("" when no run is data-free)."""
-    return results.datafree_tables(runs, DATAFREE_ROWS)
+    return tables.datafree_tables(runs, DATAFREE_ROWS)
 
 
 def main(argv: list[str] | None = None) -> None:

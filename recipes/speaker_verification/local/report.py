@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from kd_modules.results import _mean_std, collect
+from kd_modules.results import collect
+from kd_modules.tables import _mean_std
 
 BASELINES = ("kd", "embedding_cosine", "embedding_mse", "mlkd", "dkd")
 PAPER_RELATIVE_EER = -5.0  # docs/METHODS.md §2: IML-KD against the best KD baseline
