@@ -35,11 +35,11 @@ def run_recipe(
     ``program`` replaces ``bash run.sh`` (e.g. ``[sys.executable, "train.py"]`` or a torchrun
     launcher), with the repository root on ``PYTHONPATH`` as run.sh puts it there (the scripts
     import their siblings as ``recipes.<name>.*``); ``cwd`` replaces the recipe folder, ``env``
-    adds variables. stdout and stderr go to files,
-    not pipes (a torchrun worker in a session of its own can hold a pipe open after its parent
-    has exited), and the command runs in a session of its own: past ``timeout_s`` the whole group
-    gets SIGTERM and the test fails. ``check``: a non-zero exit fails the test with the command
-    and the tails of both streams; ``check=False`` returns it for the test to judge.
+    adds variables. stdout and stderr go to files, not pipes (a torchrun worker in a session of
+    its own can hold a pipe open after its parent has exited), and the command runs in a session
+    of its own: past ``timeout_s`` the whole group gets SIGTERM and the test fails. ``check``: a
+    non-zero exit fails the test with the command and the tails of both streams; ``check=False``
+    returns it for the test to judge.
     """
     program = ["bash", str(recipe / "run.sh")] if program is None else [str(p) for p in program]
     command = [*program, *(str(arg) for arg in args)]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import RECIPE, REPO, run_recipe, torchrun, write_fsdd_manifests
+from conftest import RECIPE, run_recipe, torchrun, write_fsdd_manifests
 
 from kd_modules.cache import TeacherCache
 
@@ -15,7 +15,6 @@ pytestmark = pytest.mark.slow
 
 HP = RECIPE / "hparams"
 PYTHON = [sys.executable]
-ENV = {"PYTHONPATH": str(REPO)}
 
 
 def test_two_ranks_build_one_store_equal_to_one_process(tmp_path):
@@ -27,14 +26,14 @@ def test_two_ranks_build_one_store_equal_to_one_process(tmp_path):
     teacher = tmp_path / "teacher"
     run_recipe(RECIPE, "train.py", str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
                str(HP / "kd/none.yaml"), *common, "--output_folder", str(teacher), "--role",
-               "teacher", "--number_of_epochs", "1", "--exp_root", str(tmp_path), program=PYTHON,
-               env=ENV)  # fmt: skip
+               "teacher", "--number_of_epochs", "1", "--exp_root", str(tmp_path),
+               program=PYTHON)  # fmt: skip
     kd = [str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/kd.yaml"),
           *common, "--teacher_folder", str(teacher), "--output_folder", str(teacher)]  # fmt: skip
     run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "ddp"),
-               "--distributed_backend", "gloo", program=torchrun(2), env=ENV)  # fmt: skip
+               "--distributed_backend", "gloo", program=torchrun(2))  # fmt: skip
     run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "one"),
-               program=PYTHON, env=ENV)  # fmt: skip
+               program=PYTHON)  # fmt: skip
 
     (ddp_folder,) = (tmp_path / "ddp" / "cache").iterdir()
     (one_folder,) = (tmp_path / "one" / "cache").iterdir()
