@@ -34,6 +34,7 @@ test-fast: env lint
 
 lint: env
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the rooms and their import order, no circles (.importlinter)
 
 clean-demo:
 	rm -rf recipes/sound_classification/exp/fsdd recipes/sound_classification/data/fsdd

@@ -21,7 +21,8 @@ setup(
         "safetensors>=0.4",  # the teacher cache's shard format (kd_modules.cache)
         "pyyaml",
     ],
-    extras_require={"dev": ["pytest", "ruff", "captum"]},  # captum: the IG reference in tests
+    # captum: the IG reference in tests; import-linter: make lint's import contract (.importlinter)
+    extras_require={"dev": ["pytest", "ruff", "captum", "import-linter"]},
     entry_points={
         "console_scripts": [
             "kd-collect-results=kd_modules.results:main",
