@@ -8,7 +8,7 @@ an absolute one. :func:`output_checksums` gives the SHA-256 of each when the res
 trained) and every named file is still there with its recorded checksum. Stage 7 of every recipe
 asks, once per run folder (``tools/stage_helpers.sh``, ``evaluate_once``)::
 
-    python -m kd_modules.outputs RUN_DIR    # exit 0: evaluated; 1: not, and why on stdout
+    python -m kd_modules.stages.status evaluated RUN_DIR   # exit 0: evaluated; 1: not, and why
 
 Standard library only: stage 7 asks this of every run folder, and importing torch would add
 seconds to each answer.
@@ -16,7 +16,6 @@ seconds to each answer.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -81,17 +80,3 @@ def not_evaluated_reason(run_dir: str | Path) -> str | None:
         if file_sha256(path) != recorded[name]:
             return f"{name} changed since it was evaluated"
     return None
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Exit 0 when the run folder is evaluated; else print why not and exit 1."""
-    parser = argparse.ArgumentParser(description="Exit 0 when RUN_DIR is evaluated, else 1.")
-    parser.add_argument("run_dir", help="a run folder (results.json, train_info.json)")
-    reason = not_evaluated_reason(parser.parse_args(argv).run_dir)
-    if reason is not None:
-        print(reason)
-        raise SystemExit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stage helpers shared by every recipe's run.sh: logging, stage selection, the launcher (one
-# process or torchrun), option checks and evaluate-once. Source it after tools/parse_options.sh:
+# process or torchrun), option checks, the questions asked of Python before a process is launched
+# (kd_modules.stages.status: a method's kind, a YAML value, is a run trained / evaluated) and the
+# stages 2-5 and 7 every KD recipe shares. Source it after tools/parse_options.sh:
 #     . "$root/tools/parse_options.sh"
 #     . "$root/tools/stage_helpers.sh"
 # Functions read the caller's option variables by name (stage, stop_stage, ngpu, device, python);
@@ -121,17 +123,64 @@ check_writable_dir() {
     die "--$name $dir cannot be created or written ($probe is not a writable folder)"
 }
 
+# ----- what run.sh asks Python before launching a process (kd_modules.stages.status) -----------
+
+STAGE_RECORD=stage_record.json  # in a run folder: the command that trained it, and its inputs
+
+# stage_status QUESTION ARGS...: python -m kd_modules.stages.status (standard library and PyYAML
+# only, so an answer takes a fraction of a second, not the seconds of importing torch).
+stage_status() { $python -m kd_modules.stages.status "$@"; }
+
+# methods_of KIND: the words of --methods whose hparams/kd YAML is of KIND (kd: real-data KD,
+# stages 3 and 5; datafree: it names a synthesiser, stage 6).
+methods_of() {
+    # shellcheck disable=SC2086  # methods: a word list
+    stage_status methods "$1" hparams/kd $methods
+}
+
+# stage_done STAMP SCRIPT ARGS...: true when STAMP records "SCRIPT ARGS" as done with every input
+# unchanged (the YAML, the data of $data_info when set, the teacher, the outputs).
+stage_done() {
+    local stamp=$1 data=()
+    shift
+    [ -z "${data_info:-}" ] || data=(--data "$data_info")
+    stage_status done "$stamp" "${data[@]}" -- "$@" >/dev/null
+}
+
+# record_stage STAMP OPTION... -- SCRIPT ARGS...: record "SCRIPT ARGS", which has just succeeded,
+# as done (OPTIONs: --trained RUN_DIR, whose train_info.json must say finished; --output FILE).
+record_stage() {
+    local stamp=$1 data=()
+    shift
+    [ -z "${data_info:-}" ] || data=(--data "$data_info")
+    stage_status record "$stamp" "${data[@]}" "$@" >/dev/null
+}
+
+# train_once STAGE RUN_DIR ARGS...: "launch train.py ARGS" for the run folder RUN_DIR, unless
+# its stage record says this very command trained it and nothing it read has changed since
+# (then one line says so and no process starts: train.py would find nothing to do).
+train_once() {
+    local number=$1 dir=$2
+    shift 2
+    if stage_done "$dir/$STAGE_RECORD" train.py "$@"; then
+        log "stage $number: $dir already trained by this command"
+        return 0
+    fi
+    launch train.py "$@"
+    record_stage "$dir/$STAGE_RECORD" --trained "$dir" -- train.py "$@"
+}
+
 # ----- stage 7 ----------------------------------------------------------------------------------
 
 # evaluate_once RUN_DIR SCRIPT ARGS...: test RUN_DIR's best-validation checkpoint with
 # "SCRIPT ARGS --output_folder RUN_DIR --test_only", unless it is evaluated: its results.json is
 # newer than its train_info.json and every output file it names (scores, predictions) is there
-# with the checksum recorded when it was written (python -m kd_modules.outputs, which says why
-# not). A run that never trained is an error.
+# with the checksum recorded when it was written (stage_status evaluated, which says why not;
+# kd_modules.outputs). A run that never trained is an error.
 evaluate_once() {
     local dir=$1 script=$2 reason
     shift 2
-    if reason=$($python -m kd_modules.outputs "$dir"); then
+    if reason=$(stage_status evaluated "$dir"); then
         log "stage 7: $dir already evaluated"
         return 0
     fi
@@ -208,23 +257,50 @@ teacher_stage() {
     want 2 || return 0
     log "stage 2: teacher $teacher${log_scope:-} -> $tdir"
     # shellcheck disable=SC2046,SC2086  # word lists on purpose
-    launch train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
+    train_once 2 "$tdir" $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
         --seed "$teacher_seed" --output_folder "$tdir" --skip_test True $teacher_args
 }
 
-# cache_stage TDIR METHODS ARGS...: stage 3, the teacher cache of each method (with the first
-# student's composition: the cache key does not depend on the student).
+# cache_command METHOD TDIR ARGS...: set cache_args to stage 3's cache_teacher.py command for
+# METHOD (with the first student's composition: the cache key does not depend on the student).
+cache_command() {
+    local method=$1 tdir=$2
+    shift 2
+    # shellcheck disable=SC2046,SC2086  # word lists on purpose
+    cache_args=(cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") "$@"
+        --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache"
+        "${unfinished_args[@]}" $kd_args)
+}
+
+# cache_stage TDIR METHODS ARGS...: stage 3, the teacher cache of each method: one process per
+# distinct cache (python -m kd_modules.stages.cache_plan groups the methods that share one, e.g.
+# logit and embedding KD), none for a method whose record in TDIR/cache_records/ says this very
+# command built its cache and nothing it read has changed since.
 cache_stage() {
-    local tdir=$1 methods=$2 method
+    local tdir=$1 methods=$2 method group groups folder todo=()
     shift 2
     { want 3 && [ "$use_cache" = true ]; } || return 0
     for method in $methods; do
-        log "stage 3: teacher cache for $method${log_scope:-}"
-        # shellcheck disable=SC2046
-        launch cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") "$@" \
-            --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache" \
-            "${unfinished_args[@]}" $kd_args
+        cache_command "$method" "$tdir" "$@"
+        if stage_done "$tdir/cache_records/$method.json" "${cache_args[@]}"; then
+            log "stage 3: teacher cache for $method${log_scope:-} already built by this command"
+        else
+            todo+=("$method")
+        fi
     done
+    [ "${#todo[@]}" -gt 0 ] || return 0
+    cache_command "{method}" "$tdir" "$@"
+    groups=$($python -m kd_modules.stages.cache_plan "${todo[@]}" -- "${cache_args[@]:1}")
+    while read -r group; do
+        log "stage 3: teacher cache for $group${log_scope:-}"
+        cache_command "${group%% *}" "$tdir" "$@"
+        folder=$(launch "${cache_args[@]}" | tail -n 1)  # cache_teacher.py prints its folder
+        for method in $group; do
+            cache_command "$method" "$tdir" "$@"
+            record_stage "$tdir/cache_records/$method.json" --output "$folder/meta.json" -- \
+                "${cache_args[@]}"
+        done
+    done <<<"$groups"
 }
 
 # student_stages TDIR METHODS ARGS...: stage 4 (each student alone) and stage 5 (each student
@@ -238,7 +314,7 @@ student_stages() {
                 sdir=$(student_folder "$arch" none "$seed")
                 log "stage 4: student $arch alone${log_scope:-}, seed $seed -> $sdir"
                 # shellcheck disable=SC2046
-                launch train.py $(yaml "student/$arch.yaml" none) "$@" --seed "$seed" \
+                train_once 4 "$sdir" $(yaml "student/$arch.yaml" none) "$@" --seed "$seed" \
                     --output_folder "$sdir" --skip_test True
             fi
             want 5 || continue
@@ -246,7 +322,7 @@ student_stages() {
                 sdir=$(student_folder "$arch" "$method" "$seed")
                 log "stage 5: student $arch with $method${log_scope:-}, seed $seed -> $sdir"
                 # shellcheck disable=SC2046
-                launch train.py $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
+                train_once 5 "$sdir" $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
                     --output_folder "$sdir" --teacher_folder "$tdir" \
                     --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}" \
                     $kd_args
@@ -255,14 +331,14 @@ student_stages() {
     done
 }
 
-# evaluation_stage TDIR SCRIPT METHODS ARGS...: stage 7, SCRIPT --test_only on the teacher, each
+# evaluation_stage TDIR METHODS ARGS...: stage 7, train.py --test_only on the teacher, each
 # student alone and each KD student, once each (evaluate_once).
 evaluation_stage() {
-    local tdir=$1 script=$2 methods=$3 arch seed method
-    shift 3
+    local tdir=$1 methods=$2 arch seed method
+    shift 2
     want 7 || return 0
     # shellcheck disable=SC2046,SC2086
-    evaluate_once "$tdir" "$script" $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
+    evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
         --seed "$teacher_seed" $teacher_args
     for arch in $students; do
         for seed in $seeds; do
@@ -271,7 +347,7 @@ evaluation_stage() {
                 # shellcheck disable=SC2206  # kd_args: a word list on purpose
                 [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir" $kd_args)
                 # shellcheck disable=SC2046
-                evaluate_once "$(student_folder "$arch" "$method" "$seed")" "$script" \
+                evaluate_once "$(student_folder "$arch" "$method" "$seed")" train.py \
                     $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
                     "${teacher_flag[@]}"
             done
@@ -279,18 +355,17 @@ evaluation_stage() {
     done
 }
 
-# single_split_stages TDIR METHODS SCRIPT ARGS...: stages 2-7 of a recipe with one data split
-# and no data-free stage: the teacher, its caches, the students alone and with each method, then
-# stage 7 with SCRIPT (train.py, or the recipe's evaluation script). Call it only once the
-# prepared data is known (stages 2-7 wanted), since ARGS name it.
+# single_split_stages TDIR METHODS ARGS...: stages 2-7 of a recipe with one data split and no
+# data-free stage: the teacher, its caches, the students alone and with each method, then stage
+# 7. Call it only once the prepared data is known (stages 2-7 wanted), since ARGS name it.
 single_split_stages() {
-    local tdir=$1 methods=$2 script=$3
-    shift 3
+    local tdir=$1 methods=$2
+    shift 2
     teacher_stage "$tdir" "$@"
     cache_stage "$tdir" "$methods" "$@"
     student_stages "$tdir" "$methods" "$@"
     if want 6; then
         log "stage 6: data-free distillation is not part of this recipe: skipped"
     fi
-    evaluation_stage "$tdir" "$script" "$methods" "$@"
+    evaluation_stage "$tdir" "$methods" "$@"
 }

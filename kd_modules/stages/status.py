@@ -23,7 +23,8 @@ process starts saves the seconds Python takes to import torch and compose the YA
 
 *Evaluated* is :func:`kd_modules.outputs.not_evaluated_reason` (stage 7).
 
-Exit status 0: yes (``done``, ``evaluated``) or written (``record``); 1: no, and why on stdout.
+Exit status of ``done`` and ``evaluated``: 0 yes, 1 no (and why, on stdout); ``record`` exits 0
+whether it wrote the record or not (why not, on stdout: e.g. the run did not finish).
 Standard library and PyYAML only: run.sh asks before every run it may launch.
 """
 
@@ -107,6 +108,8 @@ def not_done_reason(stamp: str | Path, command: Sequence[str], data=None) -> str
     stamp = Path(stamp)
     if not stamp.is_file():
         return "no record of a finished run of this command"
+    if data is not None and not Path(data).is_file():
+        return f"{data} is missing"
     record = json.loads(stamp.read_text(encoding="utf-8"))
     if record.get("command") != list(command) or record.get("cwd") != os.getcwd():
         return "recorded for another command"
@@ -133,6 +136,8 @@ def record_done(
     and ``outputs``; None when written, else why not (a run whose train_info.json does not say
     finished is not done)."""
     outputs = [Path(path) for path in outputs]
+    if data is not None and not Path(data).is_file():
+        return f"{data} is missing"
     if trained is not None:
         info = Path(trained) / TRAIN_INFO
         if not info.is_file() or not json.loads(info.read_text()).get("finished"):
@@ -204,10 +209,9 @@ def answer(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     result = answer(argv)
-    if argv and argv[0] in ("methods", "value"):
+    if result is not None:
         print(result)
-    elif result is not None:
-        print(result)
+    if result is not None and argv[0] in ("done", "evaluated"):
         raise SystemExit(1)
 
 

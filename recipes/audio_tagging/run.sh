@@ -38,6 +38,7 @@ check_kd_options
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 data="$data_dir/sonyc_ust"
+data_info="$data/data_info.json"  # stage 1's facts: the tagger's outputs (kd_modules.data_info)
 exp="$exp_dir/sonyc_ust"
 set_kd_flags
 
@@ -49,40 +50,51 @@ run_args() {
 tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
 student_folder() { echo "$exp/student/$1/$2/seed$3"; }
 
-if want 0; then
+# ----- the recipe's own stages (0, 1 and 8); 2-7 are tools/stage_helpers.sh's -------------------
+
+check_stage() {  # 0: the environment, the release (or the stand-in, built here)
+    want 0 || return 0
     log "stage 0: checking the environment and the dataset root"
     log_environment
-    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ]; then
-        if [ -z "$data_root" ] && [ "$standin" = true ]; then
-            data_root="$data_dir/standin"
-            log "stage 0: building the stand-in tree $data_root (not SONYC-UST: README.md)"
-            $python local/make_standin.py --out "$data_root" >/dev/null
-        fi
-        [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md), \
-or --standin true for the stand-in demo"
-        [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+    [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ] || return 0
+    if [ -z "$data_root" ] && [ "$standin" = true ]; then
+        data_root="$data_dir/standin"
+        log "stage 0: building the stand-in tree $data_root (not SONYC-UST: README.md)"
+        $python local/make_standin.py --out "$data_root" >/dev/null
     fi
-fi
+    [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md), \
+or --standin true for the stand-in demo"
+    [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+}
 
-if want 1; then
+prepare_stage() {  # 1: manifests, labels.json (the output columns), data_info.json
+    want 1 || return 0
     [ -n "$data_root" ] || [ "$standin" = false ] || data_root="$data_dir/standin"
     [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md)"
     log "stage 1: preparing SONYC-UST manifests from $data_root"
     $python local/prepare.py --data_root "$data_root" --out_dir "$data" \
         --sample_rate "$sample_rate" --convert "$convert"
-fi
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
-    [ -f "$data/labels.json" ] || die "no prepared data in $data: run stage 1 first"
-    n_outputs=$($python -c "import json, sys; d = json.load(open(sys.argv[1])); \
-print(len(d['fine']) + len(d['coarse']))" "$data/labels.json")
-    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    single_split_stages "$tdir" "$methods" train.py $(run_args)
-fi
+}
 
-if want 8; then
+kd_stages() {  # 2-7, on the prepared data (its output count sizes every tagger)
+    [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ] || return 0
+    [ -f "$data_info" ] || die "no prepared data in $data: run stage 1 first"
+    n_outputs=$(json_field "$data_info" outputs)
+    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+    single_split_stages "$tdir" "$methods" $(run_args)
+}
+
+report_stage() {  # 8: RESULTS.md, the IUSP table and the frame-similarity figure
+    want 8 || return 0
     log "stage 8: collecting results into $exp/RESULTS.md"
     $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
         --title "Audio tagging: SONYC-UST ($(json_field "$data/.done" data_root), seeds $seeds)"
     $python local/report.py "$exp" --out "$exp/RESULTS.md" --figure "$exp/frame_similarity.png"
-fi
+}
+
+# ----- the stages ----------------------------------------------------------------------------
+check_stage     # 0
+prepare_stage   # 1
+kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, (6), 7 evaluate
+report_stage    # 8
 log "done"

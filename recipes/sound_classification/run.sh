@@ -67,35 +67,38 @@ check_choice update_readme true false
 check_kd_options  # methods, students, teacher, seeds, device, cache, conversion, folders
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-prepared="$data_dir/$dataset/.done"  # stage 1's arguments: the split and folds it prepared
-case "$dataset" in
-    esc50) official_folds="1 2 3 4 5" ;;
-    urbansound8k) official_folds="1 2 3 4 5 6 7 8 9 10" ;;
-    audiomnist) official_folds="1 2 3 4 5" ;;
-    fsdd) official_folds="1" ;;
-esac
-if [ -z "$folds" ]; then
-    if [ "$stage" -ge 2 ] && [ -f "$prepared" ]; then folds=$(json_field "$prepared" folds)
-    elif [ "$split" = seeded ]; then folds="1"
-    else folds="$official_folds"; fi
-fi
+data="$data_dir/$dataset"
+data_info="$data/data_info.json"  # stage 1's facts: classes, split, folds (kd_modules.data_info)
 set_kd_flags  # device (auto resolved), cache_flag, unfinished_args
 augment_flag=$([ "$augment" = true ] && echo True || echo False)
+kd_methods=$(methods_of kd)              # real-data KD: stages 3 and 5
+datafree_methods=$(methods_of datafree)  # their kd YAML names a synthesiser: stage 6
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
+synthesiser() { stage_status value "hparams/kd/$1.yaml" synthesis; }  # of a data-free METHOD
+datafree_yaml() {  # ARCH METHOD: the composition of a data-free run
+    echo "hparams/common.yaml hparams/student/$1.yaml hparams/synthesis/$(synthesiser "$2").yaml" \
+        "hparams/kd/$2.yaml"
+}
 fold_args() {
     local fold=$1
-    echo "--data_folder $data_dir/$dataset/fold$fold --dataset $dataset --fold $fold" \
+    echo "--data_folder $data/fold$fold --dataset $dataset --fold $fold" \
         "--n_classes $n_classes --exp_root $exp_dir --device $device" \
         "--sample_rate $sample_rate --augment $augment_flag $extra_args"
 }
 teacher_folder() { echo "$exp_dir/$dataset/fold$1/teacher/$teacher/none/seed$teacher_seed"; }
 student_folder() { echo "$exp_dir/$dataset/fold$fold/student/$1/$2/seed$3"; }  # of the fold loop
+pool_folder() {  # FOLD METHOD SEED: one pool per fold, teacher, synthesiser and seed
+    echo "$exp_dir/$dataset/fold$1/pool/${teacher}_seed$teacher_seed/$(synthesiser "$2")/seed$3"
+}
 
-if want 0; then
+# ----- the recipe's own stages (0, 1, 6 and 8); 2-5 and 7 are tools/stage_helpers.sh's -------
+
+check_stage() {  # 0: the environment, the dataset root (or its download), the converter
+    want 0 || return 0
     log "stage 0: checking the environment and the dataset root"
     log_environment
-    if [ "$stop_stage" -ge 1 ] && [ ! -f "$prepared" ]; then
+    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ]; then
         if [ -z "$data_root" ] && [ "$download" = true ]; then
             data_root=$(local/download.sh "$dataset" "$data_dir/downloads")
         fi
@@ -111,54 +114,50 @@ if want 0; then
     else
         log "SoX not found: stage 1 converts with soundfile + torchaudio's resampler"
     fi
-fi
+}
 
-if want 1; then
-    log "stage 1: preparing $dataset manifests ($split split, folds: $folds)"
-    # shellcheck disable=SC2086
+prepare_stage() {  # 1: manifests per fold, labels.json, data_info.json (--folds: default all)
+    want 1 || return 0
+    local fold_options=() shown=${folds:-all}
+    [ "$split" = official ] || shown=1
+    # shellcheck disable=SC2206  # the folds are a word list
+    [ -z "$folds" ] || fold_options=(--folds $folds)
+    log "stage 1: preparing $dataset manifests ($split split, folds: $shown)"
     $python local/prepare.py --dataset "$dataset" --data_root "${data_root:-.}" \
-        --out_dir "$data_dir/$dataset" --split "$split" --folds $folds \
+        --out_dir "$data" --split "$split" "${fold_options[@]}" \
         --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s"
-fi
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
-    [ -f "$data_dir/$dataset/labels.json" ] ||
-        die "no prepared data in $data_dir/$dataset: run stage 1 first"
-    n_classes=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
-        "$data_dir/$dataset/labels.json")
-fi
-
-# A method whose kd YAML names a synthesiser (`synthesis: <name>`) is data-free: stage 6 trains
-# it. The others are real-data KD methods: stages 3 and 5.
-synthesis_of() { sed -n 's/^synthesis: *\([A-Za-z0-9_]*\).*/\1/p' "hparams/kd/$1.yaml"; }
-kd_methods="" datafree_methods=""
-for method in $methods; do
-    if [ -n "$(synthesis_of "$method")" ]; then datafree_methods+=" $method"
-    else kd_methods+=" $method"; fi
-done
-datafree_yaml() {  # ARCH METHOD: the composition of a data-free run
-    echo "hparams/common.yaml hparams/student/$1.yaml hparams/synthesis/$(synthesis_of "$2").yaml" \
-        "hparams/kd/$2.yaml"
-}
-pool_folder() {  # FOLD METHOD SEED: one pool per fold, teacher, synthesiser and seed
-    echo "$exp_dir/$dataset/fold$1/pool/${teacher}_seed$teacher_seed/$(synthesis_of "$2")/seed$3"
 }
 
-for fold in $folds; do
-    [ "$stage" -le 5 ] && [ "$stop_stage" -ge 2 ] || break  # stages 2-5 (they read the data)
-    tdir=$(teacher_folder "$fold")
-    log_scope=", fold $fold"
-    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    teacher_stage "$tdir" $(fold_args "$fold")
-    # shellcheck disable=SC2046
-    cache_stage "$tdir" "$kd_methods" $(fold_args "$fold")
-    # shellcheck disable=SC2046
-    student_stages "$tdir" "$kd_methods" $(fold_args "$fold")
-done
+read_prepared() {  # the prepared folds (unless --folds) and classes: stages 2-8 read them
+    if [ -f "$data_info" ]; then
+        [ -n "$folds" ] || folds=$(json_field "$data_info" folds)
+        n_classes=$(json_field "$data_info" outputs)
+    elif [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then
+        die "no prepared data in $data: run stage 1 first"
+    fi
+}
 
-if want 6 && [ -z "$datafree_methods" ]; then
-    log "stage 6: no data-free method in --methods (e.g. frami, deepinversion, cmi): skipped"
-fi
-if want 6; then
+kd_stages() {  # 2-5, fold by fold: teacher, teacher cache, students alone, KD students
+    [ "$stage" -le 5 ] && [ "$stop_stage" -ge 2 ] || return 0
+    local tdir
+    for fold in $folds; do
+        tdir=$(teacher_folder "$fold")
+        log_scope=", fold $fold"
+        # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+        teacher_stage "$tdir" $(fold_args "$fold")
+        # shellcheck disable=SC2046
+        cache_stage "$tdir" "$kd_methods" $(fold_args "$fold")
+        # shellcheck disable=SC2046
+        student_stages "$tdir" "$kd_methods" $(fold_args "$fold")
+    done
+}
+
+datafree_stage() {  # 6: a pool per fold, synthesiser and seed, and a student distilled on it
+    want 6 || return 0
+    if [ -z "$datafree_methods" ]; then
+        log "stage 6: no data-free method in --methods (e.g. frami, deepinversion, cmi): skipped"
+    fi
+    local tdir arch seed method sdir pool
     for fold in $folds; do
         tdir=$(teacher_folder "$fold")
         for arch in $students; do
@@ -176,13 +175,15 @@ if want 6; then
             done
         done
     done
-fi
+}
 
-if want 7; then
+evaluate_stage() {  # 7: every run of every fold, once (data-free students by synthesize.py)
+    want 7 || return 0
+    local tdir arch seed method
     for fold in $folds; do
         tdir=$(teacher_folder "$fold")
         # shellcheck disable=SC2046
-        evaluation_stage "$tdir" train.py "$kd_methods" $(fold_args "$fold")
+        evaluation_stage "$tdir" "$kd_methods" $(fold_args "$fold")
         for arch in $students; do
             for seed in $seeds; do
                 for method in $datafree_methods; do
@@ -195,23 +196,32 @@ if want 7; then
             done
         done
     done
-fi
+}
 
-if want 8; then
+report_stage() {  # 8: RESULTS.md (and the synthesis grid when there are data-free runs)
+    want 8 || return 0
     log "stage 8: collecting results into $exp_dir/$dataset/RESULTS.md"
-    readme_flag=()
+    local readme_flag=() data_split=$split data_folds=$folds  # the data the runs trained on
     [ "$update_readme" = true ] && readme_flag=(--readme README.md)
-    data_split=$split data_folds=$folds  # the title names the data the runs were trained on
-    if [ -f "$prepared" ]; then
-        data_split=$(json_field "$prepared" split)
-        data_folds=$(json_field "$prepared" folds)
+    if [ -f "$data_info" ]; then
+        data_split=$(json_field "$data_info" split)
+        data_folds=$(json_field "$data_info" folds)
     fi
-    title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
+    local title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
     $python local/report.py "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
         --title "$title" "${readme_flag[@]}"  # the library's table + this recipe's data-free rows
     if [ -n "$datafree_methods" ]; then  # synthetic spectrograms per class beside real ones
         $python -m kd_modules.synthesis.figures "$exp_dir/$dataset" \
-            --labels "$data_dir/$dataset/labels.json" --out "$exp_dir/$dataset/synthesis_grid.png"
+            --labels "$data/labels.json" --out "$exp_dir/$dataset/synthesis_grid.png"
     fi
-fi
+}
+
+# ----- the stages ----------------------------------------------------------------------------
+check_stage      # 0
+prepare_stage    # 1
+read_prepared
+kd_stages        # 2 teacher, 3 teacher cache, 4 student alone, 5 KD students
+datafree_stage   # 6
+evaluate_stage   # 7
+report_stage     # 8
 log "done"

@@ -61,12 +61,12 @@ check_kd_options
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 data="$data_dir/$dataset"
+data_info="$data/data_info.json"  # stage 1's facts: the training speakers (kd_modules.data_info)
 exp="$exp_dir/$dataset"
 set_kd_flags
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
-yaml_value() { sed -n "s/^$2: *\([^ #]*\).*/\1/p" "hparams/$1"; }  # FILE KEY: a top-level scalar
-teacher_dim=$(yaml_value "teacher/$teacher.yaml" embedding_dim)
+teacher_dim=$(stage_status value "hparams/teacher/$teacher.yaml" embedding_dim)
 run_args() {
     echo "--data_folder $data --dataset $dataset --n_speakers $n_speakers --exp_root $exp_dir" \
         "--device $device --sample_rate $sample_rate --teacher_embedding_dim $teacher_dim" \
@@ -75,34 +75,37 @@ run_args() {
 tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
 student_folder() { echo "$exp/student/$1/$2/seed$3"; }
 
-if want 0; then
+# ----- the recipe's own stages (0, 1 and 8); 2-7 are tools/stage_helpers.sh's -------------------
+
+check_stage() {  # 0: the environment, the dataset root (or the stand-in, built here)
+    want 0 || return 0
     log "stage 0: checking the environment and the dataset root"
     log_environment
-    if [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ]; then
-        if [ -z "$data_root" ] && [ "$standin" = true ]; then
-            data_root="$data_dir/standin"
-            log "stage 0: building the stand-in tree $data_root (not VoxCeleb1: README.md)"
-            sources=()
-            [ -z "$standin_librispeech" ] || sources+=(--librispeech "$standin_librispeech")
-            [ -z "$standin_vctk" ] || sources+=(--vctk "$standin_vctk")
-            $python local/make_standin.py --out "$data_root" "${sources[@]}" >/dev/null
-        elif [ -z "$data_root" ] && [ "$download" = true ]; then
-            # shellcheck disable=SC2086  # the subsets are word lists
-            data_root=$(local/download.sh "$dataset" "$data_dir/downloads" $train_subsets \
-                $test_subsets)
-        fi
-        [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout; \
-see README.md), or --standin true for the VoxCeleb1-layout stand-in, or --download true"
-        [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+    [ "$stop_stage" -ge 1 ] && [ ! -f "$data/.done" ] || return 0
+    if [ -z "$data_root" ] && [ "$standin" = true ]; then
+        data_root="$data_dir/standin"
+        log "stage 0: building the stand-in tree $data_root (not VoxCeleb1: README.md)"
+        local sources=()
+        [ -z "$standin_librispeech" ] || sources+=(--librispeech "$standin_librispeech")
+        [ -z "$standin_vctk" ] || sources+=(--vctk "$standin_vctk")
+        $python local/make_standin.py --out "$data_root" "${sources[@]}" >/dev/null
+    elif [ -z "$data_root" ] && [ "$download" = true ]; then
+        # shellcheck disable=SC2086  # the subsets are word lists
+        data_root=$(local/download.sh "$dataset" "$data_dir/downloads" $train_subsets \
+            $test_subsets)
     fi
-fi
+    [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout; \
+see README.md), or --standin true for the VoxCeleb1-layout stand-in, or --download true"
+    [ -d "$data_root" ] || die "--data_root $data_root does not exist"
+}
 
-if want 1; then
+prepare_stage() {  # 1: manifests, trials, speakers, data_info.json
+    want 1 || return 0
     [ -n "$data_root" ] || [ "$standin" = false ] || data_root="$data_dir/standin"
     [ -n "$data_root" ] || die "--data_root is required (the $dataset official layout)"
     log "stage 1: preparing $dataset manifests from $data_root"
     # only the options given: prepare.py refuses another dataset's options (and has defaults)
-    dataset_args=()
+    local dataset_args=()
     [ -z "$trials" ] || dataset_args+=(--trials "$trials")
     # shellcheck disable=SC2206  # the subsets are word lists
     [ -z "$train_subsets" ] || dataset_args+=(--train_subsets $train_subsets)
@@ -111,23 +114,31 @@ if want 1; then
     $python local/prepare.py --dataset "$dataset" --data_root "$data_root" --out_dir "$data" \
         --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s" \
         --segment_s "$segment_s" "${dataset_args[@]}"
-fi
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then  # stages 2-7 read the manifests
-    [ -f "$data/speakers.json" ] || die "no prepared data in $data: run stage 1 first"
-    n_speakers=$($python -c "import json, sys; print(len(json.load(open(sys.argv[1]))))" \
-        "$data/speakers.json")
-    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    single_split_stages "$tdir" "$methods" train.py $(run_args)
-fi
+}
 
-if want 8; then
+kd_stages() {  # 2-7, on the prepared data (its speaker count names the classifier's classes)
+    [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ] || return 0
+    [ -f "$data_info" ] || die "no prepared data in $data: run stage 1 first"
+    n_speakers=$(json_field "$data_info" outputs)
+    # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
+    single_split_stages "$tdir" "$methods" $(run_args)
+}
+
+report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-gradients figure
+    want 8 || return 0
     log "stage 8: collecting results into $exp/RESULTS.md"
-    readme_flag=()
+    local readme_flag=()
     [ "$update_readme" = true ] && readme_flag=(--readme README.md)
     $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
         --title "Speaker verification: $dataset ($(json_field "$data/.done" data_root), seeds $seeds)" \
         "${readme_flag[@]}"
     $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
         --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
-fi
+}
+
+# ----- the stages ----------------------------------------------------------------------------
+check_stage     # 0
+prepare_stage   # 1
+kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, (6), 7 verify
+report_stage    # 8
 log "done"

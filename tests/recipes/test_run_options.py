@@ -18,6 +18,7 @@ import pytest
 from conftest import RECIPE, REPO, run_recipe, write_fsdd_manifests
 
 from kd_modules.cache import check_deterministic_inputs
+from kd_modules.data_info import DATA_INFO, data_info
 
 RUN_SH = RECIPE / "run.sh"
 
@@ -189,12 +190,14 @@ def test_help_is_generic_for_any_script_sourcing_parse_options(tmp_path):
 @pytest.fixture
 def recorder(tmp_path: Path) -> tuple[Path, Path]:
     """A --python that logs each command (one line of arguments) but runs ``-c`` snippets and
-    stage 7's question "is this run evaluated?" (``-m kd_modules.outputs``)."""
+    what the stage helpers ask before launching (``-m kd_modules.stages.status``: a method's kind,
+    is a run trained / evaluated; ``-m kd_modules.stages.cache_plan``: stage 3's caches)."""
     log = tmp_path / "commands.log"
     stub = tmp_path / "python"
     stub.write_text(
         "#!/usr/bin/env bash\n"
-        'if [ "$1" = -c ] || [ "$2" = kd_modules.outputs ]; then\n'
+        'if [ "$1" = -c ] || [ "$2" = kd_modules.stages.status ] || '
+        '[ "$2" = kd_modules.stages.cache_plan ]; then\n'
         f'    exec "{sys.executable}" "$@"\n'
         "fi\n"
         f'echo "$*" >> "{log}"\n'
@@ -203,12 +206,23 @@ def recorder(tmp_path: Path) -> tuple[Path, Path]:
     return stub, log
 
 
-def prepared(tmp_path: Path, dataset: str, split: str, folds: list[int]) -> None:
-    """What stage 1 leaves for later stages: labels.json and .done (its arguments)."""
+def prepared(
+    tmp_path: Path, dataset: str, split: str, folds: list[int], clips: dict | None = None
+) -> Path:
+    """What stage 1 leaves for later stages: each fold's manifests (``clips`` real FSDD clips per
+    digit and split, default 1), labels.json, .done (its arguments) and data_info.json (the facts
+    run.sh reads); returns the data folder."""
     out = tmp_path / "data" / dataset
-    out.mkdir(parents=True)
-    (out / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
+    classes = [str(digit) for digit in range(10)]
+    files = ["labels.json", ".done"]
+    for fold in folds:
+        write_fsdd_manifests(out / f"fold{fold}", clips or {"train": 1, "valid": 1, "test": 1})
+        files += [f"fold{fold}/{split}.json" for split in ("train", "valid", "test")]
+    (out / "labels.json").write_text(json.dumps(classes))
     (out / ".done").write_text(json.dumps({"dataset": dataset, "split": split, "folds": folds}))
+    info = data_info(out, dataset, len(classes), files, classes=classes, split=split, folds=folds)
+    (out / DATA_INFO).write_text(json.dumps(info))
+    return out
 
 
 def commands(log: Path, script: str) -> list[str]:
@@ -245,7 +259,7 @@ def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_pa
     runs = tmp_path / "exp" / "fsdd" / "fold1"
     for folder in ("teacher/xvector_large/none", "student/xvector_small/none",
                    "student/xvector_small/kd"):  # fmt: skip
-        (runs / folder / "seed1").mkdir(parents=True)
+        (runs / folder / "seed1").mkdir(parents=True, exist_ok=True)  # stage 3 composed the YAML
         (runs / folder / "seed1" / "train_info.json").write_text("{}")
     log.unlink()
     run_recipe(RECIPE, *common, "--stage", "7", "--stop_stage", "7")
@@ -281,9 +295,7 @@ def test_later_stages_run_the_prepared_folds(tmp_path, recorder):
 # ----- items 10 and 14: real train.py runs through run.sh ----------------------------------------
 def tiny_dataset(tmp_path: Path) -> None:
     """20 real FSDD clips for training, 10 for validation and test: a training stage in seconds."""
-    data = tmp_path / "data" / "fsdd"
-    write_fsdd_manifests(data / "fold1", {"train": 2, "valid": 1, "test": 1})
-    (data / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
+    prepared(tmp_path, "fsdd", "seeded", [1], {"train": 2, "valid": 1, "test": 1})
 
 
 @pytest.mark.slow
@@ -417,3 +429,91 @@ def test_every_dataset_has_a_default_teacher_that_exists(tmp_path, recorder, dat
     arch = re.search(r"hparams/teacher/(\w+)\.yaml", teacher).group(1)
     assert (RECIPE / "hparams" / "teacher" / f"{arch}.yaml").is_file()
     assert re.search(r"--number_of_epochs [1-9][0-9]*$", teacher)
+
+
+# ----- issue 15: stage 1's facts, finished runs not launched, one stage-3 process per cache -----
+SPEAKER = REPO / "recipes" / "speaker_verification"
+
+
+def speaker_data(tmp_path: Path) -> Path:
+    """Prepared speaker-verification data as later stages read it: manifests (real FSDD clips)
+    and data_info.json (4 training speakers)."""
+    splits = {"train": 1, "valid": 1, "test": 1}
+    data = write_fsdd_manifests(tmp_path / "data" / "voxceleb1", splits)
+    files = [f"{split}.json" for split in splits]
+    (data / DATA_INFO).write_text(json.dumps(data_info(data, "voxceleb1", 4, files)))
+    return data
+
+
+def test_later_stages_read_the_facts_of_data_info_alone(tmp_path, recorder):
+    """The class count and the prepared folds come from data_info.json, not from labels.json,
+    .done or a table of official folds in run.sh."""
+    stub, log = recorder
+    data = prepared(tmp_path, "esc50", "official", [3])
+    (data / "labels.json").unlink()
+    (data / ".done").unlink()
+    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "2",
+               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    (teacher,) = commands(log, "train.py")
+    assert f"--data_folder {data}/fold3 " in teacher and " --n_classes 10 " in teacher
+
+
+def test_speaker_verification_stage_7_runs_train_py_test_only(tmp_path, recorder):
+    """Stage 7 verifies each run with train.py --test_only, as the other recipes evaluate."""
+    stub, log = recorder
+    speaker_data(tmp_path)
+    exp = tmp_path / "exp" / "voxceleb1"
+    runs = [exp / "teacher/ecapa_tiny/none/seed1", exp / "student/ecapa_tiny/none/seed1",
+            exp / "student/ecapa_tiny/kd/seed1"]  # fmt: skip
+    for run in runs:
+        run.mkdir(parents=True)
+        (run / "train_info.json").write_text("{}")
+    run_recipe(SPEAKER, "--python", str(stub), "--stage", "7", "--stop_stage", "7", "--teacher",
+               "ecapa_tiny", "--students", "ecapa_tiny", "--methods", "kd", "--device", "cpu",
+               *folders(tmp_path))  # fmt: skip
+    evaluations = commands(log, "train.py")
+    assert sorted(line.split("--output_folder ")[1].split()[0] for line in evaluations) == sorted(
+        map(str, runs)
+    )
+    assert all(line.endswith("--test_only") and " --n_speakers 4 " in line for line in evaluations)
+
+
+def test_a_finished_run_is_not_launched_again_for_the_same_command(tmp_path, recorder):
+    """Stage 2 of the same command on a finished teacher starts no process: its stage record
+    names the command and the checksum of every input; changed data or another command launch
+    train.py again (which resumes or finds nothing to do, as before)."""
+    stub, log = recorder
+    data = prepared(tmp_path, "fsdd", "seeded", [1])
+    teacher = tmp_path / "exp" / "fsdd" / "fold1" / "teacher" / "cnn" / "none" / "seed1"
+    args = ["--python", str(stub), "--stage", "2", "--stop_stage", "2", "--device", "cpu",
+            *folders(tmp_path)]  # fmt: skip
+
+    def launches(*extra: str) -> tuple[int, str]:
+        log.write_text("")
+        proc = run_recipe(RECIPE, *args, *extra)
+        return len(commands(log, "train.py")), proc.stdout
+
+    assert launches()[0] == 1  # no record (and the stub trains nothing: no record after it)
+    teacher.mkdir(parents=True)
+    (teacher / "train_info.json").write_text(json.dumps({"finished": True}))
+    assert launches()[0] == 1  # finished now: recorded after this launch
+    count, stdout = launches()
+    assert count == 0 and f"stage 2: {teacher} already trained by this command" in stdout
+    (data / "fold1" / "train.json").write_text(json.dumps({}))
+    assert launches()[0] == 1  # another manifest
+    assert launches()[0] == 0
+    assert launches("--teacher_args", "--lr 0.01")[0] == 1  # another command
+
+
+def test_stage_3_runs_one_process_per_distinct_teacher_cache(tmp_path, recorder):
+    """Logit, embedding and multi-level KD read one cache of the raw teacher: one cache_teacher.py
+    builds it; each IML-KD variant has a cache of its own (kd_modules.stages.cache_plan)."""
+    stub, log = recorder
+    speaker_data(tmp_path)
+    run_recipe(SPEAKER, "--python", str(stub), "--stage", "3", "--stop_stage", "3", "--teacher",
+               "ecapa_tiny", "--students", "ecapa_tiny", "--methods",
+               "kd embedding_cosine mlkd imlkd imlkd_1s", "--device", "cpu",
+               *folders(tmp_path))  # fmt: skip
+    runs = commands(log, "cache_teacher.py")
+    assert [re.search(r"hparams/kd/(\w+)\.yaml", run).group(1) for run in runs] == [
+        "kd", "imlkd", "imlkd_1s"]  # fmt: skip
