@@ -21,6 +21,7 @@ from kd_modules.hparams import load_composed
 from kd_modules.metrics import accuracy
 from kd_modules.teacher import Teacher
 
+pytestmark = pytest.mark.slow  # every test uses a teacher trained by the recipe's train.py
 HP = RECIPE / "hparams"
 
 

@@ -19,6 +19,7 @@ from kd_modules.replay import CacheMismatchError
 from kd_modules.stages.cache import run_cache_stage
 from kd_modules.teacher import load_teacher, teacher_cache_folder
 
+pytestmark = pytest.mark.slow  # every test uses the recipe's trained teacher and its cache
 HP = RECIPE / "hparams"
 CROP_S = 0.25  # shorter than every clip used: all views have the same length, nothing is padded
 

@@ -84,6 +84,7 @@ def teacher(data, recipe_train) -> Path:
 
 
 # ----- item 1: a batch of one clip -------------------------------------------------------------
+@pytest.mark.slow
 def test_batch_of_one_clip_trains_and_evaluates(data, tmp_path, recipe_train):
     """40 train / 10 valid / 10 test clips in batches of 3 leave a last batch of one clip."""
     out = tmp_path / "b1"
@@ -97,6 +98,7 @@ def test_batch_of_one_clip_trains_and_evaluates(data, tmp_path, recipe_train):
 
 
 # ----- item 4: an unfinished teacher -----------------------------------------------------------
+@pytest.mark.slow
 def test_kd_refuses_a_teacher_killed_mid_training(data, tmp_path, recipe_train):
     """Stage 2 killed (SIGKILL) during epoch 2 of 3: its epoch-1 checkpoint must not be used."""
     teacher_dir = tmp_path / "teacher"
@@ -134,6 +136,7 @@ def test_kd_refuses_a_teacher_killed_mid_training(data, tmp_path, recipe_train):
     assert load_teacher(hparams).fingerprint
 
 
+@pytest.mark.slow
 def test_report_flags_students_of_another_teacher(teacher, data, tmp_path, recipe_train):
     student = tmp_path / "student"
     recipe_train.main(
@@ -153,6 +156,7 @@ def test_report_flags_students_of_another_teacher(teacher, data, tmp_path, recip
 
 
 # ----- item 5: two runs at once ----------------------------------------------------------------
+@pytest.mark.slow
 def test_second_run_in_a_locked_folder_stops_naming_the_holder(data, tmp_path, recipe_train):
     out = tmp_path / "busy"
     holder = subprocess.Popen(
@@ -178,6 +182,7 @@ def test_second_run_in_a_locked_folder_stops_naming_the_holder(data, tmp_path, r
 
 
 # ----- item 6: other data in the same run folder -----------------------------------------------
+@pytest.mark.slow
 def test_run_folder_refuses_other_data(tmp_path, recipe_train):
     data = write_fsdd_manifests(tmp_path / "data" / "fold1", {"train": 2, "valid": 1, "test": 1})
     (data.parent / ".done").write_text(json.dumps({"split": "seeded", "data_root": "/demo"}))
@@ -203,6 +208,7 @@ def test_run_folder_refuses_other_data(tmp_path, recipe_train):
 
 
 # ----- item 7: a KD term that overflows --------------------------------------------------------
+@pytest.mark.slow
 def test_non_finite_kd_term_is_named_with_its_weight(teacher, data, tmp_path, recipe_train):
     """τ = 4: the term is 16·KL, so a weight of 1e38 overflows float32 (3.4e38) at step 1."""
     with pytest.raises(FloatingPointError) as error:
@@ -217,6 +223,7 @@ def test_non_finite_kd_term_is_named_with_its_weight(teacher, data, tmp_path, re
 
 
 # ----- item 15: honest bookkeeping after a kill ------------------------------------------------
+@pytest.mark.slow
 def test_resumed_epoch_logs_term_means_of_the_whole_epoch(data, tmp_path, recipe_train,
                                                           monkeypatch):  # fmt: skip
     """CE-only: the epoch's ``ce`` mean equals SpeechBrain's ``loss`` even across a resume."""
@@ -233,6 +240,7 @@ def test_resumed_epoch_logs_term_means_of_the_whole_epoch(data, tmp_path, recipe
     assert stats["ce"] == pytest.approx(stats["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_wall_time_counts_a_session_killed_by_sigkill(tmp_path):
     code = (
         "import os, signal, sys, time\nfrom kd_modules.run_folder import SessionClock\n"
@@ -249,6 +257,7 @@ def test_wall_time_counts_a_session_killed_by_sigkill(tmp_path):
     assert training_wall_time_s(tmp_path) == pytest.approx(killed + 0.3, abs=0.2)
 
 
+@pytest.mark.slow
 def test_wall_time_of_a_training_killed_by_sigkill_is_the_time_it_ran(data, tmp_path):
     """train.py killed (SIGKILL) 2 s into its session: train_sessions.json holds about 2 s, not
     the 1e-6 s of the session's first write (the heartbeat beats during training; its interval,
@@ -296,6 +305,7 @@ def test_intra_epoch_checkpoints_are_on_by_default(data, tmp_path, recipe_train)
 
 
 # ----- item 17: a cache build killed mid-split -------------------------------------------------
+@pytest.mark.slow
 def test_cache_build_killed_mid_split_leaves_no_finished_cache(teacher, tmp_path, data,
                                                                recipe_train):  # fmt: skip
     model = Teacher.from_experiment(teacher, max_key="accuracy")
@@ -331,6 +341,7 @@ def test_cache_build_killed_mid_split_leaves_no_finished_cache(teacher, tmp_path
         TeacherCache(folder).check_covers(data / "train.json")
 
 
+@pytest.mark.slow
 def test_checkpoint_half_written_by_a_kill_is_never_loaded(teacher, tmp_path):
     """SpeechBrain writes CKPT.yaml before the weights: a kill mid-save leaves a folder that
     looks like the newest checkpoint but holds a truncated model file."""
@@ -349,6 +360,7 @@ def test_checkpoint_half_written_by_a_kill_is_never_loaded(teacher, tmp_path):
 
 
 # ----- issue 16, item 9: stage 6 again with other synthesis settings ----------------------------
+@pytest.mark.slow
 def test_a_pool_asked_with_other_settings_stops_in_one_line(teacher, data, tmp_path, capsys,
                                                             monkeypatch):  # fmt: skip
     """synthesize.py once with 2 inversion steps, then with 3: one line on stderr naming the
