@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.nnet.CNN import Conv1d
 from torch import nn
@@ -49,9 +50,19 @@ class LengthAwareConv1d(Conv1d):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, T, C)`` (``(B, C, T)`` with ``skip_transpose``) -> the convolution's output."""
         lengths = self.batch_lengths if lengths is None else lengths
-        if lengths is not None and self.padding == "same" and self.kernel_size > 1:
-            x = self.fill_tails(x, lengths)
-        return super().forward(x)
+        if lengths is None or self.padding != "same" or self.kernel_size == 1:
+            return super().forward(x)
+        time_dim = 2 if self.skip_transpose else 1
+        frames = x.shape[time_dim]
+        reach = self.dilation * (self.kernel_size - 1) // 2 if self.stride == 1 else 0
+        if self.padding_mode in ("reflect", "replicate") and reach:
+            # A clip less than `reach` frames shorter than the batch reads past the batch's end,
+            # where the convolution's own padding reflects the batch, not the clip: give the
+            # tail room for the clip's own reflection, then drop the extra outputs.
+            extended = F.pad(x, (0, reach) if self.skip_transpose else (0, 0, 0, reach))
+            out = super().forward(self.fill_tails(extended, lengths * (frames / (frames + reach))))
+            return out.narrow(time_dim, 0, frames)
+        return super().forward(self.fill_tails(x, lengths))
 
     def fill_tails(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x`` with each clip's padded frames refilled from its valid ones."""

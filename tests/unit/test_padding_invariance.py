@@ -105,8 +105,8 @@ def test_length_aware_conv_pads_each_clip_as_alone(padding_mode, skip_transpose)
     torch.manual_seed(0)
     conv = Conv1d(8, kernel_size=5, dilation=3, in_channels=4, padding_mode=padding_mode,
                   skip_transpose=skip_transpose)  # fmt: skip
-    counts, n_frames = [20, 13, 31], 31
-    x = torch.randn(3, n_frames, 4)
+    counts, n_frames = [20, 13, 30, 29, 31], 31  # 30, 29: closer to the end than the reach
+    x = torch.randn(len(counts), n_frames, 4)
     before = fingerprint_module(conv)
     use_length_aware_convs(conv)
     assert isinstance(conv, LengthAwareConv1d) and fingerprint_module(conv) == before
