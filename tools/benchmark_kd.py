@@ -11,12 +11,12 @@ among ``--methods``. Goals: KD from the cache <= 1.10x the student alone, SP <= 
 from the cache <= 1.25x logit KD.
 
 ``--recipe`` picks the recipe: its train.py (``recipes.<recipe>.train``: ``dataio_prepare``,
-``make_brain``), its hparams/ (``--student``, ``--methods``) and its label count (sound
-classification: ``n_classes`` from the dataset's labels.json; audio tagging: ``n_outputs``, the
-fine and coarse columns of labels.json; speaker verification: ``n_speakers`` from speakers.json,
-and ``teacher_embedding_dim`` from the teacher's hyperparams.yaml). ``--extra_args`` are
-HyperPyYAML overrides for every variant, as run.sh's; give the ones the teacher was trained with
-(e.g. ``--teacher_width 32``).
+``make_brain``), its hparams/ (``--student``, ``--methods``) and its output size, as run.sh
+passes it: ``outputs`` of stage 1's data_info.json as ``n_classes`` (sound classification, one
+level above the fold), ``n_outputs`` (audio tagging) or ``n_speakers`` (speaker verification),
+and ``teacher_embedding_dim`` from the top-level ``embedding_dim`` of the teacher's
+hyperparams.yaml. ``--extra_args`` are HyperPyYAML overrides for every variant, as run.sh's;
+give the ones the teacher was trained with (e.g. ``--teacher_width 32``).
 
     export PYTHONPATH=$(pwd)  # the repository root: the recipes import as recipes.<name>
     cd recipes/sound_classification && python ../../tools/benchmark_kd.py \
@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
-import re
 import shlex
 import statistics
 import tempfile
@@ -46,8 +44,10 @@ from types import ModuleType
 
 import torch
 
+from kd_modules.data_info import read_data_info
 from kd_modules.hparams import load_composed, parse_recipe_arguments
 from kd_modules.stages.cache import run_cache_stage
+from kd_modules.stages.status import yaml_value
 from kd_modules.teacher import load_teacher_side
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,32 +66,33 @@ RECIPE_DEFAULTS = {
 RATIO_REFERENCES = ("student alone", "kd, live teacher", "kd, teacher cache")
 
 
+# The YAML key each recipe's model takes its output size from (run.sh's run arguments).
+OUTPUT_KEYS = {
+    "sound_classification": "n_classes",
+    "audio_tagging": "n_outputs",
+    "speaker_verification": "n_speakers",
+}
+
+
 def label_args(recipe: str, data_folder: str) -> list[str]:
-    """The recipe's output-size override, as its run.sh passes it: ``--n_classes`` (sound
-    classification: labels.json one level above the fold), ``--n_outputs`` (audio tagging:
-    fine + coarse columns of the data folder's labels.json) or ``--n_speakers`` (speaker
-    verification: the entries of the data folder's speakers.json)."""
-    if recipe == "speaker_verification":
-        speakers = json.loads((Path(data_folder) / "speakers.json").read_text())
-        return ["--n_speakers", str(len(speakers))]
-    if recipe == "audio_tagging":
-        labels = json.loads((Path(data_folder) / "labels.json").read_text())
-        return ["--n_outputs", str(len(labels["fine"]) + len(labels["coarse"]))]
-    labels = json.loads((Path(data_folder).parent / "labels.json").read_text())
-    return ["--n_classes", str(len(labels))]
+    """The recipe's output-size override, as its run.sh passes it: ``outputs`` of stage 1's
+    data_info.json (sound classification: the one above the fold folder)."""
+    folder = Path(data_folder)
+    info = read_data_info(folder.parent if recipe == "sound_classification" else folder)
+    return [f"--{OUTPUT_KEYS[recipe]}", str(info["outputs"])]
 
 
 def teacher_dim_args(recipe: str, teacher_folder: str) -> list[str]:
     """Speaker verification's ``--teacher_embedding_dim`` (the teacher side of the embedding and
-    multi-level KD losses), read as run.sh reads it: the top-level ``embedding_dim:`` of the
+    multi-level KD losses), read as run.sh reads it: the top-level ``embedding_dim`` of the
     teacher's YAML, here the hyperparams.yaml its run folder keeps; nothing for other recipes."""
     if recipe != "speaker_verification":
         return []
     path = Path(teacher_folder) / "hyperparams.yaml"
-    found = re.search(r"^embedding_dim: *(\d+)", path.read_text(), flags=re.MULTILINE)
-    if found is None:
+    found = yaml_value(path, "embedding_dim")
+    if not isinstance(found, int):
         raise SystemExit(f"{path}: no top-level 'embedding_dim: <int>' (the teacher's size)")
-    return ["--teacher_embedding_dim", found.group(1)]
+    return ["--teacher_embedding_dim", str(found)]
 
 
 def train_module(recipe: str) -> ModuleType:

@@ -10,27 +10,28 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA
 
+from kd_modules.data_info import DATA_INFO, data_info
 from recipes.speaker_verification.local import prepare
 from tools import benchmark_kd as benchmark
 
 SPEAKER = REPO / "recipes" / "speaker_verification"
 
 
-def test_sound_classification_counts_the_dataset_labels(tmp_path: Path):
-    (tmp_path / "labels.json").write_text(json.dumps([str(digit) for digit in range(10)]))
-    fold = tmp_path / "fold1"
-    assert benchmark.label_args("sound_classification", str(fold)) == ["--n_classes", "10"]
-
-
-def test_audio_tagging_counts_fine_and_coarse_columns(tmp_path: Path):
-    labels = {"fine": [f"f{i}" for i in range(29)], "coarse": [f"c{i}" for i in range(8)]}
-    (tmp_path / "labels.json").write_text(json.dumps(labels))
-    assert benchmark.label_args("audio_tagging", str(tmp_path)) == ["--n_outputs", "37"]
-
-
-def test_speaker_verification_counts_the_speakers_json(tmp_path: Path):
-    (tmp_path / "speakers.json").write_text(json.dumps([f"spk{i}" for i in range(126)]))
-    assert benchmark.label_args("speaker_verification", str(tmp_path)) == ["--n_speakers", "126"]
+@pytest.mark.parametrize(
+    ("recipe", "key", "in_fold"),
+    [
+        ("sound_classification", "n_classes", True),
+        ("audio_tagging", "n_outputs", False),
+        ("speaker_verification", "n_speakers", False),
+    ],
+)
+def test_the_output_size_is_stage_1s_data_info(tmp_path: Path, recipe, key, in_fold):
+    """The count run.sh passes: data_info.json's ``outputs`` (sound classification: the dataset
+    folder's, one above the fold that --data_folder names)."""
+    (tmp_path / "labels.json").write_text("[]")
+    (tmp_path / DATA_INFO).write_text(json.dumps(data_info(tmp_path, "d", 37, ["labels.json"])))
+    folder = tmp_path / "fold1" if in_fold else tmp_path
+    assert benchmark.label_args(recipe, str(folder)) == [f"--{key}", "37"]
 
 
 def test_teacher_dim_is_the_top_level_embedding_dim_of_the_teacher_run(tmp_path: Path):
