@@ -20,7 +20,7 @@ methods="kd fitnets sp"       # KD methods (hparams/kd/<method>.yaml): real-data
                               # data-free ones (deepinversion cmi frami_noreuse frami) to stage 6
 students="xvector_small"      # student architectures (hparams/student/<arch>.yaml)
 teacher=""                    # teacher architecture (hparams/teacher/<arch>.yaml); default: the
-                              # dataset's, with its epochs (below: fsdd cnn 30, urbansound8k ...)
+                              # dataset's, with its epochs (below: fsdd cnn, urbansound8k ensemble)
 # shellcheck source=../../tools/kd_options.sh
 . "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 augment=true                  # true | false: every run trains with SpecAugment-style masks; KD
@@ -50,7 +50,7 @@ if [ -z "$teacher" ]; then
     # needs the statistics-pooling teacher: give --teacher xvector_large with those methods.
     case "$dataset" in
         fsdd) teacher=cnn teacher_epochs=30 ;;
-        urbansound8k) teacher=xvector_large teacher_epochs=30 ;;
+        urbansound8k) teacher=ensemble teacher_epochs=30 ;;
         esc50 | audiomnist) teacher=xvector_large teacher_epochs=15 ;;  # not measured here
     esac
     case " $extra_args $teacher_args " in

@@ -428,6 +428,8 @@ def test_every_dataset_has_a_default_teacher_that_exists(tmp_path, recorder, dat
     (teacher,) = commands(log, "train.py")
     arch = re.search(r"hparams/teacher/(\w+)\.yaml", teacher).group(1)
     assert (RECIPE / "hparams" / "teacher" / f"{arch}.yaml").is_file()
+    # the measured choices (README.md, "Default teachers"): each beats the student alone
+    assert arch == {"fsdd": "cnn", "urbansound8k": "ensemble"}.get(dataset, "xvector_large")
     assert re.search(r"--number_of_epochs [1-9][0-9]*$", teacher)
 
 
