@@ -22,7 +22,20 @@ setup(
         "pyyaml",
     ],
     # captum: the IG reference in tests; import-linter: make lint's import contract (.importlinter)
-    extras_require={"dev": ["pytest", "ruff", "captum", "import-linter"]},
+    extras_require={
+        # kd_modules.export: ONNX files, ONNX Runtime parity and latency, int8 quantisation (the
+        # TorchScript-based exporter it uses needs no onnxscript)
+        "export": ["onnx>=1.17", "onnxruntime>=1.20"],
+        # onnx, onnxruntime: the export tests (tests/unit/test_export.py)
+        "dev": [
+            "pytest",
+            "ruff",
+            "captum",
+            "import-linter",
+            "onnx>=1.17",
+            "onnxruntime>=1.20",
+        ],
+    },
     entry_points={
         "console_scripts": [
             "kd-collect-results=kd_modules.results:main",
