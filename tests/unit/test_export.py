@@ -31,6 +31,7 @@ from kd_modules.export import (
 )
 from kd_modules.export.formats import example_batch, export_onnx, export_torchscript
 from kd_modules.export.parity import reference_outputs
+from kd_modules.export.quantize import quantise
 from kd_modules.export.runtime import load_torchscript, onnx_runner, onnx_session, torch_runner
 from kd_modules.export.snippets import snippet
 from kd_modules.hparams import compose_yaml, load_composed
@@ -307,3 +308,19 @@ def test_readme_snippet_runs_without_torch(tmp_path, recipe):
         np.testing.assert_allclose(printed, expected.numpy(), atol=1e-4)
     else:
         assert done.stdout.split()[0] == labels[int(expected.argmax())]
+
+
+def test_int8_ecapa_leaves_the_node_onnx_runtime_aborts_on_in_float(tmp_path):
+    """ONNX Runtime 1.32 aborts the process loading ECAPA's fully quantised QDQ graph: the load is
+    checked in a child process and the last quantisable node (the 1x1 conv on the pooled
+    statistics) stays in float; the int8 model then loads and embeds real clips."""
+    hparams = _recipe(tmp_path, "speaker_verification", "student/ecapa_tiny")
+    front_end = DeployableFrontEnd(hparams["front_end"], "conv")
+    deployed = DeployedModel(front_end, hparams["model"], "speaker_verification")
+    clips = _clips()
+    export_onnx(deployed, tmp_path / "m.onnx", example_batch(clips[1:3]), deployed.output_name)
+    in_float = quantise(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", clips)
+    assert in_float == ["/model/encoder/fc/conv/Conv"]
+    session = onnx_session(tmp_path / "m.int8.onnx", threads=1)
+    embeddings = onnx_runner(session)(*(t.numpy() for t in example_batch(clips)))
+    assert embeddings.shape == (len(clips), 32) and np.isfinite(embeddings).all()
