@@ -17,6 +17,10 @@ weights (window, Mel matrix, floor), each clip from its own samples only:
   (``dft="conv"``: one ``Conv``, which every ONNX exporter and runtime take, and which ONNX
   Runtime runs as one large matrix product; a two-stage Cooley-Tukey version with a fifth of
   the multiply-adds ran slower there, its transposes costing more than the products saved).
+
+Measured on real clips: with ``torch.stft`` the features equal SpeechBrain's to 1e-5; the DFT
+convolution rounds differently from SpeechBrain's FFT, by up to about 1.5e-3 dB in the quietest
+bins, which is also how far SpeechBrain's own float32 features are from exact (float64) ones.
 """
 
 from __future__ import annotations
