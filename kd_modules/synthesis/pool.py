@@ -29,11 +29,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
-from tqdm import tqdm
 
 from kd_modules.dataio import write_json_atomic
+from kd_modules.progress import progress_bar
 from kd_modules.synthesis.base import Synthesizer
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ def synthesize_pool(
     world_size: int = 1,
     progress: bool = True,
     on_batch: Callable[[PoolBatch], None] | None = None,
+    progress_file: TextIO | None = None,
 ) -> int:
     """Synthesise this rank's unfinished batches of ``plan`` into ``pool``; return how many.
 
@@ -210,17 +212,27 @@ def synthesize_pool(
     synthesiser that carries state over batches (the contrastive projection head and memory
     bank, a kept generator) starts the rank's first batch fresh, and continues every other one
     from the state saved with the rank's previous batch, loaded from the pool unless this call
-    has just made it: a resumed pool equals an uninterrupted one. The progress bar counts samples
-    and shows samples per second. ``on_batch`` is called after each batch is written (tests use
-    it to simulate a kill).
+    has just made it: a resumed pool equals an uninterrupted one. The progress bar
+    (:func:`~kd_modules.progress.progress_bar`, to ``progress_file``, default stderr) counts this
+    rank's samples from those a resume found done, with an ETA, also in a redirected log.
+    ``on_batch`` is called after each batch is written (tests use it to simulate a kill).
     """
     mine = [batch for batch in plan if batch.index % world_size == rank]
     previous = {b.index: a.index for a, b in zip(mine, mine[1:])}
     todo = [batch for batch in mine if not pool.done(batch)]
     total = sum(len(batch.targets) for batch in mine)
     initial = total - sum(len(batch.targets) for batch in todo)
-    bar = tqdm(total=total, initial=initial, unit="sample", dynamic_ncols=True,
-               desc=f"{synthesizer.name} pool (rank {rank})", disable=not progress)  # fmt: skip
+    if initial and progress:
+        logger.info("resuming: %d of %d samples of this rank already in %s", initial, total,
+                    pool.folder)  # fmt: skip
+    bar = progress_bar(
+        total=total,
+        initial=initial,
+        unit="sample",
+        file=progress_file,
+        desc=f"{synthesizer.name} pool (rank {rank})",
+        disable=not progress,
+    )
     device = synthesizer.device
     devices = [device.index or 0] if device.type == "cuda" else []
     last: int | None = None  # the batch this call synthesised last

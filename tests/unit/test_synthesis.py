@@ -4,6 +4,8 @@ DeepInversion / CMI / FRAMI (direct and generator), diversity, and the resumable
 from __future__ import annotations
 
 import copy
+import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -307,7 +309,12 @@ def test_pool_resumes_after_a_kill_without_losing_or_redoing_batches(
         synthesize_pool(synth, pool, plan, progress=False, on_batch=kill_after_two)
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "pool" / "samples").glob("*.pt")}
     assert len(written) == 16 and not pool.complete(plan)
-    assert synthesize_pool(synth, pool, plan, progress=False) == 1  # only the missing batch
+    log = io.StringIO()  # a redirected log: plain lines with done/total, from what was done
+    with caplog.at_level(logging.INFO, logger="kd_modules.synthesis.pool"):
+        assert synthesize_pool(synth, pool, plan, progress_file=log) == 1  # the missing batch
+    assert "resuming: 16 of 20 samples of this rank already in" in caplog.text
+    lines = log.getvalue().splitlines()
+    assert "16/20" in lines[0] and "20/20" in lines[-1], lines
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())  # nothing rewritten
     assert not (tmp_path / "pool" / "state").exists()  # direct DeepInversion carries no state
     assert "no synthesiser state" not in caplog.text
