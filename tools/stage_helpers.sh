@@ -277,7 +277,7 @@ cache_command() {
 # logit and embedding KD), none for a method whose record in TDIR/cache_records/ says this very
 # command built its cache and nothing it read has changed since.
 cache_stage() {
-    local tdir=$1 methods=$2 method group groups folder todo=()
+    local tdir=$1 methods=$2 method plan group groups=() folder printed todo=()
     shift 2
     { want 3 && [ "$use_cache" = true ]; } || return 0
     for method in $methods; do
@@ -290,17 +290,22 @@ cache_stage() {
     done
     [ "${#todo[@]}" -gt 0 ] || return 0
     cache_command "{method}" "$tdir" "$@"
-    groups=$($python -m kd_modules.stages.cache_plan "${todo[@]}" -- "${cache_args[@]:1}")
-    while read -r group; do
+    plan=$($python -m kd_modules.stages.cache_plan "${todo[@]}" -- "${cache_args[@]:1}")
+    mapfile -t groups <<<"$plan"  # one line per cache: the methods it serves
+    printed=$(mktemp)
+    for group in "${groups[@]}"; do
         log "stage 3: teacher cache for $group${log_scope:-}"
         cache_command "${group%% *}" "$tdir" "$@"
-        folder=$(launch "${cache_args[@]}" | tail -n 1)  # cache_teacher.py prints its folder
+        launch "${cache_args[@]}" >"$printed"  # a file, not a pipe: no wait on a torchrun rank
+        folder=$(tail -n 1 "$printed")  # cache_teacher.py prints the folder it built
+        log "stage 3: teacher cache for $group${log_scope:-} -> $folder"
         for method in $group; do
             cache_command "$method" "$tdir" "$@"
             record_stage "$tdir/cache_records/$method.json" --output "$folder/meta.json" -- \
                 "${cache_args[@]}"
         done
-    done <<<"$groups"
+    done
+    rm -f "$printed"
 }
 
 # student_stages TDIR METHODS ARGS...: stage 4 (each student alone) and stage 5 (each student
