@@ -99,11 +99,19 @@ def build_teacher_cache(
     stored = set(stored_ids(folder))
     todo = [utt for utt in ids if utt not in stored]
     if len(todo) < len(ids):
-        logger.info("Teacher cache %s: resuming: %d of %d utterances already cached",
-                    folder, len(ids) - len(todo), len(ids))  # fmt: skip
+        logger.info(
+            "Teacher cache %s: resuming: %d of %d utterances already cached",
+            folder,
+            len(ids) - len(todo),
+            len(ids),
+        )
     writer = ShardWriter(folder, rank, shard_size, dtype, topk, shard_seconds)
-    bar = progress(total=len(ids), initial=len(ids) - len(todo),
-                   desc=f"teacher cache (rank {rank})", unit="utt")  # fmt: skip
+    bar = progress(
+        total=len(ids),
+        initial=len(ids) - len(todo),
+        desc=f"teacher cache (rank {rank})",
+        unit="utt",
+    )
     unreadable: list[str] = []
 
     def readable():

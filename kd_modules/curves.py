@@ -26,8 +26,15 @@ def _draw_stat(axis: Axes, history: list[dict], name: str, colour: str) -> None:
         entries = [e for e in history if e["stage"] == stage and e["stats"].get(name) is not None]
         if entries:
             epochs, values = [e["epoch"] for e in entries], [e["stats"][name] for e in entries]
-            axis.plot(epochs, values, style, marker="o", markersize=3, color=colour,
-                      label=f"{stage} {name}")  # fmt: skip
+            axis.plot(
+                epochs,
+                values,
+                style,
+                marker="o",
+                markersize=3,
+                color=colour,
+                label=f"{stage} {name}",
+            )
 
 
 def history_figure(history: list[dict], title: str) -> Figure:

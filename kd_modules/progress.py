@@ -53,10 +53,25 @@ def progress_bar(
     """
     stream = sys.stderr if file is None else file
     if stream.isatty():
-        return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, file=stream,
-                    dynamic_ncols=True, disable=disable)  # fmt: skip
+        return tqdm(
+            iterable,
+            total=total,
+            initial=initial,
+            desc=desc,
+            unit=unit,
+            file=stream,
+            dynamic_ncols=True,
+            disable=disable,
+        )
     return tqdm(
-        iterable, total=total, initial=initial, desc=desc, unit=unit, file=_LineStream(stream),
-        ascii=True, mininterval=log_interval_s, maxinterval=max(log_interval_s, 1.0),
+        iterable,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=_LineStream(stream),
+        ascii=True,
+        mininterval=log_interval_s,
+        maxinterval=max(log_interval_s, 1.0),
         disable=disable,
-    )  # fmt: skip
+    )

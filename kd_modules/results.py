@@ -20,10 +20,24 @@ from kd_modules.provenance import data_record
 from kd_modules.tables import results_table
 
 REQUIRED_FIELDS = (
-    "task", "dataset", "role", "method", "arch", "seed", "fold", "metrics", "params", "macs",
-    "latency_ms", "checkpoint", "selection", "teacher_fingerprint", "versions", "git_commit",
+    "task",
+    "dataset",
+    "role",
+    "method",
+    "arch",
+    "seed",
+    "fold",
+    "metrics",
+    "params",
+    "macs",
+    "latency_ms",
+    "checkpoint",
+    "selection",
+    "teacher_fingerprint",
+    "versions",
+    "git_commit",
     "wall_time_s",
-)  # fmt: skip
+)
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 

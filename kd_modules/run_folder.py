@@ -47,15 +47,21 @@ class RunRecordMismatch(OneLineError, RuntimeError):
 
 # How a refused record is worded, by what the folder holds: its name, how it differs, the way out.
 MISMATCH_WORDING = {
-    "run": ("run folder", "was trained on other data or from another teacher than this command "
-            "uses", "Refusing to resume, evaluate or report it on this data: train into another "
-            "folder (run.sh --exp_dir, or a tag in the experiment folder name), or delete the "
-            "folder to retrain it."),
-    "pool": ("pool", "was synthesised with other settings or from another teacher than this "
-             "command's", "Delete the folder (and the students distilled on it) to synthesise "
-             "it again, run with the old settings, or use another experiment folder (run.sh "
-             "--exp_dir)."),
-}  # fmt: skip
+    "run": (
+        "run folder",
+        "was trained on other data or from another teacher than this command uses",
+        "Refusing to resume, evaluate or report it on this data: train into another "
+        "folder (run.sh --exp_dir, or a tag in the experiment folder name), or delete the "
+        "folder to retrain it.",
+    ),
+    "pool": (
+        "pool",
+        "was synthesised with other settings or from another teacher than this command's",
+        "Delete the folder (and the students distilled on it) to synthesise "
+        "it again, run with the old settings, or use another experiment folder (run.sh "
+        "--exp_dir).",
+    ),
+}
 
 
 @contextlib.contextmanager

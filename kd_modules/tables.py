@@ -148,11 +148,28 @@ def results_table(runs: list[dict]) -> str:
         method = run["method"] + variant + (" †" if id(run) in flagged else "")
         key = (run["dataset"], run["role"], run["arch"], method)
         groups[key].append(run)
-        sort_keys[key] = (run["dataset"], ROLE_ORDER.get(run["role"], 9), run["arch"],
-                          run["method"] != "none", run["method"], variant_key, method)  # fmt: skip
+        sort_keys[key] = (
+            run["dataset"],
+            ROLE_ORDER.get(run["role"], 9),
+            run["arch"],
+            run["method"] != "none",
+            run["method"],
+            variant_key,
+            method,
+        )
     metric_names = sorted({name for run in runs for name in run["metrics"]})
-    header = ["dataset", "role", "arch", "method", "runs", *metric_names, "params", "MACs",
-              "CPU ms/clip", "epoch s"]  # fmt: skip
+    header = [
+        "dataset",
+        "role",
+        "arch",
+        "method",
+        "runs",
+        *metric_names,
+        "params",
+        "MACs",
+        "CPU ms/clip",
+        "epoch s",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = sorted(groups, key=sort_keys.__getitem__)
     for key in order:
@@ -204,9 +221,12 @@ def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> s
     variants = synthesis_variants(runs)
     sections = []
     for dataset, arch in sorted({(run["dataset"], run["arch"]) for run in datafree}):
-        lines = [f"### Data-free KD: {dataset}, student {arch}", "",
-                 "| model | runs | accuracy | synthesis s | synthetic samples |",
-                 "|---|---|---|---|---|"]  # fmt: skip
+        lines = [
+            f"### Data-free KD: {dataset}, student {arch}",
+            "",
+            "| model | runs | accuracy | synthesis s | synthetic samples |",
+            "|---|---|---|---|---|",
+        ]
         for label, role, method in rows:
             cells: dict[tuple, list[dict]] = defaultdict(list)
             for run in runs:
@@ -219,8 +239,10 @@ def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> s
         sections.append("\n".join(lines))
     if not sections:
         return ""
-    note = ("Accuracy in % on the real test split, mean ± std over seeds and folds; data-free "
-            "students never saw a real training clip.")  # fmt: skip
+    note = (
+        "Accuracy in % on the real test split, mean ± std over seeds and folds; data-free "
+        "students never saw a real training clip."
+    )
     if variants:
         note += " " + VARIANTS_NOTE
     return "\n" + "\n\n".join(sections) + "\n\n" + note + "\n"

@@ -95,9 +95,7 @@ class Teacher:
         return self
 
     @torch.no_grad()
-    def __call__(
-        self, feats: torch.Tensor, lens: torch.Tensor | None = None, targets=None
-    ) -> dict:
+    def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None = None, targets=None) -> dict:
         """Teacher outputs for features ``(B, T, F)``, tapped features included, all detached.
 
         ``targets`` (the batch's class ids) are ignored here; teachers whose outputs depend on
@@ -190,9 +188,9 @@ class IntegratedTeacher:
         self.teacher, self.integrated, self.score_key = teacher, integrated, score_key
         self.checkpoint = getattr(teacher, "checkpoint", None)
         settings = json.dumps({"score": score_key, **integrated.settings()}, sort_keys=True)
-        self.fingerprint = hashlib.sha256(
-            f"{teacher.fingerprint}:{settings}".encode()
-        ).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(f"{teacher.fingerprint}:{settings}".encode()).hexdigest()[
+            :16
+        ]
 
     @property
     def model(self) -> nn.Module:

@@ -65,8 +65,13 @@ def run_recipe(
 
 def torchrun(processes: int) -> list[str]:
     """A ``run_recipe`` program launching a script on ``processes`` local ranks (DDP on CPU)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={processes}"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+    ]
 
 
 def _wait_or_stop(proc: subprocess.Popen, timeout_s: float) -> bool:

@@ -119,9 +119,11 @@ def compare_with_captum(args, forward: Callable, feats: Tensor) -> list[tuple[st
     for chunk in chunks:
         internal = None if chunk is None else chunk * batch
         variants = {
-            "ours": lambda c=chunk: integrated_gradients(
-                forward, feats, None, args.steps, args.rule, c, completeness=False
-            ).attributions,
+            "ours": lambda c=chunk: (
+                integrated_gradients(
+                    forward, feats, None, args.steps, args.rule, c, completeness=False
+                ).attributions
+            ),
             "ours + gap": lambda c=chunk: (
                 integrated_gradients(forward, feats, None, args.steps, args.rule, c).attributions
             ),
@@ -144,8 +146,13 @@ def compare_with_captum(args, forward: Callable, feats: Tensor) -> list[tuple[st
         ratio = medians["ours"] / medians["captum"]
         rows.append((f"ours, {label}", medians["ours"], f"ours/captum {ratio:.2f}x"))
         ratio = medians["ours + gap"] / medians["captum"]
-        rows.append((f"ours + completeness gap, {label}", medians["ours + gap"],
-                     f"ours/captum {ratio:.2f}x (+ one forward of the end points)"))  # fmt: skip
+        rows.append(
+            (
+                f"ours + completeness gap, {label}",
+                medians["ours + gap"],
+                f"ours/captum {ratio:.2f}x (+ one forward of the end points)",
+            )
+        )
         rows.append((f"captum, {label}", medians["captum"], f"max rel diff {diff:.1e}"))
     return rows
 

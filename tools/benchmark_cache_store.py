@@ -107,13 +107,22 @@ def build_throughput(rounds: int, clips: int) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
             start = time.perf_counter()
             build_teacher_cache(
-                teacher, list(signals), signals.__getitem__, replay.features, replay.make_view,
-                folder, {}, batch_size=batch_size,
-            )  # fmt: skip
+                teacher,
+                list(signals),
+                signals.__getitem__,
+                replay.features,
+                replay.make_view,
+                folder,
+                {},
+                batch_size=batch_size,
+            )
             times.append(time.perf_counter() - start)
         results[batch_size] = len(signals) / statistics.median(times)
-    return {"batched_clips_per_s": results[16], "single_clips_per_s": results[1],
-            "speed_up": results[16] / results[1]}  # fmt: skip
+    return {
+        "batched_clips_per_s": results[16],
+        "single_clips_per_s": results[1],
+        "speed_up": results[16] / results[1],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,8 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--read_only", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.read_only:  # the fresh reader process
-        print(json.dumps(read_random_batches(args.read_only, args.batches, args.batch_size,
-                                             args.workers)))  # fmt: skip
+        print(
+            json.dumps(
+                read_random_batches(args.read_only, args.batches, args.batch_size, args.workers)
+            )
+        )
         return
     print("| store | utterances | GB on disk | batches/s | peak RSS main | peak RSS worker |")
     print("|---|---|---|---|---|---|")
@@ -139,19 +151,36 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
         gigabytes = write_synthetic_store(folder, size, args.shard_size)
         out = subprocess.run(
-            [sys.executable, __file__, "--read_only", str(folder), "--batches", str(args.batches),
-             "--batch_size", str(args.batch_size), "--workers", str(args.workers)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--read_only",
+                str(folder),
+                "--batches",
+                str(args.batches),
+                "--batch_size",
+                str(args.batch_size),
+                "--workers",
+                str(args.workers),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         stats = json.loads(out.strip().splitlines()[-1])
-        print(f"| {folder.name} | {stats['utterances']} | {gigabytes:.2f} | "
-              f"{stats['batches_per_s']:.1f} | {stats['peak_rss_main_mb']:.0f} MB | "
-              f"{stats['peak_rss_worker_mb']:.0f} MB |", flush=True)  # fmt: skip
+        print(
+            f"| {folder.name} | {stats['utterances']} | {gigabytes:.2f} | "
+            f"{stats['batches_per_s']:.1f} | {stats['peak_rss_main_mb']:.0f} MB | "
+            f"{stats['peak_rss_worker_mb']:.0f} MB |",
+            flush=True,
+        )
         shutil.rmtree(folder)
     build = build_throughput(args.rounds, args.clips)
-    print(f"\nBuild on {args.clips} real UrbanSound8K clips (2 s crops, x-vector teacher): "
-          f"batched {build['batched_clips_per_s']:.1f} clips/s, one at a time "
-          f"{build['single_clips_per_s']:.1f} clips/s ({build['speed_up']:.2f}x)")  # fmt: skip
+    print(
+        f"\nBuild on {args.clips} real UrbanSound8K clips (2 s crops, x-vector teacher): "
+        f"batched {build['batched_clips_per_s']:.1f} clips/s, one at a time "
+        f"{build['single_clips_per_s']:.1f} clips/s ({build['speed_up']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

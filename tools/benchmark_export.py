@@ -55,8 +55,11 @@ def build(recipe: str, arch: str, folder: Path) -> tuple[torch.nn.Module, torch.
     """The recipe's front end and model for ``arch`` (seed 0, untrained)."""
     hparams = REPO / "recipes" / recipe / "hparams"
     files = [hparams / "common.yaml", hparams / f"{arch}.yaml", hparams / "kd" / "none.yaml"]
-    overrides = {"data_folder": str(folder), "output_folder": str(folder / "run"),
-                 SIZE_KEYS[recipe]: 10}  # fmt: skip
+    overrides = {
+        "data_folder": str(folder),
+        "output_folder": str(folder / "run"),
+        SIZE_KEYS[recipe]: 10,
+    }
     torch.manual_seed(0)
     composed = load_composed(files, overrides)
     return composed["front_end"], composed["model"].eval()
@@ -93,22 +96,32 @@ def measure(recipe: str, front_end, model, files: dict[str, Path], threads: int,
 def row(name: str, threads: str, latency: dict, sizes: dict) -> str:
     speedup = latency["eager"] / latency["onnx_int8"]
     cells = [f"{latency[v]:.2f}" for v in VARIANTS]
-    return (f"| {name} | {threads} | {' | '.join(cells)} | {speedup:.1f}x | "
-            f"{sizes['onnx_fp32']:.2f} | {sizes['onnx_int8']:.2f} |")  # fmt: skip
+    return (
+        f"| {name} | {threads} | {' | '.join(cells)} | {speedup:.1f}x | "
+        f"{sizes['onnx_fp32']:.2f} | {sizes['onnx_int8']:.2f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=DEFAULT_ARCHS,
-                        help="recipe:arch pairs (default: the recipes' students)")  # fmt: skip
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        default=DEFAULT_ARCHS,
+        help="recipe:arch pairs (default: the recipes' students)",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    print(f"torch {torch.__version__}, {cores} cores; ms of compute per second of audio "
-          f"(median of {args.repeats}, 5 s clip, batch 1); sizes in MB")  # fmt: skip
-    print("| model | threads | eager | TorchScript | ONNX fp32 | ONNX int8 | int8 vs eager "
-          "| ONNX MB | int8 MB |")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {cores} cores; ms of compute per second of audio "
+        f"(median of {args.repeats}, 5 s clip, batch 1); sizes in MB"
+    )
+    print(
+        "| model | threads | eager | TorchScript | ONNX fp32 | ONNX int8 | int8 vs eager "
+        "| ONNX MB | int8 MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for entry in args.archs:
         recipe, arch = entry.split(":", 1)

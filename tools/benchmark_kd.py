@@ -54,15 +54,24 @@ REPO = Path(__file__).resolve().parents[1]
 # What each recipe's benchmark runs unless told otherwise; None leaves the recipe YAML's value.
 RECIPE_DEFAULTS = {
     "sound_classification": {
-        "student": "xvector_small", "methods": ["kd"], "augment": "True", "cache_views": 8,
+        "student": "xvector_small",
+        "methods": ["kd"],
+        "augment": "True",
+        "cache_views": 8,
     },
     "audio_tagging": {
-        "student": "cnn_medium", "methods": ["kd"], "augment": "True", "cache_views": 8,
+        "student": "cnn_medium",
+        "methods": ["kd"],
+        "augment": "True",
+        "cache_views": 8,
     },
     "speaker_verification": {
-        "student": "ecapa_c256", "methods": ["kd", "imlkd"], "augment": None, "cache_views": None,
+        "student": "ecapa_c256",
+        "methods": ["kd", "imlkd"],
+        "augment": None,
+        "cache_views": None,
     },
-}  # fmt: skip
+}
 RATIO_REFERENCES = ("student alone", "kd, live teacher", "kd, teacher cache")
 
 
@@ -126,14 +135,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def common_args(args, work: Path) -> list[str]:
     """The arguments every variant and the cache stage share (run.sh's run arguments);
     ``--augment`` / ``--cache_views`` only when set (None: the recipe YAML's value)."""
-    set_here = [arg for key in ("augment", "cache_views") if getattr(args, key) is not None
-                for arg in (f"--{key}", str(getattr(args, key)))]  # fmt: skip
+    set_here = [
+        arg
+        for key in ("augment", "cache_views")
+        if getattr(args, key) is not None
+        for arg in (f"--{key}", str(getattr(args, key)))
+    ]
     return [
-        "--data_folder", args.data_folder, "--exp_root", str(work),
+        "--data_folder",
+        args.data_folder,
+        "--exp_root",
+        str(work),
         *label_args(args.recipe, args.data_folder),
         *teacher_dim_args(args.recipe, args.teacher_folder),
-        *set_here, *shlex.split(args.extra_args),
-    ]  # fmt: skip
+        *set_here,
+        *shlex.split(args.extra_args),
+    ]
 
 
 def make_variant(args, train: ModuleType, method: str, use_cache: bool, work: Path):
@@ -145,9 +162,16 @@ def make_variant(args, train: ModuleType, method: str, use_cache: bool, work: Pa
         recipe / "hparams" / "student" / f"{args.student}.yaml",
         recipe / "hparams" / "kd" / f"{method}.yaml",
     ]
-    argv = [*map(str, files), *common_args(args, work), "--output_folder",
-            str(work / f"{method}-{use_cache}"), "--batch_size", str(args.batch_size),
-            "--num_workers", str(args.num_workers)]  # fmt: skip
+    argv = [
+        *map(str, files),
+        *common_args(args, work),
+        "--output_folder",
+        str(work / f"{method}-{use_cache}"),
+        "--batch_size",
+        str(args.batch_size),
+        "--num_workers",
+        str(args.num_workers),
+    ]
     if method != "none":
         argv += ["--teacher_folder", args.teacher_folder, "--use_teacher_cache", str(use_cache)]
     _, _, overrides = parse_recipe_arguments(argv)
@@ -165,10 +189,18 @@ def build_cache(args, train: ModuleType, files: list[Path], work: Path) -> float
     """Stage 3 for one method, as run.sh runs it; returns its wall time in seconds."""
     start = time.perf_counter()
     run_cache_stage(
-        [*map(str, files), *common_args(args, work), "--output_folder", str(work / "probe"),
-         "--teacher_folder", args.teacher_folder, "--device", args.device],
+        [
+            *map(str, files),
+            *common_args(args, work),
+            "--output_folder",
+            str(work / "probe"),
+            "--teacher_folder",
+            args.teacher_folder,
+            "--device",
+            args.device,
+        ],
         train.dataio_prepare,
-    )  # fmt: skip
+    )
     return time.perf_counter() - start
 
 
@@ -213,10 +245,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 if epoch > 1:  # the first round warms up (allocations, workers, caches)
                     times[name].append(time.perf_counter() - start)
     used = variants["student alone"][0].hparams  # the composed values, the recipe's defaults too
-    print(f"\n{args.recipe}, student {args.student}: epoch time, median of {args.rounds} "
-          f"interleaved epochs ({len(train_set)} clips, "
-          f"batch {args.batch_size}, device {args.device}, precision {args.precision}, "
-          f"augment {used.augment}, {used.cache_views} cached views):")  # fmt: skip
+    print(
+        f"\n{args.recipe}, student {args.student}: epoch time, median of {args.rounds} "
+        f"interleaved epochs ({len(train_set)} clips, "
+        f"batch {args.batch_size}, device {args.device}, precision {args.precision}, "
+        f"augment {used.augment}, {used.cache_views} cached views):"
+    )
     print("\n".join(ratio_table(times)))
     for method, seconds in build_s.items():
         print(f"Stage 3 for {method} ({used.cache_views} views per clip) took {seconds:.1f} s.")

@@ -62,20 +62,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     teacher = build_teacher(args)
-    common = {"steps": args.steps, "device": args.device, "precision": args.precision,
-              "parameterization": args.parameterization}  # fmt: skip
+    common = {
+        "steps": args.steps,
+        "device": args.device,
+        "precision": args.precision,
+        "parameterization": args.parameterization,
+    }
     rates = {}
-    variants = {"deepinversion": (DeepInversion, {}), "cmi": (CMI, {}), "frami": (FRAMI, {}),
-                "frami, fused views": (FRAMI, {"fuse_views": True})}  # fmt: skip
+    variants = {
+        "deepinversion": (DeepInversion, {}),
+        "cmi": (CMI, {}),
+        "frami": (FRAMI, {}),
+        "frami, fused views": (FRAMI, {"fuse_views": True}),
+    }
     for name, (cls, options) in variants.items():
         synth = cls(teacher, args.n_mels, args.n_classes, **common, **options)
         rates[name] = samples_per_second(synth, args)
     device = torch.cuda.get_device_name(args.device) if "cuda" in args.device else "cpu"
-    print(f"teacher {'trained' if args.teacher_folder else 'xvector_large (untrained)'}, "
-          f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters; {device}, "
-          f"{torch.get_num_threads()} threads; batch {args.batch_size} x {args.frames} frames x "
-          f"{args.n_mels} mels, {args.steps} steps, {args.batches} timed batches, "
-          f"{args.precision}, {args.parameterization}")  # fmt: skip
+    print(
+        f"teacher {'trained' if args.teacher_folder else 'xvector_large (untrained)'}, "
+        f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters; {device}, "
+        f"{torch.get_num_threads()} threads; batch {args.batch_size} x {args.frames} frames x "
+        f"{args.n_mels} mels, {args.steps} steps, {args.batches} timed batches, "
+        f"{args.precision}, {args.parameterization}"
+    )
     print("| synthesiser | samples/s | x DeepInversion |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.2f} | {rate / rates['deepinversion']:.2f} |")

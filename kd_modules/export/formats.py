@@ -45,8 +45,10 @@ def check_example(example: tuple[torch.Tensor, torch.Tensor]) -> None:
     different lengths (with one clip a tracer may fix the batch, with equal ones the padding)."""
     lengths = example[1]
     if lengths.numel() < 2 or lengths.unique().numel() < 2:
-        raise ValueError(f"export needs an example batch of >= 2 clips of different lengths, "
-                         f"not lengths {lengths.tolist()}")  # fmt: skip
+        raise ValueError(
+            f"export needs an example batch of >= 2 clips of different lengths, "
+            f"not lengths {lengths.tolist()}"
+        )
 
 
 def trace(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> torch.jit.ScriptModule:
@@ -82,7 +84,13 @@ def export_onnx(
     with traceable_masks(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), example, str(path), dynamo=False, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=[output_name], dynamic_axes=axes,
-        )  # fmt: skip
+            model.eval(),
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=[output_name],
+            dynamic_axes=axes,
+        )
     return path

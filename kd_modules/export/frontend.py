@@ -114,8 +114,16 @@ class DeployableFrontEnd(nn.Module):
     def power(self, wavs: torch.Tensor) -> torch.Tensor:
         """Power spectrum ``(B, T, n_fft // 2 + 1)`` of the centred, zero-padded frames."""
         if self.dft == "stft":
-            spec = torch.stft(wavs, self.n_fft, self.hop, self.win_length, self.window,
-                              center=True, pad_mode="constant", return_complex=True)  # fmt: skip
+            spec = torch.stft(
+                wavs,
+                self.n_fft,
+                self.hop,
+                self.win_length,
+                self.window,
+                center=True,
+                pad_mode="constant",
+                return_complex=True,
+            )
             return torch.view_as_real(spec).square().sum(-1).transpose(1, 2)
         padded = F.pad(wavs.unsqueeze(1), (self.n_fft // 2, self.n_fft // 2))
         parts = F.conv1d(padded, self.kernel, stride=self.hop)  # (B, 2 K, T)

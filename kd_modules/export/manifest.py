@@ -33,13 +33,21 @@ def io_spec(output_name: str, output_size: int) -> dict:
     """The graphs' inputs and output: names, dtypes and shapes (symbolic axes as names)."""
     return {
         "inputs": [
-            {"name": "wavs", "dtype": "float32", "shape": ["batch", "samples"],
-             "meaning": "mono waveforms, zero-padded at the end to the longest"},
-            {"name": "lengths", "dtype": "int64", "shape": ["batch"],
-             "meaning": "each waveform's number of samples before padding"},
+            {
+                "name": "wavs",
+                "dtype": "float32",
+                "shape": ["batch", "samples"],
+                "meaning": "mono waveforms, zero-padded at the end to the longest",
+            },
+            {
+                "name": "lengths",
+                "dtype": "int64",
+                "shape": ["batch"],
+                "meaning": "each waveform's number of samples before padding",
+            },
         ],
         "outputs": [{"name": output_name, "dtype": "float32", "shape": ["batch", output_size]}],
-    }  # fmt: skip
+    }
 
 
 def write_export_json(folder: Path, files: dict[str, Path], fields: dict) -> dict:

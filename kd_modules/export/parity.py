@@ -46,8 +46,9 @@ def check_clips(clips: Sequence[torch.Tensor]) -> None:
     when a batch mixes lengths)."""
     lengths = sorted({int(clip.numel()) for clip in clips})
     if len(lengths) < MIN_LENGTHS:
-        raise ValueError(f"parity needs clips of >= {MIN_LENGTHS} different lengths, "
-                         f"not {lengths} samples")  # fmt: skip
+        raise ValueError(
+            f"parity needs clips of >= {MIN_LENGTHS} different lengths, not {lengths} samples"
+        )
 
 
 def max_differences(

@@ -86,8 +86,9 @@ def check_loads(path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
-        raise QuantisationError(f"ONNX Runtime cannot load the int8 model {path} "
-                                f"(exit {done.returncode}): {tail}")  # fmt: skip
+        raise QuantisationError(
+            f"ONNX Runtime cannot load the int8 model {path} (exit {done.returncode}): {tail}"
+        )
 
 
 def quantise_static(

@@ -60,8 +60,9 @@ def load_run(run_folder: Path, max_key: str | None = None) -> tuple[dict, str]:
     ``accuracy``), and that checkpoint's path."""
     hparams_file = run_folder / "hyperparams.yaml"
     if not hparams_file.is_file():
-        raise FileNotFoundError(f"cannot export {run_folder}: {hparams_file.name} is missing "
-                                "(train the run first)")  # fmt: skip
+        raise FileNotFoundError(
+            f"cannot export {run_folder}: {hparams_file.name} is missing (train the run first)"
+        )
     with open(hparams_file) as stream, preserved_random_state():
         hparams = load_hyperpyyaml(stream)
     key = max_key or hparams.get("selection_key", "accuracy")
@@ -69,8 +70,10 @@ def load_run(run_folder: Path, max_key: str | None = None) -> tuple[dict, str]:
     checkpoint = Checkpointer(run_folder / "save", recoverables={"model": model})
     found = checkpoint.find_checkpoint(max_key=key)
     if found is None:
-        raise FileNotFoundError(f"cannot export {run_folder}: no checkpoint under "
-                                f"{run_folder / 'save'} with {key!r} in its metadata")  # fmt: skip
+        raise FileNotFoundError(
+            f"cannot export {run_folder}: no checkpoint under "
+            f"{run_folder / 'save'} with {key!r} in its metadata"
+        )
     model.load_state_dict(torch.load(found.paramfiles["model"], map_location="cpu"))
     return hparams, str(found.path)
 
@@ -207,7 +210,7 @@ def export_run(
             "tolerance": TOLERANCE,
             "clip_samples": [int(c.numel()) for c in clips],
             **parity,
-        },  # fmt: skip
+        },
     }
     if quantize:
         files["onnx_int8"] = run_folder / FILES["onnx_int8"]
@@ -229,7 +232,7 @@ def export_run(
             "machine": platform.processor() or platform.machine(),
             **latency_entry(
                 files, RecipePipeline(front_end, model, task), longest, rate, latency_repeats
-            ),  # fmt: skip
+            ),
         }
     record = write_export_json(run_folder, files, fields)
     logger.info("%s: exported %s", run_folder, ", ".join(p.name for p in files.values()))

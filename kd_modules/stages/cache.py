@@ -99,15 +99,24 @@ def run_cache_stage(
     views = lambda batch: replay.features(batch, device)  # noqa: E731
     with folder_lock(folder, what="teacher cache folder", name=f"{LOCK_NAME}-r{rank}"):
         build_teacher_cache(  # this rank's share, shortest first: same-length views batch
-            teacher, order[rank::world], signal, views, replay.make_view, folder, settings,
-            n_views=replay.n_views, batch_size=hparams["cache_batch_size"],
+            teacher,
+            order[rank::world],
+            signal,
+            views,
+            replay.make_view,
+            folder,
+            settings,
+            n_views=replay.n_views,
+            batch_size=hparams["cache_batch_size"],
             shard_size=hparams["cache_shard_size"],
-            shard_seconds=hparams["cache_shard_seconds"], dtype=hparams["cache_dtype"],
-            topk=hparams["cache_topk"], rank=rank,
+            shard_seconds=hparams["cache_shard_seconds"],
+            dtype=hparams["cache_dtype"],
+            topk=hparams["cache_topk"],
+            rank=rank,
             progress=functools.partial(progress_bar, disable=not if_main_process()),
             barrier=dist.barrier if distributed else lambda: None,
             targets=teacher_targets(hparams, dataset),
-        )  # fmt: skip
+        )
     if hparams["check_cache"] > 0 and if_main_process():
         cache = TeacherCache(folder)
         count = min(hparams["check_cache"], len(cache))
@@ -117,6 +126,9 @@ def run_cache_stage(
         worst = verify_cache(
             cache, teacher, replay, {u: signal(u) for u in chosen}, device, targets=labels
         )
-        logger.info("check_cache: %d cached clips match the live teacher (largest relative "
-                    "error %.2g)", len(chosen), worst)  # fmt: skip
+        logger.info(
+            "check_cache: %d cached clips match the live teacher (largest relative error %.2g)",
+            len(chosen),
+            worst,
+        )
     return folder

@@ -59,9 +59,14 @@ class FrameGenerator(nn.Module):
     """
 
     def __init__(
-        self, n_classes: int, n_mels: int, z_dim: int = 64, channels: int = 128,
-        layers: int = 3, kernel_size: int = 5,
-    ) -> None:  # fmt: skip
+        self,
+        n_classes: int,
+        n_mels: int,
+        z_dim: int = 64,
+        channels: int = 128,
+        layers: int = 3,
+        kernel_size: int = 5,
+    ) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.embed = nn.Embedding(n_classes, z_dim)
@@ -178,8 +183,9 @@ class DeepInversion(Synthesizer):
     ) -> None:
         super().__init__(teacher, n_mels, device)
         if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got "
-                             f"{parameterization!r}")  # fmt: skip
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}"
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if steps < 1:
@@ -230,8 +236,10 @@ class DeepInversion(Synthesizer):
         generator = self.new_generator()
         z = torch.randn(B, frames, generator.z_dim, device=self.device) * self.init_std
         z.requires_grad_(True)
-        groups = [{"params": [z], "lr": self.lr},
-                  {"params": list(generator.parameters()), "lr": self.generator_lr}]  # fmt: skip
+        groups = [
+            {"params": [z], "lr": self.lr},
+            {"params": list(generator.parameters()), "lr": self.generator_lr},
+        ]
         return groups, lambda: self.center(generator(z, targets))
 
     def center(self, x: Tensor) -> Tensor:
@@ -326,11 +334,18 @@ class DeepInversion(Synthesizer):
     def settings(self) -> dict:
         return {
             **super().settings(),
-            "n_classes": self.n_classes, "steps": self.steps, "lr": self.lr,
-            "weights": self.weights, "first_bn_weight": self.first_bn_weight,
-            "tv_power": self.tv_power, "jitter_frames": self.jitter_frames,
-            "init_std": self.init_std, "center_time": self.center_time,
-            "parameterization": self.parameterization, "generator_lr": self.generator_lr,
-            "generator_reset": self.generator_reset, "generator_shape": list(self.generator_shape),
+            "n_classes": self.n_classes,
+            "steps": self.steps,
+            "lr": self.lr,
+            "weights": self.weights,
+            "first_bn_weight": self.first_bn_weight,
+            "tv_power": self.tv_power,
+            "jitter_frames": self.jitter_frames,
+            "init_std": self.init_std,
+            "center_time": self.center_time,
+            "parameterization": self.parameterization,
+            "generator_lr": self.generator_lr,
+            "generator_reset": self.generator_reset,
+            "generator_shape": list(self.generator_shape),
             "precision": self.precision,
-        }  # fmt: skip
+        }

@@ -48,8 +48,9 @@ class AudioViews:
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_min <= self.crop_max <= 1:
-            raise ValueError(f"need 0 < crop_min <= crop_max <= 1, got {self.crop_min}, "
-                             f"{self.crop_max}")  # fmt: skip
+            raise ValueError(
+                f"need 0 < crop_min <= crop_max <= 1, got {self.crop_min}, {self.crop_max}"
+            )
 
     def __call__(self, x: Tensor) -> Tensor:
         B, T, n_bins = x.shape
@@ -195,10 +196,14 @@ class ContrastiveInversion(DeepInversion):
 
     def settings(self) -> dict:
         return {
-            **super().settings(), "tau": self.tau, "bank_size": self.bank.size,
-            "head_shape": list(self.head_shape), "head_lr": self.head_lr,
-            "views": asdict(self.views), "share_view": self.share_view,
-        }  # fmt: skip
+            **super().settings(),
+            "tau": self.tau,
+            "bank_size": self.bank.size,
+            "head_shape": list(self.head_shape),
+            "head_lr": self.head_lr,
+            "views": asdict(self.views),
+            "share_view": self.share_view,
+        }
 
 
 class CMI(ContrastiveInversion):

@@ -67,8 +67,12 @@ def colour_range(shown: list[torch.Tensor]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def spectrogram_grid(columns: dict[str, dict[int, torch.Tensor]], class_names: list[str],
-                     title: str, max_classes: int = 10) -> Figure:  # fmt: skip
+def spectrogram_grid(
+    columns: dict[str, dict[int, torch.Tensor]],
+    class_names: list[str],
+    title: str,
+    max_classes: int = 10,
+) -> Figure:
     """A ``Figure`` of ``columns`` (header -> label id -> features (T, F)) for the first
     ``max_classes`` classes: a row per class, frames on x, Mel bands on y, a colour bar per
     column (real and synthetic features need not share a range)."""
@@ -84,15 +88,21 @@ def spectrogram_grid(columns: dict[str, dict[int, torch.Tensor]], class_names: l
         for row, label in enumerate(labels):
             axis = axes[row, col]
             if label in examples:
-                image = axis.imshow(examples[label].T.numpy(), origin="lower", aspect="auto",
-                                    vmin=low, vmax=high)  # fmt: skip
+                image = axis.imshow(
+                    examples[label].T.numpy(), origin="lower", aspect="auto", vmin=low, vmax=high
+                )
             if col == 0:
                 name = class_names[label] if label < len(class_names) else str(label)
                 axis.set_ylabel(f"{name}\nMel band", fontsize=8)
         axes[-1, col].set_xlabel("time frame")
         if image is not None:
-            fig.colorbar(image, ax=axes[:, col], location="bottom", shrink=0.8,
-                         label="log-Mel (teacher input)")  # fmt: skip
+            fig.colorbar(
+                image,
+                ax=axes[:, col],
+                location="bottom",
+                shrink=0.8,
+                label="log-Mel (teacher input)",
+            )
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -101,8 +111,10 @@ def grid_title(dataset: str, pools: dict[str, SyntheticPool]) -> str:
     """What the grid shows: the dataset, the teacher(s) and the seed(s) of the pools drawn."""
     teachers = sorted({pool_teacher(pool) for pool in pools.values()})
     seeds = sorted({pool_seed(pool) for pool in pools.values()})
-    return (f"{dataset}: one sample per class from the first pool of each synthesiser\n"
-            f"teacher {', '.join(teachers)}; pool {', '.join(seeds)}")  # fmt: skip
+    return (
+        f"{dataset}: one sample per class from the first pool of each synthesiser\n"
+        f"teacher {', '.join(teachers)}; pool {', '.join(seeds)}"
+    )
 
 
 def draw(exp_dir: str | Path, class_names: list[str], max_classes: int = 10) -> Figure | None:
@@ -111,8 +123,10 @@ def draw(exp_dir: str | Path, class_names: list[str], max_classes: int = 10) -> 
     if not pools:
         return None
     columns = {}
-    real = next((p.folder / REAL_EXAMPLES for p in pools.values()
-                 if (p.folder / REAL_EXAMPLES).is_file()), None)  # fmt: skip
+    real = next(
+        (p.folder / REAL_EXAMPLES for p in pools.values() if (p.folder / REAL_EXAMPLES).is_file()),
+        None,
+    )
     if real is not None:
         columns["real (validation clip)"] = torch.load(real, map_location="cpu")
     for name, pool in sorted(pools.items()):

@@ -124,8 +124,10 @@ class SyntheticPool:
         """Store ``x`` (B, T, F) as the batch's samples, then the synthesiser's ``state`` after
         it (if given), then its part file, which marks the batch done (atomic, in order)."""
         if x.shape[0] != len(batch.targets) or x.shape[1] != batch.frames:
-            raise ValueError(f"batch {batch.index}: got {tuple(x.shape)}, planned "
-                             f"{len(batch.targets)} x {batch.frames} frames")  # fmt: skip
+            raise ValueError(
+                f"batch {batch.index}: got {tuple(x.shape)}, planned "
+                f"{len(batch.targets)} x {batch.frames} frames"
+            )
         samples = self.folder / "samples"
         samples.mkdir(parents=True, exist_ok=True)
         entries = {}
@@ -133,8 +135,10 @@ class SyntheticPool:
             sample_id = f"b{batch.index:06d}_{i:03d}"
             _save_atomic(sample.float().cpu().clone(), samples / f"{sample_id}.pt")
             entries[sample_id] = {
-                "path": f"samples/{sample_id}.pt", "label_id": int(label), "frames": batch.frames
-            }  # fmt: skip
+                "path": f"samples/{sample_id}.pt",
+                "label_id": int(label),
+                "frames": batch.frames,
+            }
         if state is not None:
             _save_atomic(state, self.state_file(batch.index))
         write_json_atomic(self.part_file(batch.index), entries)
@@ -153,8 +157,10 @@ class SyntheticPool:
         """Write ``manifest.json`` from the part files of every planned batch; return it."""
         missing = [batch.index for batch in plan if not self.done(batch)]
         if missing:
-            raise RuntimeError(f"pool {self.folder}: {len(missing)} planned batches are not "
-                               f"synthesised yet (first: {missing[:5]})")  # fmt: skip
+            raise RuntimeError(
+                f"pool {self.folder}: {len(missing)} planned batches are not "
+                f"synthesised yet (first: {missing[:5]})"
+            )
         manifest = {}
         for batch in plan:
             manifest.update(json.loads(self.part_file(batch.index).read_text()))
@@ -190,8 +196,12 @@ def resume_state(synthesizer: Synthesizer, pool: SyntheticPool, previous: int | 
         logger.warning(
             "pool %s: no synthesiser state for batch %d (%s): the remaining batches start from "
             "a fresh %s state and differ from an uninterrupted synthesis. Delete the folder for "
-            "an exact pool.", pool.folder, previous, pool.state_file(previous), synthesizer.name,
-        )  # fmt: skip
+            "an exact pool.",
+            pool.folder,
+            previous,
+            pool.state_file(previous),
+            synthesizer.name,
+        )
         state = {}
     synthesizer.load_state_dict(state)
 
@@ -223,8 +233,9 @@ def synthesize_pool(
     total = sum(len(batch.targets) for batch in mine)
     initial = total - sum(len(batch.targets) for batch in todo)
     if initial and progress:
-        logger.info("resuming: %d of %d samples of this rank already in %s", initial, total,
-                    pool.folder)  # fmt: skip
+        logger.info(
+            "resuming: %d of %d samples of this rank already in %s", initial, total, pool.folder
+        )
     bar = progress_bar(
         total=total,
         initial=initial,

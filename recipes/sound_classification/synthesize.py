@@ -46,9 +46,13 @@ logger = logging.getLogger(__name__)
 def plan_of(hparams: dict) -> list:
     """The pool's batches, from its keys."""
     return pool_plan(
-        hparams["n_classes"], hparams["samples_per_class"], hparams["synthesis_batch_size"],
-        hparams["min_frames"], hparams["max_frames"], hparams["synthesis_seed"],
-    )  # fmt: skip
+        hparams["n_classes"],
+        hparams["samples_per_class"],
+        hparams["synthesis_batch_size"],
+        hparams["min_frames"],
+        hparams["max_frames"],
+        hparams["synthesis_seed"],
+    )
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -80,8 +84,11 @@ def build_pool(hparams: dict, run_opts: dict, teacher, valid_set) -> SyntheticPo
     folder = Path(hparams["pool_folder"])
     pool, plan = SyntheticPool(folder), plan_of(hparams)
     synthesizer = hparams["synthesizer"](teacher=teacher.model, device=run_opts["device"])
-    record = {"teacher_fingerprint": teacher.fingerprint, "synthesizer": synthesizer.settings(),
-              "plan": [[b.index, list(b.targets), b.frames, b.seed] for b in plan]}  # fmt: skip
+    record = {
+        "teacher_fingerprint": teacher.fingerprint,
+        "synthesizer": synthesizer.settings(),
+        "plan": [[b.index, list(b.targets), b.frames, b.seed] for b in plan],
+    }
     rank, world = rank_and_world()
     main = if_main_process()
     with folder_lock(folder, "synthetic pool") if main else contextlib.nullcontext():
@@ -138,8 +145,9 @@ def pool_dataset(pool: SyntheticPool) -> DynamicItemDataset:
     def label(label_id: int) -> torch.Tensor:
         return torch.LongTensor([label_id])
 
-    return DynamicItemDataset(data, dynamic_items=[load, label],
-                              output_keys=["id", "feats", "label_id"])  # fmt: skip
+    return DynamicItemDataset(
+        data, dynamic_items=[load, label], output_keys=["id", "feats", "label_id"]
+    )
 
 
 class PoolRun:
@@ -184,8 +192,14 @@ def make_brain(hparams: dict, run_opts: dict, teacher=None, cache=None) -> DataF
 
 def main(argv: list[str] | None = None) -> None:
     run = PoolRun()
-    recipe = Recipe(dataio_prepare, make_brain, run.write_results, splits=lambda hparams: SPLITS,
-                    teacher_side=live_teacher, prepare_run=run.prepare)  # fmt: skip
+    recipe = Recipe(
+        dataio_prepare,
+        make_brain,
+        run.write_results,
+        splits=lambda hparams: SPLITS,
+        teacher_side=live_teacher,
+        prepare_run=run.prepare,
+    )
     run_experiment(argv, recipe)
 
 

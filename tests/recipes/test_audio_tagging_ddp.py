@@ -27,19 +27,31 @@ EPOCHS, BATCH = 2, 4
 def options(tmp: Path) -> list[str]:
     """run.sh's options of every call here: the stand-in under ``tmp``, one IUSP crnn student."""
     return [
-        "--python", sys.executable,
-        "--data_root", str(tmp / "release"), "--device", "cpu", "--students", "crnn",
-        "--methods", "iusp", "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"),
+        "--python",
+        sys.executable,
+        "--data_root",
+        str(tmp / "release"),
+        "--device",
+        "cpu",
+        "--students",
+        "crnn",
+        "--methods",
+        "iusp",
+        "--data_dir",
+        str(tmp / "data"),
+        "--exp_dir",
+        str(tmp / "exp"),
         "--extra_args",
         f"--number_of_epochs {EPOCHS} --num_workers 0 --batch_size {BATCH} --teacher_width 32",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("tagging_ddp")
-    standin.main(["--out", str(tmp / "release"), "--n_train", "20", "--n_validate", "6",
-                  "--clip_s", "2.0"])  # fmt: skip
+    standin.main(
+        ["--out", str(tmp / "release"), "--n_train", "20", "--n_validate", "6", "--clip_s", "2.0"]
+    )
     run_recipe(AUDIO_TAGGING, *options(tmp), "--stage", "0", "--stop_stage", "3")  # one process
     run_recipe(AUDIO_TAGGING, *options(tmp), "--stage", "4", "--stop_stage", "5", "--ngpu", "2")
     student = tmp / "exp" / "sonyc_ust" / "student" / "crnn" / "iusp" / "seed1"

@@ -58,14 +58,36 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 def experiment(tmp_path_factory) -> Experiment:
     root = tmp_path_factory.mktemp("audio_tagging")
     tree = root / "release"
-    standin.main(["--out", str(tree), "--n_train", "40", "--n_validate", str(N_VALIDATE),
-                  "--n_eval", str(N_EVAL)])  # fmt: skip
+    standin.main(
+        [
+            "--out",
+            str(tree),
+            "--n_train",
+            "40",
+            "--n_validate",
+            str(N_VALIDATE),
+            "--n_eval",
+            str(N_EVAL),
+        ]
+    )
     command = [
-        "--python", sys.executable, "--data_root", str(tree),
-        "--device", "cpu", "--students", "crnn", "--methods", " ".join(METHODS),
-        "--data_dir", str(root / "data"), "--exp_dir", str(root / "exp"),
-        "--extra_args", "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 64",
-    ]  # fmt: skip
+        "--python",
+        sys.executable,
+        "--data_root",
+        str(tree),
+        "--device",
+        "cpu",
+        "--students",
+        "crnn",
+        "--methods",
+        " ".join(METHODS),
+        "--data_dir",
+        str(root / "data"),
+        "--exp_dir",
+        str(root / "exp"),
+        "--extra_args",
+        "--number_of_epochs 2 --num_workers 0 --batch_size 8 --teacher_width 64",
+    ]
     proc = run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     return Experiment(tree, root / "exp" / "sonyc_ust", root / "data" / "sonyc_ust", proc, command)
 
@@ -115,9 +137,10 @@ def test_results_json(experiment: Experiment, run):
     assert (results["task"], results["dataset"]) == ("audio_tagging", "sonyc_ust")
     assert (results["role"], results["arch"], results["method"]) == run
     assert sorted(results["metrics"]) == sorted(
-        f"{level}_{name}" for level in ("coarse", "fine")
+        f"{level}_{name}"
+        for level in ("coarse", "fine")
         for name in ("micro_auprc", "macro_auprc", "micro_f1")
-    )  # fmt: skip
+    )
     assert all(0.0 <= value <= 1.0 for value in results["metrics"].values())
     assert results["predictions"] == {name: f"predictions_{name}.csv" for name in TEST_SETS}
     assert results["test_sets"]["validate"] == results["metrics"]
@@ -171,10 +194,18 @@ def test_report_has_the_paper_table_and_the_similarity_figure(experiment: Experi
     table, headline = report.split("### student crnn")[1].split("The paper's headline figure")
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows[1:] == ["none", *METHODS]  # header, then every method in the paper's order
-    pairs = [tuple(cell.strip() for cell in line.split("|")[1:3])
-             for line in headline.splitlines() if line.startswith("| ")]  # fmt: skip
-    assert pairs == [("methods", "micro-AUPRC"), ("IUSP vs SP", "coarse"), ("IUSP vs SP", "fine"),
-                     ("KD+IUSP vs KD+SP", "coarse"), ("KD+IUSP vs KD+SP", "fine")]  # fmt: skip
+    pairs = [
+        tuple(cell.strip() for cell in line.split("|")[1:3])
+        for line in headline.splitlines()
+        if line.startswith("| ")
+    ]
+    assert pairs == [
+        ("methods", "micro-AUPRC"),
+        ("IUSP vs SP", "coarse"),
+        ("IUSP vs SP", "fine"),
+        ("KD+IUSP vs KD+SP", "coarse"),
+        ("KD+IUSP vs KD+SP", "fine"),
+    ]
     assert "27.1 %–122.4 %" in headline
     assert (experiment.exp / "frame_similarity.png").read_bytes()[:8] == PNG_MAGIC
     assert "curves.png" in {p.name for p in experiment.run_dir(*RUNS[1]).iterdir()}

@@ -37,22 +37,60 @@ model: !new:kd_modules.models.EmbeddingClassifier
 """
 # lambda_bn 0.005: the YAML's 0.0005 is for xvector_large; the teacher here is xvector_small,
 # whose BatchNorm gap is ~5x smaller (README, "Why these scales")
-POOL_ARGS = ["--samples_per_class", "40", "--synthesis_steps", "100", "--min_frames", "50",
-             "--max_frames", "90", "--lambda_bn", "0.005"]  # fmt: skip
+POOL_ARGS = [
+    "--samples_per_class",
+    "40",
+    "--synthesis_steps",
+    "100",
+    "--min_frames",
+    "50",
+    "--max_frames",
+    "90",
+    "--lambda_bn",
+    "0.005",
+]
 
 
 def common_options(tmp: Path) -> list[str]:
     """The options every train.py / synthesize.py call here ends with: data and exp under tmp."""
-    return ["--data_folder", str(tmp / "data" / "fold1"), "--n_classes", "10",
-            "--exp_root", str(tmp / "exp"), "--device", "cpu", "--num_workers", "0",
-            "--max_duration_s", "1.0"]  # fmt: skip
+    return [
+        "--data_folder",
+        str(tmp / "data" / "fold1"),
+        "--n_classes",
+        "10",
+        "--exp_root",
+        str(tmp / "exp"),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--max_duration_s",
+        "1.0",
+    ]
 
 
-def datafree_args(tmp: Path, method: str, pool: Path, output: Path, student: Path,
-                  pool_args: list[str] = POOL_ARGS) -> list[str]:  # fmt: skip
-    return ["synthesize.py", "hparams/common.yaml", str(student), "hparams/synthesis/frami.yaml",
-            f"hparams/kd/{method}.yaml", "--teacher_folder", str(tmp / "exp" / "teacher"),
-            "--pool_folder", str(pool), "--output_folder", str(output), *pool_args]  # fmt: skip
+def datafree_args(
+    tmp: Path,
+    method: str,
+    pool: Path,
+    output: Path,
+    student: Path,
+    pool_args: list[str] = POOL_ARGS,
+) -> list[str]:
+    return [
+        "synthesize.py",
+        "hparams/common.yaml",
+        str(student),
+        "hparams/synthesis/frami.yaml",
+        f"hparams/kd/{method}.yaml",
+        "--teacher_folder",
+        str(tmp / "exp" / "teacher"),
+        "--pool_folder",
+        str(pool),
+        "--output_folder",
+        str(output),
+        *pool_args,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +100,57 @@ def experiment(tmp_path_factory) -> Path:
     student = tmp / "xvector_tiny.yaml"
     student.write_text(TINY_STUDENT)
     teacher = tmp / "exp" / "teacher"
-    run_recipe(RECIPE, "train.py", "hparams/common.yaml", "hparams/student/xvector_small.yaml",
-               "hparams/kd/none.yaml", "--role", "teacher", "--output_folder", str(teacher),
-               "--number_of_epochs", "15", *common_options(tmp),
-               program=[sys.executable])  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "train.py",
+        "hparams/common.yaml",
+        "hparams/student/xvector_small.yaml",
+        "hparams/kd/none.yaml",
+        "--role",
+        "teacher",
+        "--output_folder",
+        str(teacher),
+        "--number_of_epochs",
+        "15",
+        *common_options(tmp),
+        program=[sys.executable],
+    )
     args = datafree_args(tmp, "frami_noreuse", tmp / "pool", tmp / "student", student)
-    run_recipe(RECIPE, *args, "--number_of_epochs", "20", "--lr", "0.005", *common_options(tmp),
-               program=[sys.executable])  # fmt: skip
+    run_recipe(
+        RECIPE,
+        *args,
+        "--number_of_epochs",
+        "20",
+        "--lr",
+        "0.005",
+        *common_options(tmp),
+        program=[sys.executable],
+    )
     return tmp
 
 
 def recipe_teacher(tmp: Path):
     """The fixture's teacher, loaded as synthesize.py loads it (frozen, eval mode)."""
-    files = [RECIPE / "hparams" / name for name in
-             ("common.yaml", "student/xvector_small.yaml", "synthesis/frami.yaml",
-              "kd/frami_noreuse.yaml")]  # fmt: skip
-    hparams = load_composed(files, {
-        "teacher_folder": str(tmp / "exp" / "teacher"), "pool_folder": str(tmp / "pool"),
-        "output_folder": str(tmp / "student"), "data_folder": str(tmp / "data" / "fold1"),
-        "n_classes": 10, "exp_root": str(tmp / "exp"),
-    })  # fmt: skip
+    files = [
+        RECIPE / "hparams" / name
+        for name in (
+            "common.yaml",
+            "student/xvector_small.yaml",
+            "synthesis/frami.yaml",
+            "kd/frami_noreuse.yaml",
+        )
+    ]
+    hparams = load_composed(
+        files,
+        {
+            "teacher_folder": str(tmp / "exp" / "teacher"),
+            "pool_folder": str(tmp / "pool"),
+            "output_folder": str(tmp / "student"),
+            "data_folder": str(tmp / "data" / "fold1"),
+            "n_classes": 10,
+            "exp_root": str(tmp / "exp"),
+        },
+    )
     return load_teacher(hparams).model.eval()
 
 
@@ -120,13 +189,33 @@ def test_pool_is_class_balanced_with_variable_lengths(experiment: Path):
 def test_two_gloo_ranks_synthesise_one_pool(experiment: Path):
     tmp = experiment
     pool = tmp / "ddp_pool"
-    small = ["--samples_per_class", "4", "--synthesis_steps", "5", "--synthesis_batch_size", "10",
-             "--min_frames", "30", "--max_frames", "40"]  # fmt: skip
-    args = datafree_args(tmp, "frami_noreuse", pool, tmp / "ddp_student",
-                         tmp / "xvector_tiny.yaml", small)  # fmt: skip
-    run_recipe(RECIPE, *args, "--number_of_epochs", "1", "--skip_test", "True",
-               "--distributed_backend", "gloo", *common_options(tmp),
-               program=torchrun(2))  # fmt: skip
+    small = [
+        "--samples_per_class",
+        "4",
+        "--synthesis_steps",
+        "5",
+        "--synthesis_batch_size",
+        "10",
+        "--min_frames",
+        "30",
+        "--max_frames",
+        "40",
+    ]
+    args = datafree_args(
+        tmp, "frami_noreuse", pool, tmp / "ddp_student", tmp / "xvector_tiny.yaml", small
+    )
+    run_recipe(
+        RECIPE,
+        *args,
+        "--number_of_epochs",
+        "1",
+        "--skip_test",
+        "True",
+        "--distributed_backend",
+        "gloo",
+        *common_options(tmp),
+        program=torchrun(2),
+    )
     manifest = SyntheticPool(pool).manifest()
     assert sorted(entry["label_id"] for entry in manifest.values()) == sorted(list(range(10)) * 4)
     parts = sorted(p.name for p in (pool / "parts").glob("*.json"))

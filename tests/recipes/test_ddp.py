@@ -30,11 +30,25 @@ EPOCHS = 2
 def options(tmp: Path, epochs: int) -> list[str]:
     """run.sh's options of every call here: FSDD under ``tmp``, a live-teacher FitNets student."""
     return [
-        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
-        "--device", "cpu",
-        "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
-        "--use_cache", "false", "--extra_args", f"--number_of_epochs {epochs} --num_workers 0",
-    ]  # fmt: skip
+        "--python",
+        sys.executable,
+        "--dataset",
+        "fsdd",
+        "--teacher",
+        "xvector_large",
+        "--device",
+        "cpu",
+        "--data_dir",
+        str(tmp / "data"),
+        "--exp_dir",
+        str(tmp / "exp"),
+        "--methods",
+        "fitnets",
+        "--use_cache",
+        "false",
+        "--extra_args",
+        f"--number_of_epochs {epochs} --num_workers 0",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,61 @@ PYTHON = [sys.executable]
 def test_two_ranks_build_one_store_equal_to_one_process(tmp_path):
     data = write_fsdd_manifests(tmp_path / "data", {"train": 3, "valid": 1, "test": 1})
     common = [
-        "--data_folder", str(data), "--n_classes", "10", "--num_workers", "0", "--device", "cpu",
-        "--noprogressbar", "--augment", "True", "--cache_views", "2", "--cache_shard_size", "4",
-    ]  # fmt: skip
+        "--data_folder",
+        str(data),
+        "--n_classes",
+        "10",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        "--augment",
+        "True",
+        "--cache_views",
+        "2",
+        "--cache_shard_size",
+        "4",
+    ]
     teacher = tmp_path / "teacher"
-    run_recipe(RECIPE, "train.py", str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
-               str(HP / "kd/none.yaml"), *common, "--output_folder", str(teacher), "--role",
-               "teacher", "--number_of_epochs", "1", "--exp_root", str(tmp_path),
-               program=PYTHON)  # fmt: skip
-    kd = [str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/kd.yaml"),
-          *common, "--teacher_folder", str(teacher), "--output_folder", str(teacher)]  # fmt: skip
-    run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "ddp"),
-               "--distributed_backend", "gloo", program=torchrun(2))  # fmt: skip
-    run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "one"),
-               program=PYTHON)  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "train.py",
+        str(HP / "common.yaml"),
+        str(HP / "student/xvector_small.yaml"),
+        str(HP / "kd/none.yaml"),
+        *common,
+        "--output_folder",
+        str(teacher),
+        "--role",
+        "teacher",
+        "--number_of_epochs",
+        "1",
+        "--exp_root",
+        str(tmp_path),
+        program=PYTHON,
+    )
+    kd = [
+        str(HP / "common.yaml"),
+        str(HP / "student/xvector_small.yaml"),
+        str(HP / "kd/kd.yaml"),
+        *common,
+        "--teacher_folder",
+        str(teacher),
+        "--output_folder",
+        str(teacher),
+    ]
+    run_recipe(
+        RECIPE,
+        "cache_teacher.py",
+        *kd,
+        "--exp_root",
+        str(tmp_path / "ddp"),
+        "--distributed_backend",
+        "gloo",
+        program=torchrun(2),
+    )
+    run_recipe(RECIPE, "cache_teacher.py", *kd, "--exp_root", str(tmp_path / "one"), program=PYTHON)
 
     (ddp_folder,) = (tmp_path / "ddp" / "cache").iterdir()
     (one_folder,) = (tmp_path / "one" / "cache").iterdir()

@@ -28,12 +28,25 @@ TIMEOUT_S = 240  # a normal stage-5 run takes ~10 s
 def options(tmp: Path, epochs: int = EPOCHS) -> list[str]:
     """run.sh's options of every call here: FSDD under ``tmp``, FitNets, batches of one clip."""
     return [
-        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
-        "--device", "cpu",
-        "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"), "--methods", "fitnets",
-        "--use_cache", "false", "--extra_args",
+        "--python",
+        sys.executable,
+        "--dataset",
+        "fsdd",
+        "--teacher",
+        "xvector_large",
+        "--device",
+        "cpu",
+        "--data_dir",
+        str(tmp / "data"),
+        "--exp_dir",
+        str(tmp / "exp"),
+        "--methods",
+        "fitnets",
+        "--use_cache",
+        "false",
+        "--extra_args",
         f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1",
-    ]  # fmt: skip
+    ]
 
 
 def write_manifests(data: Path, corrupt: Path) -> None:
@@ -62,8 +75,17 @@ def ddp_run(tmp_path_factory) -> dict:
     (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
     run_recipe(RECIPE, *options(tmp, epochs=1), "--stage", "2", "--stop_stage", "2")  # one process
     # a hang (gloo waiting on the other rank) fails at the timeout, the process group stopped
-    ddp = run_recipe(RECIPE, *options(tmp), "--stage", "5", "--stop_stage", "5", "--ngpu", "2",
-                     timeout_s=TIMEOUT_S)  # fmt: skip
+    ddp = run_recipe(
+        RECIPE,
+        *options(tmp),
+        "--stage",
+        "5",
+        "--stop_stage",
+        "5",
+        "--ngpu",
+        "2",
+        timeout_s=TIMEOUT_S,
+    )
     output = ddp.stdout + ddp.stderr
     student = tmp / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "fitnets" / "seed1"
     return {"student": student, "output": output, "corrupt": corrupt}

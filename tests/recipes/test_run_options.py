@@ -84,15 +84,24 @@ def test_stage_after_stop_stage_is_refused(tmp_path):
     ("option", "value", "message"),
     [
         ("methods", "kd kdd", "'kdd': hparams/kd/kdd.yaml not found (available: {kd})"),
-        ("students", "xvector_smal", "'xvector_smal': hparams/student/xvector_smal.yaml not found"
-         " (available: {student})"),
-        ("teacher", "xvector", "'xvector': hparams/teacher/xvector.yaml not found"
-         " (available: {teacher})"),
+        (
+            "students",
+            "xvector_smal",
+            "'xvector_smal': hparams/student/xvector_smal.yaml not found (available: {student})",
+        ),
+        (
+            "teacher",
+            "xvector",
+            "'xvector': hparams/teacher/xvector.yaml not found (available: {teacher})",
+        ),
         ("students", "", "'': give at least one name (available: {student})"),
-        ("teacher", "xvector_large xvector_large",
-         "'xvector_large xvector_large': give exactly one name (available: {teacher})"),
+        (
+            "teacher",
+            "xvector_large xvector_large",
+            "'xvector_large xvector_large': give exactly one name (available: {teacher})",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unknown_yaml_name_is_refused_even_from_a_later_stage(tmp_path, option, value, message):
     names = {kind: available(kind) for kind in ("kd", "student", "teacher")}
     proc = run_recipe(RECIPE, "--stage", "5", f"--{option}", value, *folders(tmp_path), check=False)
@@ -117,9 +126,19 @@ def test_unwritable_folder_is_refused_at_stage_0(tmp_path, option):
 
 @pytest.mark.slow
 def test_stage_0_alone_checks_folders_without_creating_them(tmp_path):
-    proc = run_recipe(RECIPE, "--python", sys.executable, "--stop_stage", "0", "--device", "cpu",
-                      "--data_dir", str(tmp_path / "new" / "data"),
-                      "--exp_dir", str(tmp_path / "new" / "exp"))  # fmt: skip
+    proc = run_recipe(
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--stop_stage",
+        "0",
+        "--device",
+        "cpu",
+        "--data_dir",
+        str(tmp_path / "new" / "data"),
+        "--exp_dir",
+        str(tmp_path / "new" / "exp"),
+    )
     assert proc.stdout.rstrip().endswith("[run.sh] done")
     assert list(tmp_path.iterdir()) == []  # nothing created, no probe left behind
 
@@ -153,8 +172,10 @@ def test_help_gives_every_option_its_value_and_meaning():
     for name, (default, meaning) in declared.items():
         shown = f'"{default}"' if not default or " " in default else default
         assert lines[name] == [shown, meaning], name
-    assert lines["split"] == ["official", "official | seeded (a seeded grouped split, for partial"
-                              " copies)"]  # fmt: skip
+    assert lines["split"] == [
+        "official",
+        "official | seeded (a seeded grouped split, for partial copies)",
+    ]
     assert lines["use_cache"] == ["true", "true | false: KD students read stage 3's teacher cache"]
 
 
@@ -233,9 +254,20 @@ def commands(log: Path, script: str) -> list[str]:
 def test_allow_unfinished_teacher_reaches_stages_3_and_5_only(tmp_path, recorder, allow):
     stub, log = recorder
     prepared(tmp_path, "fsdd", "seeded", [1])
-    run_recipe(RECIPE, "--python", str(stub), "--stage", "2", "--stop_stage", "5",
-               "--device", "cpu", "--allow_unfinished_teacher", allow,
-               *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--stage",
+        "2",
+        "--stop_stage",
+        "5",
+        "--device",
+        "cpu",
+        "--allow_unfinished_teacher",
+        allow,
+        *folders(tmp_path),
+    )
     flag = "--allow_unfinished_teacher True"
     cache_runs = commands(log, "cache_teacher.py")
     teacher, alone, *kd_students = commands(log, "train.py")
@@ -248,17 +280,30 @@ def test_kd_args_reach_the_kd_students_cache_training_and_evaluation_only(tmp_pa
     """--kd_args "--tau 2": a key the student alone (kd/none.yaml) lacks must not reach it."""
     stub, log = recorder
     prepared(tmp_path, "fsdd", "seeded", [1])
-    common = ["--python", str(stub), "--device", "cpu", "--methods", "kd", "--kd_args", "--tau 2",
-              "--teacher", "xvector_large",
-              *folders(tmp_path)]  # fmt: skip
+    common = [
+        "--python",
+        str(stub),
+        "--device",
+        "cpu",
+        "--methods",
+        "kd",
+        "--kd_args",
+        "--tau 2",
+        "--teacher",
+        "xvector_large",
+        *folders(tmp_path),
+    ]
     run_recipe(RECIPE, *common, "--stage", "2", "--stop_stage", "5")
     (cache_run,) = commands(log, "cache_teacher.py")
     teacher, alone, kd_student = commands(log, "train.py")
     assert "--tau 2" in cache_run and "--tau 2" in kd_student
     assert "--tau 2" not in teacher and "--tau 2" not in alone
     runs = tmp_path / "exp" / "fsdd" / "fold1"
-    for folder in ("teacher/xvector_large/none", "student/xvector_small/none",
-                   "student/xvector_small/kd"):  # fmt: skip
+    for folder in (
+        "teacher/xvector_large/none",
+        "student/xvector_small/none",
+        "student/xvector_small/kd",
+    ):
         (runs / folder / "seed1").mkdir(parents=True, exist_ok=True)  # stage 3 composed the YAML
         (runs / folder / "seed1" / "train_info.json").write_text("{}")
     log.unlink()
@@ -276,8 +321,18 @@ def test_report_title_names_the_prepared_split(tmp_path, recorder):
     """Item 20: data prepared seeded, stage 8 run by a command that says nothing of the split."""
     stub, log = recorder
     prepared(tmp_path, "esc50", "seeded", [1])
-    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "8",
-               "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--dataset",
+        "esc50",
+        "--stage",
+        "8",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     (report,) = commands(log, "local/report.py")  # the library's table + the data-free rows
     assert "--title Sound classification: esc50 (seeded split, folds 1, seeds 1)" in report
 
@@ -286,8 +341,20 @@ def test_later_stages_run_the_prepared_folds(tmp_path, recorder):
     """Started at stage 2 on seeded ESC-50 data, run.sh trains fold 1 only (not folds 1-5)."""
     stub, log = recorder
     prepared(tmp_path, "esc50", "seeded", [1])
-    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "2",
-               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--dataset",
+        "esc50",
+        "--stage",
+        "2",
+        "--stop_stage",
+        "2",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     (teacher,) = commands(log, "train.py")
     assert f"--data_folder {tmp_path}/data/esc50/fold1 " in teacher
 
@@ -301,9 +368,21 @@ def tiny_dataset(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
     tiny_dataset(tmp_path)
-    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
-                      "--device", "cpu", "--extra_args", "--numbr_of_epochs 2", *folders(tmp_path),
-                      check=False)  # fmt: skip
+    proc = run_recipe(
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--stage",
+        "4",
+        "--stop_stage",
+        "4",
+        "--device",
+        "cpu",
+        "--extra_args",
+        "--numbr_of_epochs 2",
+        *folders(tmp_path),
+        check=False,
+    )
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.strip().splitlines()[-1] == (
         "train.py: unknown hyperparameter --numbr_of_epochs (closest valid names: number_of_epochs)"
@@ -314,9 +393,21 @@ def test_misspelt_override_is_one_line_naming_the_closest_keys(tmp_path):
 @pytest.mark.slow
 def test_wrong_type_override_names_the_key_and_value(tmp_path):
     tiny_dataset(tmp_path)
-    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
-                      "--device", "cpu", "--extra_args", "--number_of_epochs two",
-                      *folders(tmp_path), check=False)  # fmt: skip
+    proc = run_recipe(
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--stage",
+        "4",
+        "--stop_stage",
+        "4",
+        "--device",
+        "cpu",
+        "--extra_args",
+        "--number_of_epochs two",
+        *folders(tmp_path),
+        check=False,
+    )
     assert proc.returncode == 2, explain(proc)
     assert proc.stderr.strip().splitlines()[-1] == (
         "train.py: invalid hyperparameter --number_of_epochs 'two': expected an integer "
@@ -329,9 +420,22 @@ def test_wrong_type_override_names_the_key_and_value(tmp_path):
 def test_training_log_has_no_torchvision_warning(tmp_path):
     """Item 14: SpeechBrain's import-time torchvision warning is filtered (matplotlib draws)."""
     tiny_dataset(tmp_path)
-    proc = run_recipe(RECIPE, "--python", sys.executable, "--stage", "4", "--stop_stage", "4",
-                      "--methods", "", "--device", "cpu", "--extra_args",
-                      "--number_of_epochs 1 --num_workers 0", *folders(tmp_path))  # fmt: skip
+    proc = run_recipe(
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--stage",
+        "4",
+        "--stop_stage",
+        "4",
+        "--methods",
+        "",
+        "--device",
+        "cpu",
+        "--extra_args",
+        "--number_of_epochs 1 --num_workers 0",
+        *folders(tmp_path),
+    )
     run = tmp_path / "exp" / "fsdd" / "fold1" / "student" / "xvector_small" / "none" / "seed1"
     assert (run / "train_info.json").is_file()
     assert "torchvision" not in proc.stdout + proc.stderr
@@ -356,12 +460,27 @@ def test_stop_after_prepare_runs_no_later_stage(tmp_path, recipe):
     """--stop_stage 1 prepares and stops: no later stage reads the (not yet known) label count."""
     folder = REPO / "recipes" / recipe
     data = {
-        "sound_classification": ["--dataset", "fsdd", "--split", "seeded", "--data_root",
-                                 str(REPO / "tests/samples/fsdd/free-spoken-digit-dataset")],
+        "sound_classification": [
+            "--dataset",
+            "fsdd",
+            "--split",
+            "seeded",
+            "--data_root",
+            str(REPO / "tests/samples/fsdd/free-spoken-digit-dataset"),
+        ],
         "audio_tagging": ["--standin", "true"],
-    }[recipe]  # fmt: skip
-    proc = run_recipe(folder, "--python", sys.executable, "--device", "cpu", "--stop_stage", "1",
-                      *data, *folders(tmp_path))  # fmt: skip
+    }[recipe]
+    proc = run_recipe(
+        folder,
+        "--python",
+        sys.executable,
+        "--device",
+        "cpu",
+        "--stop_stage",
+        "1",
+        *data,
+        *folders(tmp_path),
+    )
     assert "unbound variable" not in proc.stderr, explain(proc)
     assert not re.search(r"stage [2-8]:", proc.stdout), explain(proc)
     assert proc.stdout.rstrip().endswith("done"), explain(proc)
@@ -374,10 +493,23 @@ def test_standin_sources_reach_make_standin(tmp_path, recorder):
     stub, log = recorder
     folder = REPO / "recipes" / "speaker_verification"
     (tmp_path / "data" / "standin").mkdir(parents=True)  # what the recorded make_standin writes
-    sources = ["--standin_librispeech", str(tmp_path / "libri"), "--standin_vctk",
-               str(tmp_path / "vctk wavs")]  # fmt: skip
-    run_recipe(folder, "--python", str(stub), "--standin", "true", "--stop_stage", "1",
-               *sources, *folders(tmp_path))  # fmt: skip
+    sources = [
+        "--standin_librispeech",
+        str(tmp_path / "libri"),
+        "--standin_vctk",
+        str(tmp_path / "vctk wavs"),
+    ]
+    run_recipe(
+        folder,
+        "--python",
+        str(stub),
+        "--standin",
+        "true",
+        "--stop_stage",
+        "1",
+        *sources,
+        *folders(tmp_path),
+    )
     (command,) = commands(log, "local/make_standin.py")
     assert command == (
         f"local/make_standin.py --out {tmp_path}/data/standin --librispeech {tmp_path}/libri "
@@ -396,8 +528,19 @@ def teacher_command(tmp_path: Path, recorder, *extra: str) -> str:
     if not (tmp_path / "data" / "fsdd").exists():
         prepared(tmp_path, "fsdd", "seeded", [1])
     log.unlink(missing_ok=True)
-    run_recipe(RECIPE, "--python", str(stub), "--stage", "2", "--stop_stage", "2",
-               "--device", "cpu", *folders(tmp_path), *extra)  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--stage",
+        "2",
+        "--stop_stage",
+        "2",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+        *extra,
+    )
     (teacher,) = commands(log, "train.py")
     return teacher
 
@@ -423,8 +566,20 @@ def test_epochs_given_by_the_user_win_over_the_default_teachers(tmp_path, record
 def test_every_dataset_has_a_default_teacher_that_exists(tmp_path, recorder, dataset):
     stub, log = recorder
     prepared(tmp_path, dataset, "seeded", [1])
-    run_recipe(RECIPE, "--python", str(stub), "--dataset", dataset, "--stage", "2",
-               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--dataset",
+        dataset,
+        "--stage",
+        "2",
+        "--stop_stage",
+        "2",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     (teacher,) = commands(log, "train.py")
     arch = re.search(r"hparams/teacher/(\w+)\.yaml", teacher).group(1)
     assert (RECIPE / "hparams" / "teacher" / f"{arch}.yaml").is_file()
@@ -454,8 +609,20 @@ def test_later_stages_read_the_facts_of_data_info_alone(tmp_path, recorder):
     data = prepared(tmp_path, "esc50", "official", [3])
     (data / "labels.json").unlink()
     (data / ".done").unlink()
-    run_recipe(RECIPE, "--python", str(stub), "--dataset", "esc50", "--stage", "2",
-               "--stop_stage", "2", "--device", "cpu", *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        RECIPE,
+        "--python",
+        str(stub),
+        "--dataset",
+        "esc50",
+        "--stage",
+        "2",
+        "--stop_stage",
+        "2",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     (teacher,) = commands(log, "train.py")
     assert f"--data_folder {data}/fold3 " in teacher and " --n_classes 10 " in teacher
 
@@ -465,14 +632,32 @@ def test_speaker_verification_stage_7_runs_train_py_test_only(tmp_path, recorder
     stub, log = recorder
     speaker_data(tmp_path)
     exp = tmp_path / "exp" / "voxceleb1"
-    runs = [exp / "teacher/ecapa_tiny/none/seed1", exp / "student/ecapa_tiny/none/seed1",
-            exp / "student/ecapa_tiny/kd/seed1"]  # fmt: skip
+    runs = [
+        exp / "teacher/ecapa_tiny/none/seed1",
+        exp / "student/ecapa_tiny/none/seed1",
+        exp / "student/ecapa_tiny/kd/seed1",
+    ]
     for run in runs:
         run.mkdir(parents=True)
         (run / "train_info.json").write_text("{}")
-    run_recipe(SPEAKER, "--python", str(stub), "--stage", "7", "--stop_stage", "7", "--teacher",
-               "ecapa_tiny", "--students", "ecapa_tiny", "--methods", "kd", "--device", "cpu",
-               *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        SPEAKER,
+        "--python",
+        str(stub),
+        "--stage",
+        "7",
+        "--stop_stage",
+        "7",
+        "--teacher",
+        "ecapa_tiny",
+        "--students",
+        "ecapa_tiny",
+        "--methods",
+        "kd",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     evaluations = commands(log, "train.py")
     assert sorted(line.split("--output_folder ")[1].split()[0] for line in evaluations) == sorted(
         map(str, runs)
@@ -487,8 +672,17 @@ def test_a_finished_run_is_not_launched_again_for_the_same_command(tmp_path, rec
     stub, log = recorder
     data = prepared(tmp_path, "fsdd", "seeded", [1])
     teacher = tmp_path / "exp" / "fsdd" / "fold1" / "teacher" / "cnn" / "none" / "seed1"
-    args = ["--python", str(stub), "--stage", "2", "--stop_stage", "2", "--device", "cpu",
-            *folders(tmp_path)]  # fmt: skip
+    args = [
+        "--python",
+        str(stub),
+        "--stage",
+        "2",
+        "--stop_stage",
+        "2",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    ]
 
     def launches(*extra: str) -> tuple[int, str]:
         log.write_text("")
@@ -512,10 +706,27 @@ def test_stage_3_runs_one_process_per_distinct_teacher_cache(tmp_path, recorder)
     builds it; each IML-KD variant has a cache of its own (kd_modules.stages.cache_plan)."""
     stub, log = recorder
     speaker_data(tmp_path)
-    run_recipe(SPEAKER, "--python", str(stub), "--stage", "3", "--stop_stage", "3", "--teacher",
-               "ecapa_tiny", "--students", "ecapa_tiny", "--methods",
-               "kd embedding_cosine mlkd imlkd imlkd_1s", "--device", "cpu",
-               *folders(tmp_path))  # fmt: skip
+    run_recipe(
+        SPEAKER,
+        "--python",
+        str(stub),
+        "--stage",
+        "3",
+        "--stop_stage",
+        "3",
+        "--teacher",
+        "ecapa_tiny",
+        "--students",
+        "ecapa_tiny",
+        "--methods",
+        "kd embedding_cosine mlkd imlkd imlkd_1s",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
     runs = commands(log, "cache_teacher.py")
     assert [re.search(r"hparams/kd/(\w+)\.yaml", run).group(1) for run in runs] == [
-        "kd", "imlkd", "imlkd_1s"]  # fmt: skip
+        "kd",
+        "imlkd",
+        "imlkd_1s",
+    ]

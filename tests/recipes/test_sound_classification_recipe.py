@@ -78,11 +78,25 @@ def experiment(tmp_path_factory) -> Experiment:
         shutil.copy2(clip, recordings / clip.name)
     exp_dir, data_dir = root / "exp", root / "data"
     command = [
-        "--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large",
-        "--data_root", str(root / "fsdd"),
-        "--split", "seeded", "--device", "cpu", "--exp_dir", str(exp_dir),
-        "--data_dir", str(data_dir), "--extra_args", "--number_of_epochs 2 --num_workers 0",
-    ]  # fmt: skip
+        "--python",
+        sys.executable,
+        "--dataset",
+        "fsdd",
+        "--teacher",
+        "xvector_large",
+        "--data_root",
+        str(root / "fsdd"),
+        "--split",
+        "seeded",
+        "--device",
+        "cpu",
+        "--exp_dir",
+        str(exp_dir),
+        "--data_dir",
+        str(data_dir),
+        "--extra_args",
+        "--number_of_epochs 2 --num_workers 0",
+    ]
     first = run_recipe(RECIPE, *command)
     return Experiment(root, exp_dir, data_dir, command, first)
 
@@ -219,9 +233,19 @@ def test_help_lists_the_options():
 
 def test_missing_data_root_is_a_clear_error(tmp_path: Path):
     proc = run_recipe(
-        RECIPE, "--python", sys.executable, "--dataset", "esc50", "--device", "cpu",
-        "--data_dir", str(tmp_path / "data"), "--exp_dir", str(tmp_path / "exp"), check=False,
-    )  # fmt: skip
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--dataset",
+        "esc50",
+        "--device",
+        "cpu",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--exp_dir",
+        str(tmp_path / "exp"),
+        check=False,
+    )
     assert proc.returncode != 0
     assert "--data_root" in proc.stderr and "esc50" in proc.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "exp").exists()

@@ -33,12 +33,27 @@ EXTRA_ARGS = f"--number_of_epochs {EPOCHS} --batch_size {BATCH} --num_workers 0 
 def options(tmp: Path) -> list[str]:
     """run.sh's options of every call here: the stand-in under ``tmp``, one IML-KD student."""
     return [
-        "--python", sys.executable,
-        "--standin", "true", "--dataset", "voxceleb1", "--device", "cpu",
-        "--teacher", ARCH, "--students", ARCH, "--methods", "imlkd",
-        "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp"),
-        "--extra_args", f"{EXTRA_ARGS} --cache_views 1",
-    ]  # fmt: skip
+        "--python",
+        sys.executable,
+        "--standin",
+        "true",
+        "--dataset",
+        "voxceleb1",
+        "--device",
+        "cpu",
+        "--teacher",
+        ARCH,
+        "--students",
+        ARCH,
+        "--methods",
+        "imlkd",
+        "--data_dir",
+        str(tmp / "data"),
+        "--exp_dir",
+        str(tmp / "exp"),
+        "--extra_args",
+        f"{EXTRA_ARGS} --cache_views 1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +66,12 @@ def ddp_run(tmp_path_factory, shared_data) -> dict:
     checkpoints = sorted((student / "save").glob("CKPT+*"))
     verified = run_recipe(SPEAKER_VERIFICATION, *common, "--stage", "7", "--stop_stage", "7")
     train = json.loads((tmp / "data" / "voxceleb1" / "train.json").read_text())
-    return {"student": student, "checkpoints": checkpoints, "segments": sorted(train),
-            "stage7": verified.stdout}  # fmt: skip
+    return {
+        "student": student,
+        "checkpoints": checkpoints,
+        "segments": sorted(train),
+        "stage7": verified.stdout,
+    }
 
 
 def segments_of_shards(folder: Path, rank: int) -> list[str]:

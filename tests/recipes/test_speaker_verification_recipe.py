@@ -75,11 +75,28 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 def user_command(root: Path, exp_dir: Path, methods=METHODS, *extra: str) -> list[str]:
     """The one command of the recipe's README, on CPU, with tiny models and short runs."""
     return [
-        "--python", sys.executable, "--standin", "true", "--dataset", "voxceleb1",
-        "--device", "cpu", "--teacher", ARCH, "--students", ARCH, "--methods", " ".join(methods),
-        "--data_dir", str(root / "data"), "--exp_dir", str(exp_dir),
-        "--extra_args", EXTRA_ARGS, *extra,
-    ]  # fmt: skip
+        "--python",
+        sys.executable,
+        "--standin",
+        "true",
+        "--dataset",
+        "voxceleb1",
+        "--device",
+        "cpu",
+        "--teacher",
+        ARCH,
+        "--students",
+        ARCH,
+        "--methods",
+        " ".join(methods),
+        "--data_dir",
+        str(root / "data"),
+        "--exp_dir",
+        str(exp_dir),
+        "--extra_args",
+        EXTRA_ARGS,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +198,10 @@ def test_kd_students_were_distilled_from_the_reported_teacher(experiment: Experi
 
 
 def test_each_imlkd_variant_has_its_own_cache_and_logit_kd_another(experiment: Experiment):
-    caches = {m: experiment.json(("student", ARCH, m), "train_info.json")["teacher_cache"]
-              for m in METHODS}  # fmt: skip
+    caches = {
+        m: experiment.json(("student", ARCH, m), "train_info.json")["teacher_cache"]
+        for m in METHODS
+    }
     shared = {caches[m] for m in (*BASELINES, "imlkd_raw")}
     assert len(shared) == 1  # the raw teacher's outputs serve every non-integrated method
     assert len({caches["imlkd"], caches["imlkd_1s"], *shared}) == 3
@@ -218,12 +237,14 @@ def test_report_has_the_table_the_imlkd_comparison_and_the_figure(experiment: Ex
     assert f"### Student {ARCH}" in section
     methods = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
     assert sorted(methods[1:]) == sorted(("none", *METHODS))  # header, then one row per method
-    eer = {m: experiment.json(("student", ARCH, m), "results.json")["metrics"]["eer"]
-           for m in METHODS}  # fmt: skip
+    eer = {
+        m: experiment.json(("student", ARCH, m), "results.json")["metrics"]["eer"] for m in METHODS
+    }
     best = min(BASELINES, key=eer.get)
     change = 100 * (eer["imlkd"] - eer[best]) / eer[best]
-    line = re.search(r"IML-KD vs the best baseline \((\w+)\): relative EER change \*\*(.+?) %\*\*",
-                     section)  # fmt: skip
+    line = re.search(
+        r"IML-KD vs the best baseline \((\w+)\): relative EER change \*\*(.+?) %\*\*", section
+    )
     assert line is not None, section
     assert (line.group(1), line.group(2)) == (best, f"{change:+.1f}")
     figure = experiment.exp / "integrated_gradients.png"
@@ -282,8 +303,17 @@ def test_imlkd_student_trains_with_the_live_integrated_teacher(experiment: Exper
     teacher = experiment.run_dir(*RUNS[0])
     live_exp = tmp_path / "exp"
     shutil.copytree(teacher, live_exp / teacher.relative_to(experiment.root / "exp"))
-    command = user_command(experiment.root, live_exp, ["imlkd"], "--use_cache", "false",
-                           "--stage", "5", "--stop_stage", "5")  # fmt: skip
+    command = user_command(
+        experiment.root,
+        live_exp,
+        ["imlkd"],
+        "--use_cache",
+        "false",
+        "--stage",
+        "5",
+        "--stop_stage",
+        "5",
+    )
     run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     student = live_exp / "voxceleb1" / "student" / ARCH / "imlkd" / "seed1"
     info = json.loads((student / "train_info.json").read_text())

@@ -29,10 +29,19 @@ def demo_options() -> dict[str, str]:
 def parameters(arch: str, extra: str, tmp_path: Path) -> int:
     """Parameters of ``hparams/<arch>.yaml``'s model composed as run.sh composes a run's."""
     argv = [
-        str(HP / "common.yaml"), str(HP / f"{arch}.yaml"), str(HP / "kd" / "none.yaml"),
-        "--data_folder", str(tmp_path), "--output_folder", str(tmp_path / arch),
-        "--n_outputs", str(N_OUTPUTS), "--exp_root", str(tmp_path), *shlex.split(extra),
-    ]  # fmt: skip
+        str(HP / "common.yaml"),
+        str(HP / f"{arch}.yaml"),
+        str(HP / "kd" / "none.yaml"),
+        "--data_folder",
+        str(tmp_path),
+        "--output_folder",
+        str(tmp_path / arch),
+        "--n_outputs",
+        str(N_OUTPUTS),
+        "--exp_root",
+        str(tmp_path),
+        *shlex.split(extra),
+    ]
     files, _, overrides = parse_recipe_arguments(argv)
     model = load_composed(files, overrides)["model"]
     return sum(p.numel() for p in model.parameters())

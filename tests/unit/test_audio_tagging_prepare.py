@@ -30,8 +30,20 @@ def tree(tmp_path_factory) -> Path:
     """The stand-in release, built from the clips in tests/samples (40 train, 12 validate, and an
     eval release of 6)."""
     out = tmp_path_factory.mktemp("sonyc") / "release"
-    standin.main(["--out", str(out), "--n_train", "40", "--n_validate", "12", "--n_eval", "6",
-                  "--clip_s", "1.0"])  # fmt: skip
+    standin.main(
+        [
+            "--out",
+            str(out),
+            "--n_train",
+            "40",
+            "--n_validate",
+            "12",
+            "--n_eval",
+            "6",
+            "--clip_s",
+            "1.0",
+        ]
+    )
     return out
 
 

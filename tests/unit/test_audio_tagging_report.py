@@ -25,14 +25,30 @@ FOOTNOTE = "¹ undefined: ΔSP ≤ 0"
 
 
 def _results(arch: str, method: str, seed: int, coarse: float, fine: float) -> dict:
-    metrics = {f"{level}_{name}": value for level, value in (("coarse", coarse), ("fine", fine))
-               for name in ("micro_auprc", "macro_auprc", "micro_f1")}  # fmt: skip
+    metrics = {
+        f"{level}_{name}": value
+        for level, value in (("coarse", coarse), ("fine", fine))
+        for name in ("micro_auprc", "macro_auprc", "micro_f1")
+    }
     return {
-        "task": "audio_tagging", "dataset": "sonyc_ust", "role": "student", "method": method,
-        "arch": arch, "seed": seed, "fold": 1, "metrics": metrics, "params": 50_000,
-        "macs": 1_000_000, "latency_ms": 1.0, "checkpoint": "ckpt", "selection": "best valid",
-        "teacher_fingerprint": None, "versions": {}, "git_commit": "x", "wall_time_s": 1.0,
-    }  # fmt: skip
+        "task": "audio_tagging",
+        "dataset": "sonyc_ust",
+        "role": "student",
+        "method": method,
+        "arch": arch,
+        "seed": seed,
+        "fold": 1,
+        "metrics": metrics,
+        "params": 50_000,
+        "macs": 1_000_000,
+        "latency_ms": 1.0,
+        "checkpoint": "ckpt",
+        "selection": "best valid",
+        "teacher_fingerprint": None,
+        "versions": {},
+        "git_commit": "x",
+        "wall_time_s": 1.0,
+    }
 
 
 def _report(tmp_path: Path) -> str:
@@ -51,15 +67,23 @@ def _gain_section(text: str, arch: str) -> tuple[list[list[str]], str]:
     """The headline table's rows (cells) of one student, and the text of its section."""
     section = text.split(f"### student {arch}\n")[1].split("### ")[0]
     table = section.split("| " + " | ".join(report.GAIN_HEADER) + " |")[1]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")]
-            for line in table.splitlines() if line.startswith("| ")]  # fmt: skip
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ")
+    ]
     return rows, section
 
 
 def test_headline_figure_is_a_table_of_delta_sp_delta_iusp_and_their_ratio(tmp_path):
     rows, section = _gain_section(_report(tmp_path), "crnn")
-    assert report.GAIN_HEADER == ["methods", "micro-AUPRC", "ΔSP (points)", "ΔIUSP (points)",
-                                  "(ΔIUSP − ΔSP)/ΔSP"]  # fmt: skip
+    assert report.GAIN_HEADER == [
+        "methods",
+        "micro-AUPRC",
+        "ΔSP (points)",
+        "ΔIUSP (points)",
+        "(ΔIUSP − ΔSP)/ΔSP",
+    ]
     assert rows == [
         ["IUSP vs SP", "coarse", "+6.25", "+12.50", "+100.0 %"],
         ["IUSP vs SP", "fine", "-6.25", "+6.25", "undefined ¹"],

@@ -23,9 +23,14 @@ HPARAMS = AUDIO_TAGGING / "hparams"
 CLIP = SAMPLES / "urbansound8k" / "UrbanSound8K" / "audio" / "fold1" / "24074-1-0-0.flac"
 # (role, arch, method, seed): the teacher, the crnn alone / SP / IUSP (seed 1 drawn, not seed 2),
 # and KD, which the figure leaves out.
-RUNS = [("teacher", "cnn10", "none", 1), ("student", "crnn", "none", 1),
-        ("student", "crnn", "sp", 1), ("student", "crnn", "iusp", 1),
-        ("student", "crnn", "iusp", 2), ("student", "crnn", "kd", 1)]  # fmt: skip
+RUNS = [
+    ("teacher", "cnn10", "none", 1),
+    ("student", "crnn", "none", 1),
+    ("student", "crnn", "sp", 1),
+    ("student", "crnn", "iusp", 1),
+    ("student", "crnn", "iusp", 2),
+    ("student", "crnn", "kd", 1),
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -36,9 +41,15 @@ def write_run(exp: Path, manifests: dict, run: tuple[str, str, str, int]) -> Non
     role, arch, method, seed = run
     folder = exp / role / arch / method / f"seed{seed}"
     teacher = exp / "teacher" / "cnn10" / "none" / "seed1"
-    overrides = {"data_folder": str(exp / "data"), "output_folder": str(folder), "role": role,
-                 "n_outputs": 37, "seed": seed, "teacher_width": 16,
-                 **({} if method == "none" else {"teacher_folder": str(teacher)})}  # fmt: skip
+    overrides = {
+        "data_folder": str(exp / "data"),
+        "output_folder": str(folder),
+        "role": role,
+        "n_outputs": 37,
+        "seed": seed,
+        "teacher_width": 16,
+        **({} if method == "none" else {"teacher_folder": str(teacher)}),
+    }
     files = [
         HPARAMS / "common.yaml",
         HPARAMS / role / f"{arch}.yaml",
@@ -55,10 +66,18 @@ def write_run(exp: Path, manifests: dict, run: tuple[str, str, str, int]) -> Non
     Checkpointer(folder / "save", recoverables={"model": model}).save_checkpoint(
         meta={report.SELECTION: 0.5}
     )
-    results = {"task": "audio_tagging", "dataset": "sonyc_ust", "role": role, "arch": arch,
-               "method": method, "seed": seed, "data_files": {"manifests": manifests},
-               "metrics": dict.fromkeys((key for key, _ in report.COLUMNS), 0.5),
-               "params": 1000, "macs": 1000}  # fmt: skip
+    results = {
+        "task": "audio_tagging",
+        "dataset": "sonyc_ust",
+        "role": role,
+        "arch": arch,
+        "method": method,
+        "seed": seed,
+        "data_files": {"manifests": manifests},
+        "metrics": dict.fromkeys((key for key, _ in report.COLUMNS), 0.5),
+        "params": 1000,
+        "macs": 1000,
+    }
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -81,8 +100,11 @@ def test_the_frame_similarity_figure_is_labelled(tmp_path: Path):
     colorbars = [axis for axis in fig.axes if axis.get_label() == "<colorbar>"]
     panels = [axis for axis in fig.axes if axis.get_label() != "<colorbar>"]
     assert [axis.get_title(loc="left").split("\n")[0] for axis in panels] == [
-        "teacher cnn10", "student crnn, alone", "student crnn, SP", "student crnn, IUSP"
-    ]  # fmt: skip
+        "teacher cnn10",
+        "student crnn, alone",
+        "student crnn, SP",
+        "student crnn, IUSP",
+    ]
     # 4 s at 10 ms hops: 401 feature frames; the teacher pools time by 16 (25 frames of 160 ms),
     # the crnn by 2 (200 frames, pooled to the teacher's 25 as IUSP does).
     assert panels[0].get_title(loc="left") == "teacher cnn10\n25 frames"

@@ -78,8 +78,13 @@ def test_masks_replay_the_stored_ones_and_fresh_time_masks_stay_in_valid_frames(
 
 def test_mixup_is_drawn_per_batch_from_the_yaml_and_is_no_part_of_a_view(tmp_path):
     def policy(alpha: float) -> AugmentPolicy:
-        values = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "run"),
-                  "exp_root": str(tmp_path), "n_classes": 10, "mixup_alpha": alpha}  # fmt: skip
+        values = {
+            "data_folder": str(tmp_path),
+            "output_folder": str(tmp_path / "run"),
+            "exp_root": str(tmp_path),
+            "n_classes": 10,
+            "mixup_alpha": alpha,
+        }
         names = ("common.yaml", "student/xvector_small.yaml", "kd/none.yaml")
         return load_composed([RECIPE / "hparams" / name for name in names], values)["augmentation"]
 

@@ -43,7 +43,9 @@ def test_teacher_dim_is_the_top_level_embedding_dim_of_the_teacher_run(tmp_path:
     )
     (tmp_path / "hyperparams.yaml").write_text(nested_first + "embedding_dim: 96\n")
     assert benchmark.teacher_dim_args("speaker_verification", str(tmp_path)) == [
-        "--teacher_embedding_dim", "96"]  # fmt: skip
+        "--teacher_embedding_dim",
+        "96",
+    ]
     assert benchmark.teacher_dim_args("sound_classification", str(tmp_path)) == []
 
 
@@ -102,14 +104,35 @@ def test_speaker_verification_variant_composes_the_recipe_defaults(tmp_path: Pat
     if not shared.is_dir():
         pytest.skip(f"{shared} is not available")
     data = tmp_path / "data"
-    prepare.main(["--dataset", "librispeech", "--data_root", str(shared), "--out_dir", str(data),
-                  "--convert", "none"])  # fmt: skip
+    prepare.main(
+        [
+            "--dataset",
+            "librispeech",
+            "--data_root",
+            str(shared),
+            "--out_dir",
+            str(data),
+            "--convert",
+            "none",
+        ]
+    )
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "hyperparams.yaml").write_text("embedding_dim: 48\n")
-    args = benchmark.parse_args(["--recipe", "speaker_verification", "--data_folder", str(data),
-                                 "--teacher_folder", str(teacher), "--student", "ecapa_tiny",
-                                 "--extra_args", "--cache_views 1"])  # fmt: skip
+    args = benchmark.parse_args(
+        [
+            "--recipe",
+            "speaker_verification",
+            "--data_folder",
+            str(data),
+            "--teacher_folder",
+            str(teacher),
+            "--student",
+            "ecapa_tiny",
+            "--extra_args",
+            "--cache_views 1",
+        ]
+    )
     train = benchmark.train_module("speaker_verification")
     brain, train_set, _, files = benchmark.make_variant(args, train, "none", False, tmp_path)
     speakers = json.loads((data / "speakers.json").read_text())

@@ -64,13 +64,24 @@ def build(setup, folder, examples=None, load=None, teacher=None, **kwargs):
     """Cache ``examples`` ((utt_id, waveform) pairs, default every clip) read by ``load`` (default
     a dict lookup); shards by count only (5 clips) unless ``shard_seconds`` is given."""
     examples = dict(setup["signals"] if examples is None else examples)
-    options = {"n_views": VIEWS, "batch_size": 8, "shard_size": 5, "shard_seconds": math.inf,
-               "dtype": "float32", **kwargs}  # fmt: skip
+    options = {
+        "n_views": VIEWS,
+        "batch_size": 8,
+        "shard_size": 5,
+        "shard_seconds": math.inf,
+        "dtype": "float32",
+        **kwargs,
+    }
     return build_teacher_cache(
-        teacher or setup["teacher"], list(examples), load or examples.__getitem__,
-        setup["replay"].features, setup["replay"].make_view, folder, {"names_of": "test"},
+        teacher or setup["teacher"],
+        list(examples),
+        load or examples.__getitem__,
+        setup["replay"].features,
+        setup["replay"].make_view,
+        folder,
+        {"names_of": "test"},
         **options,
-    )  # fmt: skip
+    )
 
 
 def one_view(setup, utt_id: str, view: int) -> tuple[dict, torch.Tensor]:
@@ -161,14 +172,17 @@ def test_killed_build_resumes_and_keeps_finished_shards(setup, tmp_path):
 def test_shards_are_written_by_count_or_by_time_whichever_first(tmp_path):
     """Issue 16 item 5: a slow teacher or a small set still writes a shard every shard_seconds."""
     now = [0.0]
-    writer = ShardWriter(tmp_path, 0, shard_size=4, dtype="float32", shard_seconds=60.0,
-                         clock=lambda: now[0])  # fmt: skip
+    writer = ShardWriter(
+        tmp_path, 0, shard_size=4, dtype="float32", shard_seconds=60.0, clock=lambda: now[0]
+    )
     outputs = {"logits": torch.arange(4.0)}
     for index, seconds in enumerate([10.0, 50.0, 61.0, 70.0, 80.0, 90.0, 100.0]):
         now[0] = seconds
         writer.add(f"u{index}", [(outputs, torch.zeros(1))])
-    shards = [json.loads(safe_open(str(p), "pt").metadata()["ids"])
-              for p in sorted(tmp_path.glob("shard-*"))]  # fmt: skip
+    shards = [
+        json.loads(safe_open(str(p), "pt").metadata()["ids"])
+        for p in sorted(tmp_path.glob("shard-*"))
+    ]
     assert shards == [["u0", "u1", "u2"], ["u3", "u4", "u5", "u6"]]  # by time, then by count
     now[0] = 170.0
     writer.add("u7", [(outputs, torch.zeros(1))])  # 70 s after the last shard
@@ -197,16 +211,22 @@ def test_time_sharded_build_killed_keeps_its_shards_and_resumes_to_the_same_cach
     whole = TeacherCache(build(setup, tmp_path / "whole", **options))
     folder = tmp_path / "c"
     with pytest.raises(Killed):
-        build(setup, folder, teacher=killed_teacher(setup["teacher"], 8), shard_seconds=0.0,
-              **options)  # fmt: skip
+        build(
+            setup, folder, teacher=killed_teacher(setup["teacher"], 8), shard_seconds=0.0, **options
+        )
     shards = sorted(folder.glob("shard-*.safetensors"))
     first = list(setup["signals"])[:2]  # 8 batches: 2 clips and 2 of the third one's 3 views
     assert len(shards) == 2 and sorted(stored_ids(folder)) == sorted(first)
     mtimes = [shard.stat().st_mtime_ns for shard in shards]
     log = io.StringIO()
     with caplog.at_level(logging.INFO, logger="kd_modules.cache_build"):
-        build(setup, folder, shard_seconds=0.0,
-              progress=partial(progress_bar, file=log, log_interval_s=0), **options)  # fmt: skip
+        build(
+            setup,
+            folder,
+            shard_seconds=0.0,
+            progress=partial(progress_bar, file=log, log_interval_s=0),
+            **options,
+        )
     assert f"resuming: 2 of {N_CLIPS} utterances already cached" in caplog.text
     assert [shard.stat().st_mtime_ns for shard in shards] == mtimes, "finished shards kept"
     lines = log.getvalue().splitlines()
@@ -223,15 +243,20 @@ def test_time_sharded_build_killed_keeps_its_shards_and_resumes_to_the_same_cach
                 torch.testing.assert_close(got[name], value, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("recipe", ["sound_classification", "audio_tagging",
-                                    "speaker_verification"])  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe", ["sound_classification", "audio_tagging", "speaker_verification"]
+)
 @pytest.mark.slow
 def test_cache_stage_help_lists_the_shard_settings(recipe):
     folder = REPO / "recipes" / recipe
     proc = subprocess.run(
-        [sys.executable, "cache_teacher.py", "--help"], cwd=folder, capture_output=True,
-        text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+        [sys.executable, "cache_teacher.py", "--help"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     keys = {line.split(":")[0].strip() for line in proc.stdout.splitlines() if ": " in line}
     assert {"cache_shard_size", "cache_shard_seconds", "cache_batch_size"} <= keys, proc.stdout

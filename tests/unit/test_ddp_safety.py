@@ -200,9 +200,14 @@ def test_placeholder_with_the_teacher_cache_uses_zeros_not_the_missing_ids(bad_s
     ] + [("0_truncated", torch.zeros(0)), ("1_missing", torch.zeros(0))]
     signals = dict(examples)
     folder = build_teacher_cache(
-        bad_setup["teacher"], list(signals), signals.__getitem__, replay.features,
-        replay.make_view, bad_setup["root"] / "cache", {},
-    )  # fmt: skip
+        bad_setup["teacher"],
+        list(signals),
+        signals.__getitem__,
+        replay.features,
+        replay.make_view,
+        bad_setup["root"] / "cache",
+        {},
+    )
     cache = TeacherCache(folder)
     assert len(cache) == len(bad_setup["good_single"])  # the bad clips are not cached
     assert not {"0_truncated", "1_missing"} & set(cache.index)

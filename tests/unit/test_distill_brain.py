@@ -64,24 +64,55 @@ def setup(tmp_path_factory, recipe_train):
     root = tmp_path_factory.mktemp("brain")
     data = write_fsdd_manifests(root / "data", {"train": 3, "valid": 1, "test": 1})
     teacher_dir = root / "exp" / "teacher"
-    recipe_train.main([
-        str(HP / "common.yaml"), str(HP / "teacher" / "xvector_large.yaml"),
-        str(HP / "kd" / "none.yaml"), "--data_folder", str(data), "--output_folder",
-        str(teacher_dir), "--n_classes", "10", "--number_of_epochs", "1", "--num_workers", "0",
-        "--role", "teacher", "--device", "cpu", "--noprogressbar",
-    ])  # fmt: skip
+    recipe_train.main(
+        [
+            str(HP / "common.yaml"),
+            str(HP / "teacher" / "xvector_large.yaml"),
+            str(HP / "kd" / "none.yaml"),
+            "--data_folder",
+            str(data),
+            "--output_folder",
+            str(teacher_dir),
+            "--n_classes",
+            "10",
+            "--number_of_epochs",
+            "1",
+            "--num_workers",
+            "0",
+            "--role",
+            "teacher",
+            "--device",
+            "cpu",
+            "--noprogressbar",
+        ]
+    )
     return {"root": root, "data": data, "teacher_dir": teacher_dir, "train": recipe_train}
 
 
 def test_evaluation_names_the_epochs_the_run_trained_not_the_yaml_default(setup):
     """Stage 7 evaluates without the stage-2 overrides (--teacher_args): the selection note must
     still say how many epochs the teacher trained (1 here), not common.yaml's 15."""
-    setup["train"].main([
-        str(HP / "common.yaml"), str(HP / "teacher" / "xvector_large.yaml"),
-        str(HP / "kd" / "none.yaml"), "--data_folder", str(setup["data"]), "--output_folder",
-        str(setup["teacher_dir"]), "--n_classes", "10", "--num_workers", "0", "--role", "teacher",
-        "--device", "cpu", "--noprogressbar", "--test_only",
-    ])  # fmt: skip
+    setup["train"].main(
+        [
+            str(HP / "common.yaml"),
+            str(HP / "teacher" / "xvector_large.yaml"),
+            str(HP / "kd" / "none.yaml"),
+            "--data_folder",
+            str(setup["data"]),
+            "--output_folder",
+            str(setup["teacher_dir"]),
+            "--n_classes",
+            "10",
+            "--num_workers",
+            "0",
+            "--role",
+            "teacher",
+            "--device",
+            "cpu",
+            "--noprogressbar",
+            "--test_only",
+        ]
+    )
     results = json.loads((setup["teacher_dir"] / "results.json").read_text())
     assert "at epoch 1 of 1 " in results["selection"], results["selection"]
 
@@ -93,9 +124,12 @@ def test_teacher_run_writes_results_schema(setup):
     assert "validation accuracy" in results["selection"]
     # independent recount: the selected checkpoint's argmax over the same test batches
     hparams = compose(
-        "teacher/xvector_large.yaml", "none", setup["data"], setup["root"] / "recount",
+        "teacher/xvector_large.yaml",
+        "none",
+        setup["data"],
+        setup["root"] / "recount",
         batch_size=16,
-    )  # fmt: skip
+    )
     teacher = Teacher.from_experiment(setup["teacher_dir"], max_key="accuracy")
     loader = sb.dataio.dataloader.make_dataloader(
         setup["train"].dataio_prepare(hparams)["test"], batch_size=16, collate_fn=SkipBadCollate()
@@ -114,9 +148,12 @@ def test_teacher_run_writes_results_schema(setup):
 def test_kd_epoch_leaves_teacher_untouched_and_checkpoints_adapters(setup):
     out = setup["root"] / "exp" / "fitnets"
     hparams = compose(
-        "student/xvector_small.yaml", "fitnets", setup["data"], out,
+        "student/xvector_small.yaml",
+        "fitnets",
+        setup["data"],
+        out,
         teacher_folder=str(setup["teacher_dir"]),
-    )  # fmt: skip
+    )
     teacher = Teacher.from_experiment(setup["teacher_dir"], taps=hparams["teacher_taps"])
     before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
     teacher.model.train()  # even if someone flips it, the teacher must run in eval mode
@@ -149,9 +186,12 @@ def test_kd_epoch_leaves_teacher_untouched_and_checkpoints_adapters(setup):
 def test_cache_reproduces_live_teacher(setup):
     out = setup["root"] / "exp" / "kd_cache"
     hparams = compose(
-        "student/xvector_small.yaml", "sp", setup["data"], out,
+        "student/xvector_small.yaml",
+        "sp",
+        setup["data"],
+        out,
         teacher_folder=str(setup["teacher_dir"]),
-    )  # fmt: skip
+    )
     teacher = Teacher.from_experiment(setup["teacher_dir"], taps=hparams["teacher_taps"])
     datasets = setup["train"].dataio_prepare(hparams)
     replay = hparams["view_replay"]  # no augmentation: one clean view per clip
@@ -160,9 +200,15 @@ def test_cache_reproduces_live_teacher(setup):
     key = cache_key(teacher.fingerprint, hparams["feature_settings"], hparams["teacher_taps"])
     signals = dict(examples)
     folder = build_teacher_cache(
-        teacher, list(signals), signals.__getitem__, replay.features, replay.make_view,
-        out / key, {}, batch_size=4,
-    )  # fmt: skip
+        teacher,
+        list(signals),
+        signals.__getitem__,
+        replay.features,
+        replay.make_view,
+        out / key,
+        {},
+        batch_size=4,
+    )
     cache = TeacherCache(folder)
     assert len(cache) == len(datasets["train"])
     for utt_id, sig in examples[:3]:

@@ -25,14 +25,26 @@ def _results(run_dir: Path) -> dict:
     """A verification run's results.json fields, naming its score files as verify.py does
     (absolute paths) and a prediction file by its name (as the tagging recipe does)."""
     return {
-        "task": "speaker_verification", "dataset": "voxceleb1", "role": "student",
-        "method": "none", "arch": "ecapa_tiny", "seed": 1, "fold": 1, "metrics": {"eer": 0.1},
-        "params": 1000, "macs": 1000, "latency_ms": 1.0, "checkpoint": "ckpt",
-        "selection": "best valid", "teacher_fingerprint": None, "versions": {},
-        "git_commit": "x", "wall_time_s": 1.0,
+        "task": "speaker_verification",
+        "dataset": "voxceleb1",
+        "role": "student",
+        "method": "none",
+        "arch": "ecapa_tiny",
+        "seed": 1,
+        "fold": 1,
+        "metrics": {"eer": 0.1},
+        "params": 1000,
+        "macs": 1000,
+        "latency_ms": 1.0,
+        "checkpoint": "ckpt",
+        "selection": "best valid",
+        "teacher_fingerprint": None,
+        "versions": {},
+        "git_commit": "x",
+        "wall_time_s": 1.0,
         "scores": {"raw": str(run_dir / SCORES[0]), "snorm": str(run_dir / SCORES[1])},
         "predictions": {"validate": "predictions_validate.csv"},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -50,8 +62,11 @@ def evaluated(tmp_path: Path) -> Path:
 
 def test_write_results_records_each_named_output_checksum(evaluated):
     recorded = json.loads((evaluated / "results.json").read_text())[OUTPUT_RECORD]
-    assert set(recorded) == {str(evaluated / SCORES[0]), str(evaluated / SCORES[1]),
-                             "predictions_validate.csv"}  # fmt: skip
+    assert set(recorded) == {
+        str(evaluated / SCORES[0]),
+        str(evaluated / SCORES[1]),
+        "predictions_validate.csv",
+    }
     assert all(len(digest) == 64 for digest in recorded.values())
     assert not_evaluated_reason(evaluated) is None
 

@@ -71,8 +71,11 @@ def _files(recipe: str, arch: str) -> list[Path]:
 
 
 def _overrides(tmp_path: Path, recipe: str) -> dict:
-    return {"data_folder": str(tmp_path / "data"), "output_folder": str(tmp_path / "run"),
-            SIZE_KEYS[recipe]: 10}  # fmt: skip
+    return {
+        "data_folder": str(tmp_path / "data"),
+        "output_folder": str(tmp_path / "run"),
+        SIZE_KEYS[recipe]: 10,
+    }
 
 
 def _recipe(tmp_path: Path, recipe: str, arch: str) -> dict:
@@ -107,8 +110,11 @@ def test_deployable_front_end_equals_speechbrain_on_real_clips(tmp_path, recipe)
     exact (float64) features as SpeechBrain's own float32 features are; in a padded batch each
     clip has its own frame count and its frames alone, to float32 round-off (a batched FFT or
     convolution rounds the quietest bins differently; bounded by SpeechBrain's own error)."""
-    arch = {"sound_classification": "student/xvector_small", "audio_tagging": "student/crnn",
-            "speaker_verification": "student/ecapa_tiny"}[recipe]  # fmt: skip
+    arch = {
+        "sound_classification": "student/xvector_small",
+        "audio_tagging": "student/crnn",
+        "speaker_verification": "student/ecapa_tiny",
+    }[recipe]
     front_end = _recipe(tmp_path, recipe, arch)["front_end"]
     exact = _speechbrain_float64(front_end)
     stft, conv = DeployableFrontEnd(front_end, "stft"), DeployableFrontEnd(front_end, "conv")
@@ -128,8 +134,9 @@ def test_deployable_front_end_equals_speechbrain_on_real_clips(tmp_path, recipe)
         assert torch.equal(frame_lens, expected)
         for row, clip in enumerate(clips):
             alone = _alone(module, clip)[0][0]
-            torch.testing.assert_close(feats[row, : alone.shape[0]], alone, atol=2 * own_error,
-                                       rtol=0)  # fmt: skip
+            torch.testing.assert_close(
+                feats[row, : alone.shape[0]], alone, atol=2 * own_error, rtol=0
+            )
 
 
 def _export_and_check(tmp_path: Path, recipe: str, arch: str) -> dict:
@@ -209,8 +216,9 @@ def _finished_run(tmp_path: Path, recipe: str, arch: str) -> Path:
 
 
 def _manifest(path: Path, clips: list[Path]) -> Path:
-    path.write_text(json.dumps({c.stem: {"wav": str(c), "duration": sf.info(str(c)).duration}
-                                for c in clips}))  # fmt: skip
+    path.write_text(
+        json.dumps({c.stem: {"wav": str(c), "duration": sf.info(str(c)).duration} for c in clips})
+    )
     return path
 
 
@@ -222,11 +230,15 @@ def exported(tmp_path) -> tuple[Path, dict]:
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps([str(d) for d in range(10)]))
     record = export_run(
-        run, "sound_classification", _manifest(tmp_path / "test.json", digits[:30]),
-        labels_file=labels, quantize=True,
+        run,
+        "sound_classification",
+        _manifest(tmp_path / "test.json", digits[:30]),
+        labels_file=labels,
+        quantize=True,
         calibration_manifest=_manifest(tmp_path / "train.json", digits[200:216]),
-        calibration_clips=8, latency_repeats=2,
-    )  # fmt: skip
+        calibration_clips=8,
+        latency_repeats=2,
+    )
     return run, record
 
 
@@ -235,9 +247,12 @@ def test_export_run_writes_files_and_export_json(exported):
     assert json.loads((run / "export.json").read_text()) == record
     assert record["opset"] == 17 and record["sample_rate"] == RATE
     assert [(i["name"], i["shape"]) for i in record["inputs"]] == [
-        ("wavs", ["batch", "samples"]), ("lengths", ["batch"])]  # fmt: skip
-    assert record["outputs"] == [{"name": "probabilities", "dtype": "float32",
-                                  "shape": ["batch", 10]}]  # fmt: skip
+        ("wavs", ["batch", "samples"]),
+        ("lengths", ["batch"]),
+    ]
+    assert record["outputs"] == [
+        {"name": "probabilities", "dtype": "float32", "shape": ["batch", 10]}
+    ]
     assert record["labels"] == record["columns"] == [str(d) for d in range(10)]
     assert set(record["files"]) == {"torchscript", "onnx", "onnx_int8"}
     for entry in record["files"].values():
@@ -245,7 +260,11 @@ def test_export_run_writes_files_and_export_json(exported):
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
     assert len(set(record["parity"]["clip_samples"])) >= 3
     assert set(record["latency_ms_per_audio_second"]["one_thread"]) == {
-        "eager", "torchscript", "onnx_fp32", "onnx_int8"}  # fmt: skip
+        "eager",
+        "torchscript",
+        "onnx_fp32",
+        "onnx_int8",
+    }
 
 
 def test_int8_model_loads_runs_and_is_smaller(exported):
@@ -263,8 +282,13 @@ def test_int8_model_loads_runs_and_is_smaller(exported):
 
 def test_export_run_skips_an_exported_run_and_redoes_a_changed_one(exported):
     run, record = exported
-    again = export_run(run, "sound_classification", "unused.json", quantize=True,
-                       calibration_manifest="unused.json")  # fmt: skip
+    again = export_run(
+        run,
+        "sound_classification",
+        "unused.json",
+        quantize=True,
+        calibration_manifest="unused.json",
+    )
     assert again == record  # the manifests are never read: nothing was exported again
     (run / "model.onnx").write_bytes(b"changed")
     with pytest.raises(FileNotFoundError):  # a changed file means exporting again
@@ -288,8 +312,11 @@ def test_export_run_writes_no_export_json_when_parity_fails(tmp_path, monkeypatc
 def test_readme_snippet_runs_without_torch(tmp_path, recipe):
     """The README's snippet (onnxruntime + soundfile) classifies / tags / embeds a real WAV file in
     a fresh interpreter that never imports torch."""
-    arch = {"sound_classification": "student/xvector_small", "audio_tagging": "student/crnn",
-            "speaker_verification": "student/ecapa_tiny"}[recipe]  # fmt: skip
+    arch = {
+        "sound_classification": "student/xvector_small",
+        "audio_tagging": "student/crnn",
+        "speaker_verification": "student/ecapa_tiny",
+    }[recipe]
     hparams = _recipe(tmp_path, recipe, arch)
     front_end = DeployableFrontEnd(hparams["front_end"], "conv")
     deployed = DeployedModel(front_end, hparams["model"], recipe)
@@ -299,8 +326,9 @@ def test_readme_snippet_runs_without_torch(tmp_path, recipe):
     labels = [f"label{i}" for i in range(10)]
     (tmp_path / "export.json").write_text(json.dumps({"columns": labels}))
     code = snippet(recipe) + "\nimport sys\nassert 'torch' not in sys.modules, 'torch imported'\n"
-    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     expected = _alone(deployed, clips[0])[0]
     if recipe == "speaker_verification":

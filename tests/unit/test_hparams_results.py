@@ -63,20 +63,41 @@ def test_parse_recipe_arguments_splits_files_run_options_and_overrides():
 
 def _run(seed: int, accuracy: float, method: str = "kd") -> dict:
     return {
-        "task": "sound_classification", "dataset": "fsdd", "role": "student", "method": method,
-        "arch": "small", "seed": seed, "fold": 1, "metrics": {"accuracy": accuracy},
-        "params": 55_000, "macs": 2_000_000, "latency_ms": 1.0, "checkpoint": "ckpt",
-        "selection": "best valid", "teacher_fingerprint": "abc", "versions": {},
-        "git_commit": "x", "wall_time_s": 1.0, "epoch_time_s": 2.0,
-    }  # fmt: skip
+        "task": "sound_classification",
+        "dataset": "fsdd",
+        "role": "student",
+        "method": method,
+        "arch": "small",
+        "seed": seed,
+        "fold": 1,
+        "metrics": {"accuracy": accuracy},
+        "params": 55_000,
+        "macs": 2_000_000,
+        "latency_ms": 1.0,
+        "checkpoint": "ckpt",
+        "selection": "best valid",
+        "teacher_fingerprint": "abc",
+        "versions": {},
+        "git_commit": "x",
+        "wall_time_s": 1.0,
+        "epoch_time_s": 2.0,
+    }
 
 
 def test_a_key_given_twice_takes_its_last_value():
     """run.sh passes --extra_args before --teacher_args: the teacher's epochs win, no YAML error."""
     _, run_opts, overrides = parse_recipe_arguments(
-        ["a.yaml", "--number_of_epochs", "30", "--lr", "0.1", "--test_only",
-         "--number_of_epochs", "40"]
-    )  # fmt: skip
+        [
+            "a.yaml",
+            "--number_of_epochs",
+            "30",
+            "--lr",
+            "0.1",
+            "--test_only",
+            "--number_of_epochs",
+            "40",
+        ]
+    )
     assert yaml.safe_load(overrides) == {"number_of_epochs": 40, "lr": 0.1}
     assert run_opts["test_only"] is True
 
@@ -117,11 +138,20 @@ def test_update_readme_and_plot(tmp_path):
 
 
 HISTORY = [
-    {"stage": stage, "epoch": epoch, "time_s": 1.0,
-     "stats": {"loss": 3.0 / epoch + (stage == "valid"), "ce": 2.0 / epoch, "kd": 1.0 / epoch,
-               **({"accuracy": 0.2 * epoch, "skipped_clips": 1} if stage == "valid" else {})}}
-    for epoch in (1, 2, 3) for stage in ("train", "valid")
-]  # fmt: skip
+    {
+        "stage": stage,
+        "epoch": epoch,
+        "time_s": 1.0,
+        "stats": {
+            "loss": 3.0 / epoch + (stage == "valid"),
+            "ce": 2.0 / epoch,
+            "kd": 1.0 / epoch,
+            **({"accuracy": 0.2 * epoch, "skipped_clips": 1} if stage == "valid" else {}),
+        },
+    }
+    for epoch in (1, 2, 3)
+    for stage in ("train", "valid")
+]
 
 
 def test_plot_history_draws_metrics_on_their_own_axis_and_names_the_run(tmp_path):
@@ -148,8 +178,9 @@ def test_stage8_titles_each_curve_with_its_run_folder(tmp_path, monkeypatch):
     drawn = []
     monkeypatch.setattr(results, "plot_history", lambda *args: drawn.append(args))
     results.main([str(tmp_path / "exp/fsdd"), "--out", str(tmp_path / "RESULTS.md")])
-    assert drawn == [(run_dir / "history.json", run_dir / "curves.png",
-                      "fsdd/fold1/student/small/kd/seed1")]  # fmt: skip
+    assert drawn == [
+        (run_dir / "history.json", run_dir / "curves.png", "fsdd/fold1/student/small/kd/seed1")
+    ]
 
 
 # ----- data-free pools synthesised with different settings (issue 16, item 4) -------------------
@@ -158,20 +189,36 @@ def _datafree_run(tmp_path: Path, seed: int, accuracy: float, steps: int, wall_s
     them), the pool synthesised with ``--synthesis_steps steps``."""
     pool = tmp_path / f"exp/fsdd/fold1/pool/large_seed1/frami/seed{seed}"
     pool.mkdir(parents=True)
-    synthesizer = {"name": "frami", "n_mels": 40, "steps": steps, "lr": 0.25,
-                   "weights": {"ce": 1.0, "bn": 0.005}, "precision": "fp32"}  # fmt: skip
+    synthesizer = {
+        "name": "frami",
+        "n_mels": 40,
+        "steps": steps,
+        "lr": 0.25,
+        "weights": {"ce": 1.0, "bn": 0.005},
+        "precision": "fp32",
+    }
     record = {"teacher_fingerprint": "abc", "synthesizer": synthesizer, "plan": []}
     (pool / "run_record.json").write_text(json.dumps(record))
-    run = {**_run(seed, accuracy, "frami"),
-           "synthesis": {"synthesizer": "frami", "pool": str(pool), "samples": 200,
-                         "wall_time_s": wall_s, "manifest_sha256": "0" * 64}}  # fmt: skip
+    run = {
+        **_run(seed, accuracy, "frami"),
+        "synthesis": {
+            "synthesizer": "frami",
+            "pool": str(pool),
+            "samples": 200,
+            "wall_time_s": wall_s,
+            "manifest_sha256": "0" * 64,
+        },
+    }
     write_results(tmp_path / f"exp/fsdd/fold1/student/small/frami/seed{seed}/results.json", run)
 
 
 def _rows(table: str, first_cell: str) -> list[list[str]]:
     """The cells of the table rows whose first cell starts with ``first_cell``."""
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-            if line.startswith("| ")]  # fmt: skip
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in table.splitlines()
+        if line.startswith("| ")
+    ]
     return [row for row in rows if row[0].startswith(first_cell)]
 
 
@@ -207,8 +254,10 @@ def test_a_datafree_run_whose_pool_record_is_gone_is_not_averaged_in(tmp_path):
     _datafree_run(tmp_path, 2, 0.30, steps=120, wall_s=60.0)
     (tmp_path / "exp/fsdd/fold1/pool/large_seed1/frami/seed2/run_record.json").unlink()
     rows = _rows(sound_report.datafree_section(collect(tmp_path / "exp")), "FRAMI")
-    assert [row[:3] for row in rows] == [["FRAMI", "1", "40.00"],
-                                         ["FRAMI (settings unknown)", "1", "30.00"]]  # fmt: skip
+    assert [row[:3] for row in rows] == [
+        ["FRAMI", "1", "40.00"],
+        ["FRAMI (settings unknown)", "1", "30.00"],
+    ]
 
 
 def test_datafree_tables_show_the_rows_a_recipe_passes_in(tmp_path):

@@ -99,7 +99,9 @@ def test_l2_prior_hand_value():
 
 def test_bn_statistics_gap_hand_value():
     gap = bn_statistics_gap(
-        torch.tensor([1.0, 2.0]), torch.tensor([1.0, 5.0]),
-        torch.tensor([1.0, -1.0]), torch.tensor([1.0, 1.0]),
-    )  # fmt: skip
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([1.0, 5.0]),
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([1.0, 1.0]),
+    )
     assert gap.item() == pytest.approx(3.0 + 4.0)  # |(0, 3)| + |(0, 4)|

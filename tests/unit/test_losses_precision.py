@@ -258,15 +258,17 @@ def _clip(out: dict[str, Tensor], i: int) -> dict[str, Tensor]:
     return {key: x[i : i + 1] for key, x in out.items()}
 
 
-@pytest.mark.parametrize("name", ["hinton", "sigmoid", "iusp", "iusp_maps", "embedding_cosine",
-                                  "embedding_mse"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["hinton", "sigmoid", "iusp", "iusp_maps", "embedding_cosine", "embedding_mse"]
+)
 @torch.no_grad()
 def test_per_clip_mean_losses_on_one_clip(name):
     """Losses that average over clips: the batch value is the mean of the B = 1 values."""
     loss, s, t, lens = CASES[name]()
     B = next(iter(s.values())).shape[0]
-    singles = [loss(_clip(s, i), _clip(t, i), None if lens is None else lens[i : i + 1])
-               for i in range(B)]  # fmt: skip
+    singles = [
+        loss(_clip(s, i), _clip(t, i), None if lens is None else lens[i : i + 1]) for i in range(B)
+    ]
     for value in singles:
         assert value.shape == () and torch.isfinite(value) and value > 0
     torch.testing.assert_close(torch.stack(singles).mean(), loss(s, t, lens), rtol=1e-5, atol=0)
@@ -312,8 +314,9 @@ def test_mlkd_on_one_clip():
     torch.testing.assert_close(singles[0]["batch"], batch, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("loss", [HintonKD(), SigmoidKD(), MultiLevelKD(taus=(2, 4))],
-                         ids=["hinton", "sigmoid", "mlkd"])  # fmt: skip
+@pytest.mark.parametrize(
+    "loss", [HintonKD(), SigmoidKD(), MultiLevelKD(taus=(2, 4))], ids=["hinton", "sigmoid", "mlkd"]
+)
 def test_speechbrain_shaped_logits_of_one_clip(loss: nn.Module):
     """SpeechBrain's classifier output (1, 1, C) for one clip gives the (1, C) value."""
     z_s, z_t = _randn(1, 1, 10, seed=11), _randn(1, 1, 10, seed=12)

@@ -103,8 +103,14 @@ def test_model_outputs_in_a_padded_batch_equal_each_clip_alone(tmp_path, monkeyp
 @pytest.mark.parametrize("skip_transpose", [False, True])
 def test_length_aware_conv_pads_each_clip_as_alone(padding_mode, skip_transpose):
     torch.manual_seed(0)
-    conv = Conv1d(8, kernel_size=5, dilation=3, in_channels=4, padding_mode=padding_mode,
-                  skip_transpose=skip_transpose)  # fmt: skip
+    conv = Conv1d(
+        8,
+        kernel_size=5,
+        dilation=3,
+        in_channels=4,
+        padding_mode=padding_mode,
+        skip_transpose=skip_transpose,
+    )
     counts, n_frames = [20, 13, 30, 29, 31], 31  # 30, 29: closer to the end than the reach
     x = torch.randn(len(counts), n_frames, 4)
     before = fingerprint_module(conv)

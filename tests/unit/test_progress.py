@@ -21,8 +21,9 @@ def counts(text: str) -> list[tuple[int, int]]:
 
 def test_a_log_gets_one_line_per_interval_with_done_and_total():
     stream = io.StringIO()  # not a terminal, like a nohup log
-    bar = progress_bar(total=5, initial=2, desc="teacher cache", unit="utt", file=stream,
-                       log_interval_s=0)  # fmt: skip
+    bar = progress_bar(
+        total=5, initial=2, desc="teacher cache", unit="utt", file=stream, log_interval_s=0
+    )
     for _ in range(3):
         bar.update(1)
     bar.close()

@@ -29,19 +29,40 @@ def recipe(train, calls: list, training_set: str) -> Recipe:
         calls.append(("prepare_run", teacher, sorted(datasets)))
         return {"training_set": training_set}
 
-    return Recipe(train.dataio_prepare, train.make_brain, train.write_run_results,
-                  teacher_side=teacher_side, prepare_run=prepare_run)  # fmt: skip
+    return Recipe(
+        train.dataio_prepare,
+        train.make_brain,
+        train.write_run_results,
+        teacher_side=teacher_side,
+        prepare_run=prepare_run,
+    )
 
 
 def test_prepare_run_entries_join_the_run_record(tmp_path: Path, recipe_train):
     data = write_fsdd_manifests(tmp_path / "data", {"train": 1, "valid": 1, "test": 1})
     out = tmp_path / "run"
     args = [
-        str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/none.yaml"),
-        "--data_folder", str(data), "--output_folder", str(out), "--exp_root", str(tmp_path),
-        "--n_classes", "10", "--num_workers", "0", "--device", "cpu", "--noprogressbar",
-        "--number_of_epochs", "0", "--skip_test", "True",
-    ]  # fmt: skip
+        str(HP / "common.yaml"),
+        str(HP / "student/xvector_small.yaml"),
+        str(HP / "kd/none.yaml"),
+        "--data_folder",
+        str(data),
+        "--output_folder",
+        str(out),
+        "--exp_root",
+        str(tmp_path),
+        "--n_classes",
+        "10",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        "--number_of_epochs",
+        "0",
+        "--skip_test",
+        "True",
+    ]
     calls: list = []
     run_experiment(args, recipe(recipe_train, calls, "pool a"))
     assert json.loads((out / "run_record.json").read_text())["training_set"] == "pool a"

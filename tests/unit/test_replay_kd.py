@@ -37,26 +37,63 @@ def exp(tmp_path_factory, recipe_train):
     clips = long_clips(40)
     for split, part in (("train", clips[:24]), ("valid", clips[24:32]), ("test", clips[32:])):
         entries = {
-            c.stem: {"wav": str(c), "duration": sf.info(str(c)).duration,
-                     "label_id": int(c.stem[0]), "label": c.stem[0]}
+            c.stem: {
+                "wav": str(c),
+                "duration": sf.info(str(c)).duration,
+                "label_id": int(c.stem[0]),
+                "label": c.stem[0],
+            }
             for c in part
-        }  # fmt: skip
+        }
         (data / f"{split}.json").write_text(json.dumps(entries))
     common = [
-        "--data_folder", str(data), "--n_classes", "10", "--num_workers", "0",
-        "--device", "cpu", "--noprogressbar", "--exp_root", str(root), "--augment", "True",
-        "--train_random_crop", "True", "--crop_s", str(CROP_S), "--cache_views", "3",
-        "--batch_size", "8",
-    ]  # fmt: skip
+        "--data_folder",
+        str(data),
+        "--n_classes",
+        "10",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        "--exp_root",
+        str(root),
+        "--augment",
+        "True",
+        "--train_random_crop",
+        "True",
+        "--crop_s",
+        str(CROP_S),
+        "--cache_views",
+        "3",
+        "--batch_size",
+        "8",
+    ]
     teacher = root / "teacher"
-    recipe_train.main([
-        str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/none.yaml"),
-        *common, "--output_folder", str(teacher), "--role", "teacher", "--number_of_epochs", "1",
-    ])  # fmt: skip
+    recipe_train.main(
+        [
+            str(HP / "common.yaml"),
+            str(HP / "student/xvector_small.yaml"),
+            str(HP / "kd/none.yaml"),
+            *common,
+            "--output_folder",
+            str(teacher),
+            "--role",
+            "teacher",
+            "--number_of_epochs",
+            "1",
+        ]
+    )
     kd_args = [
-        str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"), str(HP / "kd/sp.yaml"),
-        *common, "--teacher_folder", str(teacher), "--teacher_taps", "{frames: encoder.blocks.8}",
-    ]  # fmt: skip
+        str(HP / "common.yaml"),
+        str(HP / "student/xvector_small.yaml"),
+        str(HP / "kd/sp.yaml"),
+        *common,
+        "--teacher_folder",
+        str(teacher),
+        "--teacher_taps",
+        "{frames: encoder.blocks.8}",
+    ]
     stage3_args = [*kd_args, "--output_folder", str(teacher), "--check_cache", "4"]
     folder = run_cache_stage(stage3_args, recipe_train.dataio_prepare)
     return {"root": root, "kd_args": kd_args, "cache": folder, "train": recipe_train}
@@ -68,12 +105,23 @@ def test_student_sees_the_view_the_cached_teacher_saw(exp, tmp_path, monkeypatch
     assert cache.n_views == 3 and sorted(cache.names) == ["embedding", "frames", "logits"]
     hparams = load_composed(
         [HP / "common.yaml", HP / "student/xvector_small.yaml", HP / "kd/sp.yaml"],
-        {"data_folder": str(exp["root"] / "data"), "output_folder": str(tmp_path / "s"),
-         "n_classes": 10, "num_workers": 0, "exp_root": str(exp["root"]), "augment": True,
-         "train_random_crop": True, "crop_s": CROP_S, "cache_views": 3, "batch_size": 8,
-         "teacher_folder": str(exp["root"] / "teacher"), "number_of_epochs": 3,
-         "teacher_taps": {"frames": "encoder.blocks.8"}, "use_teacher_cache": True},
-    )  # fmt: skip
+        {
+            "data_folder": str(exp["root"] / "data"),
+            "output_folder": str(tmp_path / "s"),
+            "n_classes": 10,
+            "num_workers": 0,
+            "exp_root": str(exp["root"]),
+            "augment": True,
+            "train_random_crop": True,
+            "crop_s": CROP_S,
+            "cache_views": 3,
+            "batch_size": 8,
+            "teacher_folder": str(exp["root"] / "teacher"),
+            "number_of_epochs": 3,
+            "teacher_taps": {"frames": "encoder.blocks.8"},
+            "use_teacher_cache": True,
+        },
+    )
     teacher = load_teacher(hparams)
     assert teacher_cache_folder(hparams, teacher) == exp["cache"]
     datasets = exp["train"].dataio_prepare(hparams)
@@ -94,9 +142,13 @@ def test_student_sees_the_view_the_cached_teacher_saw(exp, tmp_path, monkeypatch
         return cached
 
     monkeypatch.setattr(ClassificationBrain, "teacher_forward", checking_teacher_forward)
-    brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
-              train_loader_kwargs=hparams["train_dataloader_options"],
-              valid_loader_kwargs=hparams["eval_dataloader_options"])  # fmt: skip
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_options"],
+        valid_loader_kwargs=hparams["eval_dataloader_options"],
+    )
     assert sum(checked) == 3 * 24  # every training clip of every epoch
     per_clip = {}
     for utt, first_mask in views:
@@ -115,8 +167,11 @@ def test_check_cache_option_fails_loudly_on_a_corrupted_store(exp, recipe_train)
     with safe_open(str(shard), "pt") as handle:
         metadata = handle.metadata()
     try:
-        save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in tensors.items()},
-                  str(shard), metadata=metadata)  # fmt: skip
+        save_file(
+            {k: v * 1.5 if v.is_floating_point() else v for k, v in tensors.items()},
+            str(shard),
+            metadata=metadata,
+        )
         args = [*exp["kd_args"], "--output_folder", str(exp["root"] / "teacher")]
         with pytest.raises(CacheMismatchError, match="differs from the live teacher"):
             run_cache_stage([*args, "--check_cache", "24"], recipe_train.dataio_prepare)
@@ -126,13 +181,33 @@ def test_check_cache_option_fails_loudly_on_a_corrupted_store(exp, recipe_train)
 
 def test_mixup_from_the_cache_mixes_targets_like_inputs(exp, tmp_path, recipe_train):
     out = tmp_path / "mixup"
-    recipe_train.main([*exp["kd_args"], "--output_folder", str(out), "--number_of_epochs", "1",
-                       "--use_teacher_cache", "True", "--mixup_alpha", "0.4"])  # fmt: skip
+    recipe_train.main(
+        [
+            *exp["kd_args"],
+            "--output_folder",
+            str(out),
+            "--number_of_epochs",
+            "1",
+            "--use_teacher_cache",
+            "True",
+            "--mixup_alpha",
+            "0.4",
+        ]
+    )
     stats = json.loads((out / "history.json").read_text())[0]["stats"]
     assert stats["kd_sp"] > 0 and torch.isfinite(torch.tensor(stats["loss"]))
 
 
 def test_transforms_that_cannot_be_replayed_refuse_the_cache(exp, tmp_path, recipe_train):
     with pytest.raises(ValueError, match=r"speed_perturb.*--use_cache false"):
-        recipe_train.main([*exp["kd_args"], "--output_folder", str(tmp_path / "s"),
-                           "--use_teacher_cache", "True", "--speed_perturb", "True"])  # fmt: skip
+        recipe_train.main(
+            [
+                *exp["kd_args"],
+                "--output_folder",
+                str(tmp_path / "s"),
+                "--use_teacher_cache",
+                "True",
+                "--speed_perturb",
+                "True",
+            ]
+        )

@@ -39,10 +39,24 @@ REPO = RECIPE.parents[1]
 def train_args(data: Path, out: Path, arch: str, method: str, *extra: str) -> list[str]:
     """train.py's arguments for a tiny CPU run of the recipe."""
     return [
-        str(HP / "common.yaml"), str(HP / arch), str(HP / "kd" / f"{method}.yaml"),
-        "--data_folder", str(data), "--output_folder", str(out), "--exp_root", str(out.parent),
-        "--n_classes", "10", "--num_workers", "0", "--device", "cpu", "--noprogressbar", *extra,
-    ]  # fmt: skip
+        str(HP / "common.yaml"),
+        str(HP / arch),
+        str(HP / "kd" / f"{method}.yaml"),
+        "--data_folder",
+        str(data),
+        "--output_folder",
+        str(out),
+        "--exp_root",
+        str(out.parent),
+        "--n_classes",
+        "10",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        *extra,
+    ]
 
 
 def history(run: Path, stage: str = "train") -> list[dict]:
@@ -77,8 +91,16 @@ def teacher(data, recipe_train) -> Path:
     """A small teacher trained to completion (the student architecture, for speed)."""
     folder = data.parent / "exp" / "teacher"
     recipe_train.main(
-        train_args(data, folder, "student/xvector_small.yaml", "none", "--number_of_epochs", "1",
-                   "--role", "teacher")  # fmt: skip
+        train_args(
+            data,
+            folder,
+            "student/xvector_small.yaml",
+            "none",
+            "--number_of_epochs",
+            "1",
+            "--role",
+            "teacher",
+        )
     )
     return folder
 
@@ -89,8 +111,16 @@ def test_batch_of_one_clip_trains_and_evaluates(data, tmp_path, recipe_train):
     """40 train / 10 valid / 10 test clips in batches of 3 leave a last batch of one clip."""
     out = tmp_path / "b1"
     recipe_train.main(
-        train_args(data, out, "student/xvector_small.yaml", "none", "--batch_size", "3",
-                   "--number_of_epochs", "1")  # fmt: skip
+        train_args(
+            data,
+            out,
+            "student/xvector_small.yaml",
+            "none",
+            "--batch_size",
+            "3",
+            "--number_of_epochs",
+            "1",
+        )
     )
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["metrics"]["accuracy"] <= 1.0
@@ -102,8 +132,16 @@ def test_batch_of_one_clip_trains_and_evaluates(data, tmp_path, recipe_train):
 def test_kd_refuses_a_teacher_killed_mid_training(data, tmp_path, recipe_train):
     """Stage 2 killed (SIGKILL) during epoch 2 of 3: its epoch-1 checkpoint must not be used."""
     teacher_dir = tmp_path / "teacher"
-    args = train_args(data, teacher_dir, "student/xvector_small.yaml", "none",
-                      "--number_of_epochs", "3", "--skip_test", "True")  # fmt: skip
+    args = train_args(
+        data,
+        teacher_dir,
+        "student/xvector_small.yaml",
+        "none",
+        "--number_of_epochs",
+        "3",
+        "--skip_test",
+        "True",
+    )
     proc = subprocess.Popen(
         [sys.executable, str(RECIPE / "train.py"), *args],
         cwd=RECIPE,
@@ -122,8 +160,12 @@ def test_kd_refuses_a_teacher_killed_mid_training(data, tmp_path, recipe_train):
 
     hparams = load_composed(
         [HP / "common.yaml", HP / "student/xvector_small.yaml", HP / "kd/kd.yaml"],
-        {"data_folder": str(data), "output_folder": str(tmp_path / "s"), "n_classes": 10,
-         "teacher_folder": str(teacher_dir)},  # fmt: skip
+        {
+            "data_folder": str(data),
+            "output_folder": str(tmp_path / "s"),
+            "n_classes": 10,
+            "teacher_folder": str(teacher_dir),
+        },
     )
     with pytest.raises(UnfinishedTeacherError, match="has not finished training") as error:
         load_teacher(hparams)
@@ -140,8 +182,16 @@ def test_kd_refuses_a_teacher_killed_mid_training(data, tmp_path, recipe_train):
 def test_report_flags_students_of_another_teacher(teacher, data, tmp_path, recipe_train):
     student = tmp_path / "student"
     recipe_train.main(
-        train_args(data, student, "student/xvector_small.yaml", "kd", "--number_of_epochs", "1",
-                   "--teacher_folder", str(teacher))  # fmt: skip
+        train_args(
+            data,
+            student,
+            "student/xvector_small.yaml",
+            "kd",
+            "--number_of_epochs",
+            "1",
+            "--teacher_folder",
+            str(teacher),
+        )
     )
     teacher_run = json.loads((teacher / "results.json").read_text())
     student_run = json.loads((student / "results.json").read_text())
@@ -160,10 +210,13 @@ def test_report_flags_students_of_another_teacher(teacher, data, tmp_path, recip
 def test_second_run_in_a_locked_folder_stops_naming_the_holder(data, tmp_path, recipe_train):
     out = tmp_path / "busy"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\nfrom kd_modules.run_folder import folder_lock\n"
-         "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
-         str(out)],  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom kd_modules.run_folder import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
+            str(out),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -213,9 +266,18 @@ def test_non_finite_kd_term_is_named_with_its_weight(teacher, data, tmp_path, re
     """τ = 4: the term is 16·KL, so a weight of 1e38 overflows float32 (3.4e38) at step 1."""
     with pytest.raises(FloatingPointError) as error:
         recipe_train.main(
-            train_args(data, tmp_path / "s", "student/xvector_small.yaml", "kd",
-                       "--teacher_folder", str(teacher), "--alpha", "1e38",
-                       "--tau", "4")  # fmt: skip
+            train_args(
+                data,
+                tmp_path / "s",
+                "student/xvector_small.yaml",
+                "kd",
+                "--teacher_folder",
+                str(teacher),
+                "--alpha",
+                "1e38",
+                "--tau",
+                "4",
+            )
         )
     message = str(error.value)
     assert message.startswith("Loss term 'kd_kd' with weight 1e+38 made the update non-finite")
@@ -224,13 +286,25 @@ def test_non_finite_kd_term_is_named_with_its_weight(teacher, data, tmp_path, re
 
 # ----- item 15: honest bookkeeping after a kill ------------------------------------------------
 @pytest.mark.slow
-def test_resumed_epoch_logs_term_means_of_the_whole_epoch(data, tmp_path, recipe_train,
-                                                          monkeypatch):  # fmt: skip
+def test_resumed_epoch_logs_term_means_of_the_whole_epoch(
+    data, tmp_path, recipe_train, monkeypatch
+):
     """CE-only: the epoch's ``ce`` mean equals SpeechBrain's ``loss`` even across a resume."""
     out = tmp_path / "resumed"
-    args = train_args(data, out, "student/xvector_small.yaml", "none", "--number_of_epochs", "1",
-                      "--batch_size", "8", "--ckpt_interval_minutes", "0",
-                      "--ckpt_interval_steps", "1")  # fmt: skip
+    args = train_args(
+        data,
+        out,
+        "student/xvector_small.yaml",
+        "none",
+        "--number_of_epochs",
+        "1",
+        "--batch_size",
+        "8",
+        "--ckpt_interval_minutes",
+        "0",
+        "--ckpt_interval_steps",
+        "1",
+    )
     interrupt_at(monkeypatch, epoch=1, step=4)
     with pytest.raises(Interrupt):
         recipe_train.main(args)
@@ -263,8 +337,16 @@ def test_wall_time_of_a_training_killed_by_sigkill_is_the_time_it_ran(data, tmp_
     the 1e-6 s of the session's first write (the heartbeat beats during training; its interval,
     ``HEARTBEAT_S``, is made short here)."""
     out = tmp_path / "killed"
-    args = train_args(data, out, "student/xvector_small.yaml", "none", "--number_of_epochs", "100",
-                      "--skip_test", "True")  # fmt: skip
+    args = train_args(
+        data,
+        out,
+        "student/xvector_small.yaml",
+        "none",
+        "--number_of_epochs",
+        "100",
+        "--skip_test",
+        "True",
+    )
     code = (
         "import runpy, sys\nimport kd_modules.run_folder as run_folder\n"
         "run_folder.HEARTBEAT_S = 0.2\nsys.argv = sys.argv[1:]\n"
@@ -306,13 +388,18 @@ def test_intra_epoch_checkpoints_are_on_by_default(data, tmp_path, recipe_train)
 
 # ----- item 17: a cache build killed mid-split -------------------------------------------------
 @pytest.mark.slow
-def test_cache_build_killed_mid_split_leaves_no_finished_cache(teacher, tmp_path, data,
-                                                               recipe_train):  # fmt: skip
+def test_cache_build_killed_mid_split_leaves_no_finished_cache(
+    teacher, tmp_path, data, recipe_train
+):
     model = Teacher.from_experiment(teacher, max_key="accuracy")
     hparams = load_composed(
         [HP / "common.yaml", HP / "student/xvector_small.yaml", HP / "kd/kd.yaml"],
-        {"data_folder": str(data), "output_folder": str(tmp_path), "n_classes": 10,
-         "teacher_folder": str(teacher)},  # fmt: skip
+        {
+            "data_folder": str(data),
+            "output_folder": str(tmp_path),
+            "n_classes": 10,
+            "teacher_folder": str(teacher),
+        },
     )
     examples = [(item["id"], item["sig"]) for item in recipe_train.dataio_prepare(hparams)["train"]]
     replay = hparams["view_replay"]
@@ -361,8 +448,9 @@ def test_checkpoint_half_written_by_a_kill_is_never_loaded(teacher, tmp_path):
 
 # ----- issue 16, item 9: stage 6 again with other synthesis settings ----------------------------
 @pytest.mark.slow
-def test_a_pool_asked_with_other_settings_stops_in_one_line(teacher, data, tmp_path, capsys,
-                                                            monkeypatch):  # fmt: skip
+def test_a_pool_asked_with_other_settings_stops_in_one_line(
+    teacher, data, tmp_path, capsys, monkeypatch
+):
     """synthesize.py once with 2 inversion steps, then with 3: one line on stderr naming the
     change and the way out, exit status 1, no traceback (was: a RunRecordMismatch traceback
     saying the pool was "trained on other data or from another teacher")."""
@@ -371,15 +459,40 @@ def test_a_pool_asked_with_other_settings_stops_in_one_line(teacher, data, tmp_p
 
     pool = tmp_path / "pool"
     args = [
-        str(HP / "common.yaml"), str(HP / "student/xvector_small.yaml"),
-        str(HP / "synthesis/deepinversion.yaml"), str(HP / "kd/deepinversion.yaml"),
-        "--data_folder", str(data), "--output_folder", str(tmp_path / "student"),
-        "--exp_root", str(tmp_path), "--n_classes", "10", "--num_workers", "0",
-        "--device", "cpu", "--noprogressbar", "--teacher_folder", str(teacher),
-        "--pool_folder", str(pool), "--samples_per_class", "1", "--synthesis_batch_size", "10",
-        "--min_frames", "20", "--max_frames", "30", "--number_of_epochs", "1",
-        "--skip_test", "True",
-    ]  # fmt: skip
+        str(HP / "common.yaml"),
+        str(HP / "student/xvector_small.yaml"),
+        str(HP / "synthesis/deepinversion.yaml"),
+        str(HP / "kd/deepinversion.yaml"),
+        "--data_folder",
+        str(data),
+        "--output_folder",
+        str(tmp_path / "student"),
+        "--exp_root",
+        str(tmp_path),
+        "--n_classes",
+        "10",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--noprogressbar",
+        "--teacher_folder",
+        str(teacher),
+        "--pool_folder",
+        str(pool),
+        "--samples_per_class",
+        "1",
+        "--synthesis_batch_size",
+        "10",
+        "--min_frames",
+        "20",
+        "--max_frames",
+        "30",
+        "--number_of_epochs",
+        "1",
+        "--skip_test",
+        "True",
+    ]
     synthesize.main([*args, "--synthesis_steps", "2"])
     capsys.readouterr()
     monkeypatch.setattr("sys.argv", ["synthesize.py"])

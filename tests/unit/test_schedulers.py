@@ -30,8 +30,10 @@ def test_epoch_cosine_resumes_from_a_checkpoint(tmp_path: Path):
     assert resumed(None) == schedule(None)
 
 
-@pytest.mark.parametrize(("epochs", "ratio", "message"),
-                         [(0, 0.0, "epochs must be >= 1"), (5, 1.5, "final_ratio must be in")])
+@pytest.mark.parametrize(
+    ("epochs", "ratio", "message"),
+    [(0, 0.0, "epochs must be >= 1"), (5, 1.5, "final_ratio must be in")],
+)
 def test_epoch_cosine_refuses_bad_settings(epochs, ratio, message):
     with pytest.raises(ValueError, match=message):
         EpochCosine(0.01, epochs, ratio)

@@ -30,8 +30,19 @@ SHORT_SPEAKER = "19"  # a made-up reader with a 2 s and a 0.3 s cut of a real ut
 
 
 def run(data_root: Path, out: Path, *extra: str, dataset: str = "librispeech") -> Path:
-    prepare.main(["--dataset", dataset, "--data_root", str(data_root), "--out_dir", str(out),
-                  "--convert", "none", *extra])  # fmt: skip
+    prepare.main(
+        [
+            "--dataset",
+            dataset,
+            "--data_root",
+            str(data_root),
+            "--out_dir",
+            str(out),
+            "--convert",
+            "none",
+            *extra,
+        ]
+    )
     return out
 
 

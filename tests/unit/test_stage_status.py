@@ -43,8 +43,9 @@ def test_a_method_is_datafree_when_its_yaml_names_a_synthesiser():
         for path in (SOUND / "hparams" / "kd").glob("*.yaml")
         if (match := re.search(r"^synthesis: *(\w+)", path.read_text(), re.M))
     }
-    assert named and all((SOUND / "hparams" / "synthesis" / f"{n}.yaml").is_file()
-                         for n in named.values())  # fmt: skip
+    assert named and all(
+        (SOUND / "hparams" / "synthesis" / f"{n}.yaml").is_file() for n in named.values()
+    )
     kinds = {m: method_kind(SOUND / "hparams" / "kd" / f"{m}.yaml") for m in methods}
     assert {m for m, kind in kinds.items() if kind == "datafree"} == set(named)
     for kind in ("kd", "datafree"):
@@ -87,10 +88,24 @@ def stage(tmp_path: Path, monkeypatch) -> dict:
     for folder in (teacher, run):
         folder.mkdir()
         (folder / "train_info.json").write_text(json.dumps({"finished": True}))
-    command = ["train.py", "hparams/kd.yaml", "--data_folder", str(data), "--teacher_folder",
-               str(teacher), "--output_folder", str(run)]  # fmt: skip
-    return {"data": data / DATA_INFO, "teacher": teacher, "run": run, "command": command,
-            "stamp": run / "stage_record.json", "folder": tmp_path}  # fmt: skip
+    command = [
+        "train.py",
+        "hparams/kd.yaml",
+        "--data_folder",
+        str(data),
+        "--teacher_folder",
+        str(teacher),
+        "--output_folder",
+        str(run),
+    ]
+    return {
+        "data": data / DATA_INFO,
+        "teacher": teacher,
+        "run": run,
+        "command": command,
+        "stamp": run / "stage_record.json",
+        "folder": tmp_path,
+    }
 
 
 def recorded(stage: dict) -> None:
@@ -137,10 +152,20 @@ def test_the_command_line_answers_with_its_exit_status(stage: dict):
     command, folder = stage["command"], stage["folder"]
     question = ["done", str(stage["stamp"]), "--data", str(stage["data"]), "--", *command]
     first = status(*question, cwd=folder)
-    assert first.returncode == 1 and first.stdout.strip() == "no record of a finished run of "\
-        "this command"  # fmt: skip
-    record = ["record", str(stage["stamp"]), "--data", str(stage["data"]), "--trained",
-              str(stage["run"]), "--", *command]  # fmt: skip
+    assert (
+        first.returncode == 1
+        and first.stdout.strip() == "no record of a finished run of this command"
+    )
+    record = [
+        "record",
+        str(stage["stamp"]),
+        "--data",
+        str(stage["data"]),
+        "--trained",
+        str(stage["run"]),
+        "--",
+        *command,
+    ]
     assert status(*record, cwd=folder).returncode == 0
     assert status(*question, cwd=folder).returncode == 0
 
@@ -157,23 +182,38 @@ def real_cache_folder(argv: list[str], teacher: Teacher) -> str:
     ("recipe", "student", "methods", "overrides"),
     [
         (SOUND, "xvector_small", ["kd", "fitnets", "sp"], {"n_classes": 10}),
-        (SPEAKER_VERIFICATION, "ecapa_tiny",
-         ["kd", "embedding_cosine", "mlkd", "imlkd", "imlkd_1s", "imlkd_raw"],
-         {"n_speakers": 10, "teacher_embedding_dim": 64}),
+        (
+            SPEAKER_VERIFICATION,
+            "ecapa_tiny",
+            ["kd", "embedding_cosine", "mlkd", "imlkd", "imlkd_1s", "imlkd_raw"],
+            {"n_speakers": 10, "teacher_embedding_dim": 64},
+        ),
     ],
-)  # fmt: skip
+)
 def test_methods_share_a_cache_exactly_when_their_cache_folders_agree(
     tmp_path, recipe, student, methods, overrides
 ):
     """The plan's groups are those of the cache folders stage 3 computes for a real teacher (the
     recipe's own architecture, untrained), whatever the fingerprint it leaves out."""
     data = write_fsdd_manifests(tmp_path / "data", {"train": 1, "valid": 1, "test": 1})
-    args = ["--data_folder", str(data), "--teacher_folder", str(tmp_path), "--output_folder",
-            str(tmp_path / "run"), "--exp_root", str(tmp_path / "exp")]  # fmt: skip
+    args = [
+        "--data_folder",
+        str(data),
+        "--teacher_folder",
+        str(tmp_path),
+        "--output_folder",
+        str(tmp_path / "run"),
+        "--exp_root",
+        str(tmp_path / "exp"),
+    ]
     args += [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
     hparams = recipe / "hparams"
-    template = [str(hparams / "common.yaml"), str(hparams / "student" / f"{student}.yaml"),
-                str(hparams / "kd" / "{method}.yaml"), *args]  # fmt: skip
+    template = [
+        str(hparams / "common.yaml"),
+        str(hparams / "student" / f"{student}.yaml"),
+        str(hparams / "kd" / "{method}.yaml"),
+        *args,
+    ]
     groups = cache_groups(methods, template)
     assert sorted(method for group in groups for method in group) == sorted(methods)
     architecture = [hparams / "common.yaml", hparams / "student" / f"{student}.yaml"]
@@ -182,8 +222,9 @@ def test_methods_share_a_cache_exactly_when_their_cache_folders_agree(
         {"data_folder": str(data), "output_folder": str(tmp_path), **overrides},
     )
     teacher = Teacher(teacher_hparams["model"])
-    folders = {m: real_cache_folder([a.replace("{method}", m) for a in template], teacher)
-               for m in methods}  # fmt: skip
+    folders = {
+        m: real_cache_folder([a.replace("{method}", m) for a in template], teacher) for m in methods
+    }
     assert len(groups) == len(set(folders.values())) > 1
     for group in groups:
         assert len({folders[method] for method in group}) == 1, group

@@ -49,7 +49,7 @@ def tiny_xvector() -> EmbeddingClassifier:
         tdnn_dilations=[1, 2, 1],
         lin_neurons=64,
     )
-    return EmbeddingClassifier(encoder, 64, N_CLASSES)  # fmt: skip
+    return EmbeddingClassifier(encoder, 64, N_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,11 @@ def test_bn_hooks_cover_1d_2d_and_speechbrain_wrappers_and_are_removed():
     with BatchNormStatistics(model, instance_means=True) as bn:
         model(x)
         assert len(bn.gaps) == 4 and [m.shape for m in bn.instance_means] == [
-            (4, 3), (4, 3), (4, 2), (4, 2)
-        ]  # fmt: skip
+            (4, 3),
+            (4, 3),
+            (4, 2),
+            (4, 2),
+        ]
         first = expected_gap(x.transpose(1, 2), model.bn1, [0, 2])
         assert bn.gaps[0].item() == pytest.approx(first, rel=1e-5)
         assert bn.loss(first_weight=10).item() == pytest.approx(
@@ -166,8 +169,9 @@ def test_student_is_never_the_teacher():
     check_distinct(tiny_xvector(), model)
     kd = {"kd_losses": {"kd": HintonKD()}, "kd_weights": {"kd": 1.0}}
     with pytest.raises(ValueError, match="is the teacher itself"):
-        DataFreeBrain(modules={"model": model}, run_opts={"device": "cpu"},
-                      teacher=Teacher(model), **kd)  # fmt: skip
+        DataFreeBrain(
+            modules={"model": model}, run_opts={"device": "cpu"}, teacher=Teacher(model), **kd
+        )
 
 
 # ----- inversion on a trained teacher -------------------------------------------------------------
@@ -197,7 +201,7 @@ def framewise_xvector() -> EmbeddingClassifier:
         tdnn_dilations=[1, 1],
         lin_neurons=16,
     )
-    return EmbeddingClassifier(encoder, 16, N_CLASSES).eval()  # fmt: skip
+    return EmbeddingClassifier(encoder, 16, N_CLASSES).eval()
 
 
 @pytest.mark.parametrize("framewise", [True, False], ids=["framewise", "xvector"])
@@ -231,8 +235,9 @@ def test_frami_fused_views_give_the_two_separate_passes_results(teacher, framewi
 @pytest.mark.slow
 def test_generator_parameterization_lowers_ce(teacher):
     # A generator shares its weights across samples: R_BN must weigh less than on direct inputs.
-    xs, targets, synth = synthesise(FRAMI, teacher, parameterization="generator",
-                                    generator_lr=0.01, lambda_bn=0.005)  # fmt: skip
+    xs, targets, synth = synthesise(
+        FRAMI, teacher, parameterization="generator", generator_lr=0.01, lambda_bn=0.005
+    )
     history = synth.history
     assert history["ce"][-1] < 0.5 * history["ce"][0] and history["bn"][-1] < history["bn"][0]
     assert xs[0].shape == (40, 60, N_MELS)
@@ -269,8 +274,9 @@ def test_audio_views_crop_mask_and_gain():
     assert plain.shape == (3, 50, 8)
     diffs = plain[:, 1:, 0] - plain[:, :-1, 0]
     assert set(diffs.unique().tolist()) <= {1.0, -99.0}  # a circular shift of contiguous frames
-    masked = AudioViews(crop_min=1.0, crop_max=1.0, time_masks=0, freq_masks=1, freq_mask_bins=4,
-                        gain_db=6.0)(torch.ones(64, 20, 8))  # fmt: skip
+    masked = AudioViews(
+        crop_min=1.0, crop_max=1.0, time_masks=0, freq_masks=1, freq_mask_bins=4, gain_db=6.0
+    )(torch.ones(64, 20, 8))
     gains = masked.amax(dim=(1, 2)) - 1  # a kept bin holds 1 + the sample's gain
     assert gains.abs().max() <= 6.0 and gains.std() > 1  # one gain per sample, within ±6 dB
     zeroed = masked - gains[:, None, None]  # 1 where kept, 0 in the masked bands
@@ -282,8 +288,9 @@ def test_audio_views_crop_mask_and_gain():
 
 # ----- the pool ---------------------------------------------------------------------------------
 def test_pool_plan_is_class_balanced_with_variable_lengths():
-    plan = pool_plan(n_classes=7, samples_per_class=9, batch_size=10, min_frames=40,
-                     max_frames=90, seed=3)  # fmt: skip
+    plan = pool_plan(
+        n_classes=7, samples_per_class=9, batch_size=10, min_frames=40, max_frames=90, seed=3
+    )
     targets = [t for batch in plan for t in batch.targets]
     assert sorted(targets) == sorted(list(range(7)) * 9)
     assert all(40 <= b.frames <= 90 for b in plan) and len({b.frames for b in plan}) > 2
@@ -340,9 +347,10 @@ CARRY_STATE = {
     "frami_fused_views": (FRAMI, {"fuse_views": True}),
     "frami_two_passes": (FRAMI, {"fuse_views": False}),
     "deepinversion_kept_generator": (
-        DeepInversion, {"parameterization": "generator", "generator_reset": False}
+        DeepInversion,
+        {"parameterization": "generator", "generator_reset": False},
     ),
-}  # fmt: skip
+}
 
 
 def synthesise_killed_then_resumed(teacher, name: str, folder: Path, plan, kill_after: int):
@@ -369,8 +377,9 @@ def test_a_resumed_pool_is_the_pool_an_uninterrupted_run_makes(teacher, tmp_path
     plan = pool_plan(N_CLASSES, 2, 5, 20, 30, seed=2)  # 20 samples in 4 batches
     cls, options = CARRY_STATE[name]
     whole = SyntheticPool(tmp_path / "whole")
-    synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=3, **options), whole, plan,
-                    progress=False)  # fmt: skip
+    synthesize_pool(
+        cls(teacher, N_MELS, N_CLASSES, steps=3, **options), whole, plan, progress=False
+    )
     resumed = synthesise_killed_then_resumed(teacher, name, tmp_path / "resumed", plan, 1)
     manifest, whole_manifest = resumed.merge(plan), whole.merge(plan)
     assert manifest == whole_manifest and len(manifest) == 20
@@ -390,14 +399,33 @@ def test_each_rank_resumes_its_own_chain_of_state(teacher, tmp_path: Path):
             raise Killed
 
     for rank in (0, 1):
-        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["whole"], plan, rank,
-                        world_size=2, progress=False)  # fmt: skip
+        synthesize_pool(
+            FRAMI(teacher, N_MELS, N_CLASSES, steps=2),
+            pools["whole"],
+            plan,
+            rank,
+            world_size=2,
+            progress=False,
+        )
     with pytest.raises(Killed):
-        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["resumed"], plan, 0,
-                        world_size=2, progress=False, on_batch=kill)  # fmt: skip
+        synthesize_pool(
+            FRAMI(teacher, N_MELS, N_CLASSES, steps=2),
+            pools["resumed"],
+            plan,
+            0,
+            world_size=2,
+            progress=False,
+            on_batch=kill,
+        )
     for rank in (1, 0):
-        synthesize_pool(FRAMI(teacher, N_MELS, N_CLASSES, steps=2), pools["resumed"], plan, rank,
-                        world_size=2, progress=False)  # fmt: skip
+        synthesize_pool(
+            FRAMI(teacher, N_MELS, N_CLASSES, steps=2),
+            pools["resumed"],
+            plan,
+            rank,
+            world_size=2,
+            progress=False,
+        )
     manifest = pools["resumed"].merge(plan)
     assert manifest == pools["whole"].merge(plan)
     for sample_id in manifest:
@@ -414,14 +442,20 @@ def test_a_resume_without_the_saved_state_says_it_is_not_exact(teacher, tmp_path
             raise Killed
 
     with pytest.raises(Killed):
-        synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=2, **options), pool, plan,
-                        progress=False, on_batch=kill)  # fmt: skip
+        synthesize_pool(
+            cls(teacher, N_MELS, N_CLASSES, steps=2, **options),
+            pool,
+            plan,
+            progress=False,
+            on_batch=kill,
+        )
     state_files = sorted((pool.folder / "state").glob("*.pt"))
     assert [p.name for p in state_files] == ["b000001.pt"]  # the newest batch's state only
     state_files[0].unlink()  # as in a pool begun before states were saved
     with caplog.at_level("WARNING", logger="kd_modules.synthesis.pool"):
-        synthesize_pool(cls(teacher, N_MELS, N_CLASSES, steps=2, **options), pool, plan,
-                        progress=False)  # fmt: skip
+        synthesize_pool(
+            cls(teacher, N_MELS, N_CLASSES, steps=2, **options), pool, plan, progress=False
+        )
     assert "no synthesiser state for batch 1" in caplog.text
     assert "differ from an uninterrupted synthesis" in caplog.text
 
@@ -438,8 +472,9 @@ def test_pool_merge_refuses_a_missing_batch(tmp_path: Path):
 
 def test_pool_progress_bar_shows_samples_per_second(teacher, tmp_path: Path, capsys):
     plan = pool_plan(N_CLASSES, 1, 5, 20, 20)
-    synthesize_pool(DeepInversion(teacher, N_MELS, N_CLASSES, steps=2), SyntheticPool(tmp_path),
-                    plan)  # fmt: skip
+    synthesize_pool(
+        DeepInversion(teacher, N_MELS, N_CLASSES, steps=2), SyntheticPool(tmp_path), plan
+    )
     err = capsys.readouterr().err
     assert "sample/s" in err and "10/10" in err, err
 
@@ -465,7 +500,7 @@ def test_student_from_frami_samples_above_chance_on_held_back_clips(teacher, sha
         tdnn_dilations=[1, 2, 1],
         lin_neurons=32,
     )
-    student = EmbeddingClassifier(encoder, 32, N_CLASSES)  # fmt: skip
+    student = EmbeddingClassifier(encoder, 32, N_CLASSES)
     check_distinct(student, teacher)
     optimizer, kd = torch.optim.Adam(student.parameters(), 2e-3), HintonKD(tau=4.0)
     for _ in range(40):

@@ -52,8 +52,10 @@ def test_the_synthesis_grid_is_labelled(tmp_path: Path):
     panels = [axis for axis in fig.axes if axis.get_label() != "<colorbar>"]
     grid = [panels[row * 3 : row * 3 + 3] for row in range(len(DIGITS))]  # 3 columns
     assert [axis.get_title() for axis in grid[0]] == [
-        "real (validation clip)", "cmi\nseed 3", "frami\nseed 3"
-    ]  # fmt: skip
+        "real (validation clip)",
+        "cmi\nseed 3",
+        "frami\nseed 3",
+    ]
     assert [row[0].get_ylabel() for row in grid] == [f"{d}\nMel band" for d in DIGITS]
     assert {axis.get_xlabel() for axis in grid[-1]} == {"time frame"}
     colorbars = [axis for axis in fig.axes if axis.get_label() == "<colorbar>"]

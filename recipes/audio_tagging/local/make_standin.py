@@ -37,13 +37,29 @@ from recipes.audio_tagging.local.taxonomy import SHIPPED, read_layout
 
 # Source class -> SONYC fine tag (coarse-fine numbers; None: no SONYC tag, a clip with no positive).
 CLASS_TAGS = {
-    "car_horn": "5-1", "children_playing": "7-X", "dog_bark": "8-1", "drilling": "2-1",
-    "engine_idling": "1-2", "gun_shot": "3-1", "jackhammer": "2-2", "siren": "5-3",
-    "street_music": "6-1", "air_conditioner": None,  # UrbanSound8K
-    "dog": "8-1", "chainsaw": "4-1", "engine": "1-X", "laughing": "7-X", "crying_baby": "7-X",
-    "door_wood_knock": "3-1", "footsteps": "3-1", "church_bells": None, "rooster": None,
-    "crackling_fire": None, "sneezing": None, "clock_tick": None,  # ESC-50
-}  # fmt: skip
+    "car_horn": "5-1",
+    "children_playing": "7-X",
+    "dog_bark": "8-1",
+    "drilling": "2-1",
+    "engine_idling": "1-2",
+    "gun_shot": "3-1",
+    "jackhammer": "2-2",
+    "siren": "5-3",
+    "street_music": "6-1",
+    "air_conditioner": None,  # UrbanSound8K
+    "dog": "8-1",
+    "chainsaw": "4-1",
+    "engine": "1-X",
+    "laughing": "7-X",
+    "crying_baby": "7-X",
+    "door_wood_knock": "3-1",
+    "footsteps": "3-1",
+    "church_bells": None,
+    "rooster": None,
+    "crackling_fire": None,
+    "sneezing": None,
+    "clock_tick": None,  # ESC-50
+}
 MISSING = "99_000001.wav"
 CORRUPT = "98_000001.wav"
 EVAL_SPLIT, EVAL_FOLDER = "test", "audio-eval"  # a split prepare.py sends to eval.json
@@ -158,11 +174,19 @@ def annotator_tags(truth: set[str], all_tags: list[str], rng) -> set[str]:
 def annotation_row(clip: Clip, annotator: int, tags: set[str], layout: dict, rng) -> dict:
     """A row in the release's columns: ids, spatiotemporal context, presence and proximity."""
     row = {
-        "split": clip.split, "sensor_id": clip.sensor, "audio_filename": clip.name,
-        "annotator_id": annotator, "borough": 1, "block": 100 + clip.sensor,
-        "latitude": 40.73, "longitude": -73.99, "year": 2017, "week": rng.randint(1, 52),
-        "day": rng.randint(0, 6), "hour": rng.randint(0, 23),
-    }  # fmt: skip
+        "split": clip.split,
+        "sensor_id": clip.sensor,
+        "audio_filename": clip.name,
+        "annotator_id": annotator,
+        "borough": 1,
+        "block": 100 + clip.sensor,
+        "latitude": 40.73,
+        "longitude": -73.99,
+        "year": 2017,
+        "week": rng.randint(1, 52),
+        "day": rng.randint(0, 6),
+        "hour": rng.randint(0, 23),
+    }
     for fine in layout["fine"]:
         present = fine.split("_")[0] in tags
         row[f"{fine}_presence"] = int(present)

@@ -265,8 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     write_data_info(args.out_dir, layout, sizes)
     logger.info(
         "SONYC-UST: %s; %d missing, %d unreadable, %d test clips without a verified row -> %s",
-        sizes, len(missing), len(corrupt), len(unverified), args.out_dir,
-    )  # fmt: skip
+        sizes,
+        len(missing),
+        len(corrupt),
+        len(unverified),
+        args.out_dir,
+    )
 
 
 def write_data_info(out: Path, layout: dict, sizes: dict) -> None:

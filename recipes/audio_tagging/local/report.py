@@ -39,9 +39,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METHOD_ORDER = ("none", "kd", "sp", "iusp", "kd_sp", "kd_iusp", "fitnets")
-COLUMNS = [(f"{level}_{name}", f"{level} {label}") for level in ("coarse", "fine")
-           for name, label in (("micro_auprc", "micro-AUPRC"), ("macro_auprc", "macro-AUPRC"),
-                               ("micro_f1", "micro-F1"))]  # fmt: skip
+COLUMNS = [
+    (f"{level}_{name}", f"{level} {label}")
+    for level in ("coarse", "fine")
+    for name, label in (
+        ("micro_auprc", "micro-AUPRC"),
+        ("macro_auprc", "macro-AUPRC"),
+        ("micro_f1", "micro-F1"),
+    )
+]
 PAPER_RANGE = "27.1 %–122.4 %"
 SELECTION = "coarse_micro_auprc"
 
@@ -245,8 +251,9 @@ def draw_similarities(runs: list[dict]) -> Figure | None:
     clip = manifest[sorted(manifest)[0]]
     hparams = run_hparams(Path(teacher["run_dir"]))
     feats = clip_features(hparams, clip["wav"])
-    panels = [Panel(title, run["seed"], clip_frames(Path(run["run_dir"]), feats))
-              for title, run in chosen]  # fmt: skip
+    panels = [
+        Panel(title, run["seed"], clip_frames(Path(run["run_dir"]), feats)) for title, run in chosen
+    ]
     hop_ms = hparams["hop_length"] * (feats.shape[1] // min(p.frames.shape[0] for p in panels))
     return similarity_figure(panels, hop_ms, clip["audio_filename"], teacher["dataset"])
 

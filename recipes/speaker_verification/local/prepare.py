@@ -245,9 +245,13 @@ def voxceleb_sources(args: argparse.Namespace) -> Sources:
     excluded = sorted(trial_speakers.intersection(dev))
     logger.info(
         "VoxCeleb1: %d dev speakers, %d of them in the trial list (excluded), %d without audio; "
-        "%d trial files, %d missing", len(dev), len(excluded), len(absent),
-        len(test) + len(missing), len(missing),
-    )  # fmt: skip
+        "%d trial files, %d missing",
+        len(dev),
+        len(excluded),
+        len(absent),
+        len(test) + len(missing),
+        len(missing),
+    )
     notes = {"dev_speakers_in_trials": excluded, "dev_speakers_without_audio": absent}
     train_from = f"the dev speakers of {args.data_root / META} minus those of {path}"
     return Sources(train, test, missing, trials, str(path), train_from, notes)
@@ -426,8 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     check_options(args)
     settings = settings_of(args)
     if is_done(args.out_dir, settings):
-        logger.info("%s already prepared with these arguments in %s: skipping",
-                    args.dataset, args.out_dir)  # fmt: skip
+        logger.info(
+            "%s already prepared with these arguments in %s: skipping", args.dataset, args.out_dir
+        )
         return
     (args.out_dir / ".done").unlink(missing_ok=True)
     stale = remove_stale_conversions(args.out_dir / "audio")
@@ -501,11 +506,18 @@ def write_outputs(out: Path, outputs: dict, trials: list[Trial], report: dict, s
     write_json_atomic(out / DATA_INFO, info)
     logger.info(
         "%s: %d speakers, %d train / %d valid segments, %d test utterances, %d trials "
-        "(%d dropped); %d missing, %d unreadable, %d too short -> %s", settings["dataset"],
-        report["train_speakers"], *report["segments"].values(), report["test_utterances"],
-        report["kept_trials"], report["dropped_trials"], report["missing"], report["corrupt"],
-        report["too_short"], out,
-    )  # fmt: skip
+        "(%d dropped); %d missing, %d unreadable, %d too short -> %s",
+        settings["dataset"],
+        report["train_speakers"],
+        *report["segments"].values(),
+        report["test_utterances"],
+        report["kept_trials"],
+        report["dropped_trials"],
+        report["missing"],
+        report["corrupt"],
+        report["too_short"],
+        out,
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,13 @@ def comparison(runs: list[dict]) -> str:
             by_arch[run["arch"]][run["method"]].append(run)
     lines = ["## IML-KD against the KD baselines", ""]
     for arch, methods in sorted(by_arch.items()):
-        lines += [f"### Student {arch}", "",
-                  "| method | runs | EER (%) | minDCF | AS-norm EER (%) |", "|---|---|---|---|---|"]
-        # fmt: skip
+        lines += [
+            f"### Student {arch}",
+            "",
+            "| method | runs | EER (%) | minDCF | AS-norm EER (%) |",
+            "|---|---|---|---|---|",
+        ]
+
         eer = {m: statistics.mean(r["metrics"]["eer"] for r in rs) for m, rs in methods.items()}
         for method, group in sorted(methods.items(), key=lambda item: eer[item[0]]):
             cells = [
@@ -95,12 +99,18 @@ def attribution_figure(teacher_folder: Path, data_folder: Path, png: Path, kd_ya
     with open(teacher_folder / "hyperparams.yaml") as stream, preserved_random_state():
         hparams = load_hyperpyyaml(stream)
     integrated = IntegratedInput(
-        durations_s=settings["ig_durations_s"], hop_length_ms=hparams["hop_length"],
-        steps=settings["ig_steps"], rule=settings["ig_rule"], mode="mean",
+        durations_s=settings["ig_durations_s"],
+        hop_length_ms=hparams["hop_length"],
+        steps=settings["ig_steps"],
+        rule=settings["ig_rule"],
+        mode="mean",
         baseline=settings["ig_baseline"],
-    )  # fmt: skip
-    teacher = IntegratedTeacher(Teacher.from_experiment(teacher_folder, max_key="accuracy"),
-                                integrated, settings["attribution_score"])  # fmt: skip
+    )
+    teacher = IntegratedTeacher(
+        Teacher.from_experiment(teacher_folder, max_key="accuracy"),
+        integrated,
+        settings["attribution_score"],
+    )
     utt, entry = sorted(json.loads((data_folder / "valid.json").read_text()).items())[0]
     wav = read_audio(entry["wav"], hparams["sample_rate"], entry["start"], entry["stop"])
     lens = torch.ones(1)
