@@ -26,7 +26,10 @@ setup(
         # kd_modules.export: ONNX files, ONNX Runtime parity and latency, int8 quantisation (the
         # TorchScript-based exporter it uses needs no onnxscript)
         "export": ["onnx>=1.17", "onnxruntime>=1.20"],
-        # onnx, onnxruntime: the export tests (tests/unit/test_export.py)
+        # YAML key tensorboard: True (run.sh --tensorboard true): SpeechBrain's TensorboardLogger
+        # writes through torch.utils.tensorboard, which needs the tensorboard package
+        "tensorboard": ["tensorboard>=2.14"],
+        # onnx, onnxruntime, tensorboard: the export and TensorBoard tests
         "dev": [
             "pytest",
             "ruff",
@@ -34,6 +37,7 @@ setup(
             "import-linter",
             "onnx>=1.17",
             "onnxruntime>=1.20",
+            "tensorboard>=2.14",
         ],
     },
     entry_points={

@@ -3,7 +3,8 @@
 :class:`StageLog` keeps the running sums of the current stage (checkpointed with the student) and
 stops the run on a non-finite term or update, naming the term; :class:`History` appends each
 epoch's statistics to the run's ``history.json`` (curves, the results table). A brain owns one
-of each and tells them when a stage starts and ends.
+of each and tells them when a stage starts and ends; with the YAML key ``tensorboard: True`` it
+also writes the same statistics as TensorBoard events (:class:`EpochTensorboardLogger`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import if_main_process, main_process_only
+from speechbrain.utils.train_logger import TensorboardLogger
 
 from kd_modules.dataio import write_json_atomic
 
@@ -152,3 +154,28 @@ class History:
         history = [h for h in history if not (h["stage"] == name and h["epoch"] >= epoch)]
         history.append({"stage": name, "epoch": epoch, "time_s": time_s, "stats": stats})
         write_json_atomic(self.path, history)
+
+
+class EpochTensorboardLogger(TensorboardLogger):
+    """SpeechBrain's ``TensorboardLogger`` (the ``tensorboard`` package's writer, on the main
+    process, events under ``save_dir``) with every scalar at its epoch.
+
+    SpeechBrain's counts its own calls from 1 in each process, so a resumed run would draw its
+    later epochs over its first ones; here ``stats_meta["epoch"]`` is the step of every scalar:
+    the meta values (``lr``) under their names and each statistic (loss, every KD term, the
+    metrics) as ``<name>/<train|valid|test>``, as SpeechBrain tags them. Non-numeric values
+    are left out.
+    """
+
+    @main_process_only
+    def log_stats(
+        self, stats_meta, train_stats=None, valid_stats=None, test_stats=None, verbose=False
+    ) -> None:
+        step = int(stats_meta["epoch"])
+        scalars = {name: value for name, value in stats_meta.items() if name != "epoch"}
+        for stage, stats in (("train", train_stats), ("valid", valid_stats), ("test", test_stats)):
+            scalars.update({f"{name}/{stage}": value for name, value in (stats or {}).items()})
+        for tag, value in scalars.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, step)
+        self.writer.flush()

@@ -6,8 +6,10 @@ cache stage uses too), ``lr_annealing``, ``train_logger``, ``epoch_counter``, op
 ``speed_perturb``/``speed_perturber``. In training the waveforms and features go through the
 run's :class:`~kd_modules.augment.AugmentPolicy` (crop, masks: drawn afresh, or replayed from the
 teacher cache) and its mixup, which the teacher's outputs follow. An epoch ends the same way for
-every task: its statistics go to the history file and the log, the learning rate is annealed on
-the validation loss and the checkpoint best by :meth:`TaskBrain.selection_key` is kept.
+every task: its statistics go to the history file and the log (and, with the YAML key
+``tensorboard: True``, to TensorBoard events under ``tensorboard_folder``), the learning rate is
+annealed on the validation loss and the checkpoint best by :meth:`TaskBrain.selection_key` is
+kept.
 
 A task brain adds its task loss (``compute_objectives``, through ``task_and_kd_loss``), its
 metrics (``on_stage_start`` resets them, ``stage_metrics`` summarises them) and, where the
@@ -23,7 +25,7 @@ import torch
 
 from kd_modules.augment import AugmentPolicy
 from kd_modules.brains.distill import DistillBrain
-from kd_modules.brains.stage_log import History
+from kd_modules.brains.stage_log import EpochTensorboardLogger, History
 from kd_modules.dataio import is_placeholder
 
 
@@ -47,6 +49,7 @@ class TaskBrain(DistillBrain):
         self.history = History(history_file)
         self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
         self.mixing = None  # the current training batch's mixup (a Mixing), for the task loss
+        self._tensorboard: EpochTensorboardLogger | None = None  # made on the first epoch's end
 
     # ----- forward ---------------------------------------------------------------------------
     def compute_features(self, batch, stage: sb.Stage = sb.Stage.TEST):
@@ -101,6 +104,17 @@ class TaskBrain(DistillBrain):
         return student, self.teacher_outputs(batch, stage, feats, lens, placeholder), lens
 
     # ----- the epoch's end -------------------------------------------------------------------
+    def log_tensorboard(self, epoch: int, meta: dict | None = None, **stats: dict) -> None:
+        """The epoch's ``meta`` values (``lr``) and ``train_stats`` / ``valid_stats`` /
+        ``test_stats`` as TensorBoard events at step ``epoch``, when the YAML key
+        ``tensorboard`` is True (under ``tensorboard_folder``, ``<run>/tensorboard``; off by
+        default)."""
+        if not getattr(self.hparams, "tensorboard", False):
+            return
+        if self._tensorboard is None:
+            self._tensorboard = EpochTensorboardLogger(self.hparams.tensorboard_folder)
+        self._tensorboard.log_stats({"epoch": epoch, **(meta or {})}, **stats)
+
     def stage_metrics(self) -> dict:
         """The task's metrics over the stage (validation and test); none here."""
         return {}
@@ -129,6 +143,9 @@ class TaskBrain(DistillBrain):
             self.hparams.train_logger.log_stats(
                 {"epoch": epoch, "lr": old_lr}, train_stats=self.train_stats, valid_stats=stats
             )
+            self.log_tensorboard(
+                epoch, meta={"lr": old_lr}, train_stats=self.train_stats, valid_stats=stats
+            )
             self.checkpointer.save_and_keep_only(
                 meta={key: stats[key], "epoch": epoch}, max_keys=[key], num_to_keep=1
             )
@@ -137,3 +154,4 @@ class TaskBrain(DistillBrain):
             self.hparams.train_logger.log_stats(
                 {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
             )
+            self.log_tensorboard(self.hparams.epoch_counter.current, test_stats=stats)
