@@ -10,6 +10,11 @@ asks, once per run folder (``tools/stage_helpers.sh``, ``evaluate_once``)::
 
     python -m kd_modules.stages.status evaluated RUN_DIR   # exit 0: evaluated; 1: not, and why
 
+Stage 9 (``kd_modules.stages.export``) adds an ``export`` block (``EXPORT_BLOCK``) to an evaluated
+run's results.json, its output checksums kept as they are; the run is *exported*
+(:func:`not_exported_reason`) while it is evaluated and every file the block names (the ONNX,
+TorchScript and int8 files, export.json) is still there with its recorded checksum.
+
 Standard library only: stage 7 asks this of every run folder, and importing torch would add
 seconds to each answer.
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 
 OUTPUT_FIELDS = ("scores", "predictions")
 OUTPUT_RECORD = "output_sha256"
+EXPORT_BLOCK = "export"
 RESULTS = "results.json"
 TRAIN_INFO = "train_info.json"
 
@@ -79,4 +85,29 @@ def not_evaluated_reason(run_dir: str | Path) -> str | None:
             return f"{name} has no checksum in {RESULTS} (written before they were recorded)"
         if file_sha256(path) != recorded[name]:
             return f"{name} changed since it was evaluated"
+    return None
+
+
+def not_exported_reason(run_dir: str | Path, int8: bool = False) -> str | None:
+    """None when ``run_dir`` is exported (see the module's docstring), with an int8 model when
+    ``int8``; else why not, in a few words ("model.onnx changed since it was exported")."""
+    run_dir = Path(run_dir)
+    reason = not_evaluated_reason(run_dir)
+    if reason is not None:
+        return f"not evaluated: {reason}"
+    results = json.loads((run_dir / RESULTS).read_text())
+    block = results.get(EXPORT_BLOCK)
+    if not block:
+        return "not exported yet"
+    if Path(block.get("checkpoint", "")).name != Path(results.get("checkpoint", "")).name:
+        return "exported from another checkpoint than the one evaluated"
+    files = block.get("files", {})
+    if int8 and "onnx_int8" not in files:
+        return "exported without an int8 model"
+    for entry in files.values():
+        path = run_dir / entry["name"]
+        if not path.is_file():
+            return f"{entry['name']} is missing"
+        if file_sha256(path) != entry["sha256"]:
+            return f"{entry['name']} changed since it was exported"
     return None

@@ -136,9 +136,41 @@ VARIANTS_NOTE = (
 )
 
 
+EXPORT_HEADER = ["ONNX ms/s", "int8 ms/s", "ONNX MB", "int8 MB"]
+EXPORT_NOTE = (
+    "ONNX ms/s, int8 ms/s: ONNX Runtime CPU latency on one thread, in ms per second of audio "
+    "(median of stage 9's timed calls), of the fp32 and int8 files; MB: their size on disk "
+    "(stage 9, results.json's export block; – where a run is not exported)."
+)
+
+
+def _one_thread_ms(group: list[dict], variant: str) -> str:
+    """Mean ± std of the runs' one-thread latency of ``variant`` (``onnx_fp32``/``onnx_int8``)."""
+    latencies = [(run.get("export") or {}).get("latency_ms_per_audio_second", {}) for run in group]
+    return _mean_std([latency.get("one_thread", {}).get(variant) for latency in latencies])
+
+
+def _megabytes(group: list[dict], role: str) -> str:
+    """The size in MB of the first exported run's ``role`` file (one architecture: one size)."""
+    files = [(run.get("export") or {}).get("files", {}) for run in group]
+    sizes = [entry[role]["bytes"] for entry in files if role in entry]
+    return f"{sizes[0] / 1e6:.2f}" if sizes else "–"
+
+
+def export_cells(group: list[dict]) -> list[str]:
+    """The :data:`EXPORT_HEADER` cells of a row: one-thread ONNX fp32 and int8 latency, sizes."""
+    return [
+        _one_thread_ms(group, "onnx_fp32"),
+        _one_thread_ms(group, "onnx_int8"),
+        _megabytes(group, "onnx"),
+        _megabytes(group, "onnx_int8"),
+    ]
+
+
 def results_table(runs: list[dict]) -> str:
     """Markdown table: one row per (dataset, role, arch, method), metrics as mean ± std (%);
-    data-free runs of one method with different synthesis settings get a row each."""
+    data-free runs of one method with different synthesis settings get a row each. When some
+    run is exported (stage 9), the exported files' one-thread latency and size follow."""
     flagged = {id(run) for run in other_teacher_runs(runs)}
     variants = synthesis_variants(runs)
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -158,6 +190,7 @@ def results_table(runs: list[dict]) -> str:
             method,
         )
     metric_names = sorted({name for run in runs for name in run["metrics"]})
+    exported = any(run.get("export") for run in runs)
     header = [
         "dataset",
         "role",
@@ -169,6 +202,7 @@ def results_table(runs: list[dict]) -> str:
         "MACs",
         "CPU ms/clip",
         "epoch s",
+        *(EXPORT_HEADER if exported else []),
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = sorted(groups, key=sort_keys.__getitem__)
@@ -182,8 +216,12 @@ def results_table(runs: list[dict]) -> str:
         cells.append(_count(group[0]["macs"]))
         cells.append(_mean_std([run["latency_ms"] for run in group]))
         cells.append(_mean_std([run.get("epoch_time_s") for run in group]))
+        if exported:
+            cells += export_cells(group)
         lines.append("| " + " | ".join(cells) + " |")
     note = "Metrics in % where a rate (accuracy, EER, AUPRC, F1); mean ± std over seeds and folds."
+    if exported:
+        note += " " + EXPORT_NOTE
     if variants:
         note += "\n\n" + VARIANTS_NOTE
     if flagged:

@@ -64,6 +64,18 @@ class TagLayout:
         return flat, {level: result["class_auprc"] for level, result in levels.items()}
 
 
+def clip_targets(entry: dict, rule: str) -> list[int]:
+    """A manifest entry's 0/1 targets ``(K,)``: its verified row when it has one, else the
+    annotators' votes by ``rule``: ``any`` (one annotator is enough) or ``majority`` (more
+    than half). The recipe's training and evaluation read them so, and so does stage 9."""
+    if entry["verified"] is not None:
+        return entry["verified"]
+    if rule not in ("any", "majority"):
+        raise ValueError(f"train_targets must be 'any' or 'majority', not {rule!r}")
+    threshold = 0.0 if rule == "any" else 0.5
+    return [int(vote > threshold) for vote in entry["votes"]]
+
+
 class TaggingBrain(TaskBrain):
     """Train a tagger alone, or a student from a teacher; report the DCASE metrics.
 

@@ -6,6 +6,7 @@
     python -m kd_modules.stages.status record STAMP [--data INFO] [--trained RUN_DIR]
                                              [--output FILE]... -- COMMAND...
     python -m kd_modules.stages.status evaluated RUN_DIR
+    python -m kd_modules.stages.status exported RUN_DIR [--quantize true|false]
 
 A KD method's *kind* is ``datafree`` when its YAML (``KD_DIR/<method>.yaml``) names a synthesiser
 (a top-level ``synthesis: <name>``; stage 6 trains it), else ``kd`` (real-data KD, stages 3 and
@@ -21,10 +22,12 @@ re-prepared manifest, a retrained teacher, a deleted output) means "launch it": 
 resumes, refuses or finds nothing to do, as it always did. Skipping a done stage before its
 process starts saves the seconds Python takes to import torch and compose the YAML.
 
-*Evaluated* is :func:`kd_modules.outputs.not_evaluated_reason` (stage 7).
+*Evaluated* is :func:`kd_modules.outputs.not_evaluated_reason` (stage 7), *exported* is
+:func:`kd_modules.outputs.not_exported_reason` (stage 9; ``--quantize true``: with the int8 model).
 
-Exit status of ``done`` and ``evaluated``: 0 yes, 1 no (and why, on stdout); ``record`` exits 0
-whether it wrote the record or not (why not, on stdout: e.g. the run did not finish).
+Exit status of ``done``, ``evaluated`` and ``exported``: 0 yes, 1 no (and why, on stdout);
+``record`` exits 0 whether it wrote the record or not (why not, on stdout: e.g. the run did not
+finish).
 Standard library and PyYAML only: run.sh asks before every run it may launch.
 """
 
@@ -41,7 +44,7 @@ from typing import Any
 import yaml
 
 from kd_modules.data_info import data_files
-from kd_modules.outputs import file_sha256, not_evaluated_reason
+from kd_modules.outputs import file_sha256, not_evaluated_reason, not_exported_reason
 
 KINDS = ("kd", "datafree")
 TRAIN_INFO = "train_info.json"
@@ -180,12 +183,15 @@ def _parser() -> argparse.ArgumentParser:
             stamp.add_argument("--output", type=Path, action="append", default=[])
     evaluated = commands.add_parser("evaluated", help="is the run folder evaluated")
     evaluated.add_argument("run_dir", type=Path)
+    exported = commands.add_parser("exported", help="is the run folder exported (stage 9)")
+    exported.add_argument("run_dir", type=Path)
+    exported.add_argument("--quantize", choices=("true", "false"), default="false")
     return parser
 
 
 def answer(argv: Sequence[str]) -> str | None:
     """The answer to one question: a line to print with exit status 0 (``methods``, ``value``),
-    or None / a reason (``done``, ``record``, ``evaluated``: None means yes)."""
+    or None / a reason (``done``, ``record``, ``evaluated``, ``exported``: None means yes)."""
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args, command = _parser().parse_args(argv[:split]), argv[split + 1 :]
@@ -199,6 +205,8 @@ def answer(argv: Sequence[str]) -> str | None:
         return " ".join(map(str, value)) if isinstance(value, list) else str(value)
     if args.question == "evaluated":
         return not_evaluated_reason(args.run_dir)
+    if args.question == "exported":
+        return not_exported_reason(args.run_dir, int8=args.quantize == "true")
     if not command:
         raise SystemExit(f"{args.question}: give the stage's command after --")
     if args.question == "done":
@@ -211,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = answer(argv)
     if result is not None:
         print(result)
-    if result is not None and argv[0] in ("done", "evaluated"):
+    if result is not None and argv[0] in ("done", "evaluated", "exported"):
         raise SystemExit(1)
 
 

@@ -27,6 +27,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 
 from kd_modules.brains import TaggingBrain, TagLayout
+from kd_modules.brains.tagging import clip_targets
 from kd_modules.dataio import audio_pipeline, read_json
 from kd_modules.evaluation import common_results, evaluate_best
 from kd_modules.experiment import Recipe, build_brain, run_experiment
@@ -35,17 +36,6 @@ from kd_modules.results import write_results
 
 logger = logging.getLogger(__name__)
 TEST_SETS = {"test": "validate", "eval": "eval"}  # manifest -> the release's split name
-
-
-def clip_targets(entry: dict, rule: str) -> list[int]:
-    """A clip's 0/1 targets: its verified row when it has one, else the annotators' votes by
-    ``rule``: ``any`` (one annotator is enough) or ``majority`` (more than half)."""
-    if entry["verified"] is not None:
-        return entry["verified"]
-    if rule not in ("any", "majority"):
-        raise ValueError(f"train_targets must be 'any' or 'majority', not {rule!r}")
-    threshold = 0.0 if rule == "any" else 0.5
-    return [int(vote > threshold) for vote in entry["votes"]]
 
 
 def splits(hparams: dict) -> tuple[str, ...]:
