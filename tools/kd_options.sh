@@ -17,8 +17,12 @@ python=python3                # the Python interpreter that has kd_modules' requ
 extra_args=""                 # HyperPyYAML overrides for every run, e.g. "--number_of_epochs 30"
 teacher_args=""               # overrides for the teacher only (stage 2)
 kd_args=""                    # overrides for the KD students only (stages 3, 5, 7), e.g. "--tau 2"
+tensorboard=false             # true | false: each run writes TensorBoard events (<run>/tensorboard)
+quantize=false                # true | false: stage 9 also writes an int8 ONNX model
+export_teacher=false          # true | false: stage 9 exports the teacher too, not only the students
 
 # shellcheck disable=SC2034  # read by the sourcing run.sh and by parse_options.sh
 kd_options="teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
-sample_rate convert data_dir exp_dir python extra_args teacher_args kd_args"
+sample_rate convert data_dir exp_dir python extra_args teacher_args kd_args tensorboard quantize
+export_teacher"
 option_files="${option_files:-} ${BASH_SOURCE[0]}"

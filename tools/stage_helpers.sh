@@ -215,6 +215,9 @@ check_kd_options() {
     check_choice use_cache true false
     check_int check_cache 0
     check_choice allow_unfinished_teacher true false
+    check_choice tensorboard true false
+    check_choice quantize true false
+    check_choice export_teacher true false
     check_int sample_rate 1
     check_choice convert auto sox soundfile none
     if [ "$stage" -le 1 ]; then check_writable_dir data_dir; fi  # stages 0 and 1 write it
@@ -223,7 +226,8 @@ check_kd_options() {
 
 # set_kd_flags: resolve --device auto (cuda when torch sees a GPU), and set cache_flag (True /
 # False, for --use_teacher_cache) and unfinished_args (the train.py flag of
-# --allow_unfinished_teacher true, else empty) for the stages to pass on.
+# --allow_unfinished_teacher true, else empty) for the stages to pass on; --tensorboard true adds
+# the YAML key's override (--tensorboard True) to every run's extra_args.
 # shellcheck disable=SC2034  # cache_flag and unfinished_args are the caller's
 set_kd_flags() {
     if [ "$device" = auto ]; then
@@ -232,6 +236,7 @@ set_kd_flags() {
     cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
     unfinished_args=()
     [ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
+    [ "$tensorboard" = false ] || extra_args="${extra_args:+$extra_args }--tensorboard True"
     return 0
 }
 
@@ -373,4 +378,39 @@ single_split_stages() {
         log "stage 6: data-free distillation is not part of this recipe: skipped"
     fi
     evaluation_stage "$tdir" "$methods" "$@"
+}
+
+# ----- stage 9 ----------------------------------------------------------------------------------
+
+# export_once RUN_DIR ARGS...: stage 9 for one evaluated run folder, "python -m
+# kd_modules.stages.export RUN_DIR --quantize $quantize ARGS" (TorchScript, ONNX and with
+# --quantize true int8 ONNX files, their test metric and latency in results.json's export block),
+# unless it is exported: the block names files that are all there with their checksums (stage_status
+# exported, which says why not). A run that is not evaluated is refused by the export itself.
+export_once() {
+    local dir=$1 reason
+    shift
+    if reason=$(stage_status exported "$dir" --quantize "$quantize"); then
+        log "stage 9: $dir already exported"
+        return 0
+    fi
+    log "stage 9: exporting $dir ($reason)"
+    $python -m kd_modules.stages.export "$dir" --quantize "$quantize" "$@"
+}
+
+# export_stage TDIR METHODS ARGS...: stage 9 on each student alone and each student of METHODS
+# (and on the teacher TDIR with --export_teacher true), once each (export_once); ARGS name the
+# test manifest, the calibration clips and the labels or trials (kd_modules.stages.export).
+export_stage() {
+    local tdir=$1 methods=$2 arch seed method
+    shift 2
+    want 9 || return 0
+    [ "$export_teacher" = false ] || export_once "$tdir" "$@"
+    for arch in $students; do
+        for seed in $seeds; do
+            for method in none $methods; do
+                export_once "$(student_folder "$arch" "$method" "$seed")" "$@"
+            done
+        done
+    done
 }

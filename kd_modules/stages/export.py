@@ -317,7 +317,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         _parser().error("--quantize true needs --calibration_manifest (the training manifest)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     test = EvaluationData(args.test_manifest, args.labels_file, args.trials_file)
+    given = {
+        "test_manifest": args.test_manifest,
+        "labels_file": args.labels_file,
+        "trials_file": args.trials_file,
+        "calibration_manifest": args.calibration_manifest,
+    }
     try:
+        for option, path in given.items():
+            if path is not None and not path.is_file():
+                raise ExportRefused(f"--{option} {path} does not exist (stage 1 writes it)")
         block = export_and_score(
             args.run_dir,
             test,

@@ -4,6 +4,7 @@
 # paper's table. Stages follow the repository's convention:
 #   0 check  1 prepare  2 teacher  3 teacher cache  4 students alone  5 KD students
 #   6 (data-free synthesis: not part of this recipe)  7 evaluate  8 report
+#   9 export (TorchScript, ONNX, int8 ONNX; opt-in: --stage 9 --stop_stage 9)
 # Re-running the same command resumes: finished stages are skipped, training resumes from the
 # last checkpoint. Examples:
 #   ./run.sh --data_root /data/sonyc-ust --seeds "1 2 3"
@@ -12,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd)
 
-stage=0                       # first stage to run (0-8)
-stop_stage=8                  # last stage to run (0-8)
+stage=0                       # first stage to run (0-9)
+stop_stage=8                  # last stage to run (0-9; 9, export, runs only when asked)
 data_root=""                  # the SONYC-UST release: annotations.csv, taxonomy, train/, validate/
 standin=false                 # true | false: stage 0 builds a small stand-in tree (README.md)
 methods="kd sp iusp kd_sp kd_iusp fitnets"  # KD methods of stage 5 (hparams/kd/<method>.yaml)
@@ -25,14 +26,14 @@ teacher=cnn10                 # teacher architecture (hparams/teacher/<arch>.yam
 options="stage stop_stage data_root standin methods students teacher $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
-        6 (not in this recipe), 7 evaluate, 8 report"
+        6 (not in this recipe), 7 evaluate, 8 report, 9 export"
 # shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
 # shellcheck source=../../tools/stage_helpers.sh
 . "$root/tools/stage_helpers.sh"
 
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
-check_stage_range 8
+check_stage_range 9
 check_choice standin true false
 check_kd_options
 
@@ -92,9 +93,15 @@ report_stage() {  # 8: RESULTS.md, the IUSP table and the frame-similarity figur
     $python local/report.py "$exp" --out "$exp/RESULTS.md" --figure "$exp/frame_similarity.png"
 }
 
+export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
+    export_stage "$tdir" "$methods" --test_manifest "$data/test.json" \
+        --labels_file "$data/labels.json" --calibration_manifest "$data/train.json"
+}
+
 # ----- the stages ----------------------------------------------------------------------------
 check_stage     # 0
 prepare_stage   # 1
 kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, (6), 7 evaluate
 report_stage    # 8
+export_runs     # 9
 log "done"

@@ -3,6 +3,7 @@
 # students (Hinton KD, FitNets, SP). Stages follow the repository's convention:
 #   0 check  1 prepare  2 teacher  3 teacher cache  4 student alone  5 KD students
 #   6 data-free KD (synthesise a pool per synthesiser, distil on it)  7 evaluate  8 report
+#   9 export (TorchScript, ONNX, int8 ONNX; opt-in: --stage 9 --stop_stage 9)
 # Re-running the same command resumes: finished stages are skipped, training resumes from the
 # last checkpoint. Example:
 #   ./run.sh --dataset urbansound8k --data_root /data/UrbanSound8K --folds "1 2" --seeds "1 2 3"
@@ -10,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd)
 
-stage=0                       # first stage to run (0-8)
-stop_stage=8                  # last stage to run (0-8)
+stage=0                       # first stage to run (0-9)
+stop_stage=8                  # last stage to run (0-9; 9, export, runs only when asked)
 dataset=fsdd                  # esc50 | urbansound8k | audiomnist | fsdd
 data_root=""                  # the dataset's official layout (see README.md)
 split=official                # official | seeded (a seeded grouped split, for partial copies)
@@ -34,14 +35,14 @@ options="stage stop_stage dataset data_root split folds methods students teacher
 min_duration_s download update_readme synthesis_args $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD students,
-        6 data-free KD (synthesis + distillation), 7 evaluate, 8 report"
+        6 data-free KD (synthesis + distillation), 7 evaluate, 8 report, 9 export"
 # shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
 # shellcheck source=../../tools/stage_helpers.sh
 . "$root/tools/stage_helpers.sh"
 
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
-check_stage_range 8
+check_stage_range 9
 check_choice dataset esc50 urbansound8k audiomnist fsdd
 if [ -z "$teacher" ]; then
     # Each dataset's default teacher and its epochs, chosen as one that clearly beats the student
@@ -128,11 +129,11 @@ prepare_stage() {  # 1: manifests per fold, labels.json, data_info.json (--folds
         --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s"
 }
 
-read_prepared() {  # the prepared folds (unless --folds) and classes: stages 2-8 read them
+read_prepared() {  # the prepared folds (unless --folds) and classes: stages 2-9 read them
     if [ -f "$data_info" ]; then
         [ -n "$folds" ] || folds=$(json_field "$data_info" folds)
         n_classes=$(json_field "$data_info" outputs)
-    elif [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; then
+    elif { [ "$stage" -le 7 ] && [ "$stop_stage" -ge 2 ]; } || want 9; then
         die "no prepared data in $data: run stage 1 first"
     fi
 }
@@ -216,6 +217,15 @@ report_stage() {  # 8: RESULTS.md (and the synthesis grid when there are data-fr
     fi
 }
 
+export_runs() {  # 9: every run of every fold (data-free students too), once each
+    want 9 || return 0
+    for fold in $folds; do
+        export_stage "$(teacher_folder "$fold")" "$kd_methods $datafree_methods" \
+            --test_manifest "$data/fold$fold/test.json" --labels_file "$data/labels.json" \
+            --calibration_manifest "$data/fold$fold/train.json"
+    done
+}
+
 # ----- the stages ----------------------------------------------------------------------------
 check_stage      # 0
 prepare_stage    # 1
@@ -224,4 +234,5 @@ kd_stages        # 2 teacher, 3 teacher cache, 4 student alone, 5 KD students
 datafree_stage   # 6
 evaluate_stage   # 7
 report_stage     # 8
+export_runs      # 9
 log "done"

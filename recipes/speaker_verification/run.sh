@@ -4,6 +4,7 @@
 # minDCF with and without score normalisation. Stages follow the repository's convention:
 #   0 check  1 prepare  2 teacher  3 teacher cache (IML-KD: the integrated-gradients maps)
 #   4 students alone  5 KD students  6 (data-free KD: not part of this recipe)  7 verify  8 report
+#   9 export (TorchScript, ONNX, int8 ONNX; opt-in: --stage 9 --stop_stage 9)
 # Re-running the same command resumes: finished stages are skipped, training resumes from the
 # last checkpoint. Examples:
 #   ./run.sh --dataset voxceleb1 --data_root /data/VoxCeleb1 --seeds "1 2 3"
@@ -13,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd)
 
-stage=0                       # first stage to run (0-8)
-stop_stage=8                  # last stage to run (0-8)
+stage=0                       # first stage to run (0-9)
+stop_stage=8                  # last stage to run (0-9; 9, export, runs only when asked)
 dataset=voxceleb1             # voxceleb1 | librispeech
 data_root=""                  # the dataset's official layout (README.md)
 standin=false                 # true | false: stage 0 builds a small VoxCeleb1-layout stand-in
@@ -39,14 +40,14 @@ train_subsets test_subsets methods students teacher min_duration_s segment_s dow
 $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
-        6 (not in this recipe), 7 verify, 8 report"
+        6 (not in this recipe), 7 verify, 8 report, 9 export"
 # shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
 # shellcheck source=../../tools/stage_helpers.sh
 . "$root/tools/stage_helpers.sh"
 
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
-check_stage_range 8
+check_stage_range 9
 check_choice dataset voxceleb1 librispeech
 check_choice standin true false
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.5'
@@ -136,9 +137,15 @@ report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-grad
         --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
 }
 
+export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
+    export_stage "$tdir" "$methods" --test_manifest "$data/test.json" \
+        --trials_file "$data/trials.txt" --calibration_manifest "$data/train.json"
+}
+
 # ----- the stages ----------------------------------------------------------------------------
 check_stage     # 0
 prepare_stage   # 1
 kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, (6), 7 verify
 report_stage    # 8
+export_runs     # 9
 log "done"

@@ -9,6 +9,7 @@ SpeechBrain's torchvision warning no longer reaches the log.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from conftest import RECIPE, REPO, run_recipe, write_fsdd_manifests
 
 from kd_modules.cache import check_deterministic_inputs
 from kd_modules.data_info import DATA_INFO, data_info
+from kd_modules.outputs import EXPORT_BLOCK, file_sha256
+from kd_modules.results import REQUIRED_FIELDS, write_results
 
 RUN_SH = RECIPE / "run.sh"
 
@@ -49,8 +52,8 @@ def refused(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize(
     ("option", "value", "allowed"),
     [
-        ("stage", "two", "an integer from 0 to 8"),
-        ("stop_stage", "9", "an integer from 0 to 8"),
+        ("stage", "two", "an integer from 0 to 9"),
+        ("stop_stage", "10", "an integer from 0 to 9"),
         ("teacher_seed", "-1", "an integer >= 0"),
         ("seeds", "1,2", '1 or more integers separated by spaces, e.g. "1 2 3"'),
         ("seeds", "", '1 or more integers separated by spaces, e.g. "1 2 3"'),
@@ -65,6 +68,9 @@ def refused(proc: subprocess.CompletedProcess) -> str:
         ("convert", "ffmpeg", "auto|sox|soundfile|none"),
         ("download", "True", "true|false"),
         ("update_readme", "no", "true|false"),
+        ("quantize", "yes", "true|false"),
+        ("export_teacher", "1", "true|false"),
+        ("tensorboard", "on", "true|false"),
     ],
 )
 def test_invalid_value_is_refused_before_any_stage(tmp_path, option, value, allowed):
@@ -730,3 +736,131 @@ def test_stage_3_runs_one_process_per_distinct_teacher_cache(tmp_path, recorder)
         "imlkd",
         "imlkd_1s",
     ]
+
+
+# ----- issue 17: stage 9 (export) and --tensorboard ----------------------------------------------
+def evaluated_run(folder: Path, exported_roles: tuple[str, ...] = ()) -> Path:
+    """A run folder as stage 7 leaves it (train_info.json older than results.json), exported by
+    stage 9 when ``exported_roles`` names its files (results.json's export block)."""
+    folder.mkdir(parents=True)
+    (folder / "train_info.json").write_text("{}")
+    os.utime(folder / "train_info.json", (1e9, 1e9))
+    results = {name: None for name in REQUIRED_FIELDS}
+    results.update(metrics={"accuracy": 0.5}, checkpoint=str(folder / "save" / "CKPT+1"))
+    files = {}
+    for role in exported_roles:
+        name = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}.get(role, "export.json")
+        (folder / name).write_text(f"{role}\n")
+        files[role] = {"name": name, "sha256": file_sha256(folder / name)}
+    if files:
+        results[EXPORT_BLOCK] = {"checkpoint": results["checkpoint"], "files": files}
+    write_results(folder / "results.json", results)
+    return folder
+
+
+def exports(log: Path) -> dict[str, str]:
+    """Run folder -> the stage-9 command run.sh launched for it."""
+    lines = [line for line in log.read_text().splitlines() if "kd_modules.stages.export" in line]
+    return {line.split()[2]: line for line in lines}
+
+
+def test_stage_9_exports_each_student_once_and_skips_exported_runs(tmp_path, recorder):
+    """Every evaluated student is exported with --quantize and its fold's test manifest, labels
+    and calibration clips; a run whose export block names unchanged files is skipped (with an
+    int8 file when --quantize true); the teacher only with --export_teacher true."""
+    stub, log = recorder
+    data = prepared(tmp_path, "fsdd", "seeded", [1])
+    runs = tmp_path / "exp" / "fsdd" / "fold1"
+    teacher = evaluated_run(runs / "teacher" / "cnn" / "none" / "seed1")
+    alone = evaluated_run(runs / "student" / "xvector_small" / "none" / "seed1")
+    kd = evaluated_run(runs / "student/xvector_small/kd/seed1", ("onnx", "export_json"))
+    args = [
+        "--python",
+        str(stub),
+        "--stage",
+        "9",
+        "--stop_stage",
+        "9",
+        "--methods",
+        "kd",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    ]
+
+    log.write_text("")
+    proc = run_recipe(RECIPE, *args, "--quantize", "false")
+    assert list(exports(log)) == [str(alone)]
+    assert exports(log)[str(alone)] == (
+        f"-m kd_modules.stages.export {alone} --quantize false --test_manifest "
+        f"{data}/fold1/test.json --labels_file {data}/labels.json --calibration_manifest "
+        f"{data}/fold1/train.json"
+    )
+    assert f"stage 9: {kd} already exported" in proc.stdout
+    log.write_text("")
+    proc = run_recipe(RECIPE, *args, "--quantize", "true", "--export_teacher", "true")
+    assert sorted(exports(log)) == sorted(map(str, (teacher, alone, kd)))
+    assert all(" --quantize true " in line for line in exports(log).values())
+    assert f"stage 9: exporting {kd} (exported without an int8 model)" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("recipe", "files"),
+    [
+        ("audio_tagging", "--labels_file {data}/labels.json"),
+        ("speaker_verification", "--trials_file {data}/trials.txt"),
+    ],
+)
+def test_stage_9_of_the_single_split_recipes_names_their_test_files(
+    tmp_path, recorder, recipe, files
+):
+    stub, log = recorder
+    folder = REPO / "recipes" / recipe
+    dataset = {"audio_tagging": "sonyc_ust", "speaker_verification": "voxceleb1"}[recipe]
+    data = tmp_path / "data" / dataset
+    student = "crnn" if recipe == "audio_tagging" else "ecapa_tiny"
+    run = evaluated_run(tmp_path / "exp" / dataset / "student" / student / "none" / "seed1")
+    run_recipe(
+        folder,
+        "--python",
+        str(stub),
+        "--stage",
+        "9",
+        "--stop_stage",
+        "9",
+        "--methods",
+        "",
+        "--students",
+        student,
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    )
+    assert exports(log) == {
+        str(run): f"-m kd_modules.stages.export {run} --quantize false --test_manifest "
+        f"{data}/test.json {files.format(data=data)} --calibration_manifest {data}/train.json"
+    }
+
+
+def test_tensorboard_true_reaches_every_run_as_the_yaml_key(tmp_path, recorder):
+    stub, log = recorder
+    prepared(tmp_path, "fsdd", "seeded", [1])
+    args = [
+        "--python",
+        str(stub),
+        "--stage",
+        "2",
+        "--stop_stage",
+        "5",
+        "--methods",
+        "kd",
+        "--device",
+        "cpu",
+        *folders(tmp_path),
+    ]
+    run_recipe(RECIPE, *args, "--tensorboard", "true")
+    trained = commands(log, "train.py")
+    assert len(trained) == 3 and all(" --tensorboard True" in line for line in trained)
+    log.write_text("")
+    run_recipe(RECIPE, *args)
+    assert not any("--tensorboard" in line for line in commands(log, "train.py"))
