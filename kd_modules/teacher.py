@@ -28,6 +28,7 @@ from torch import nn
 
 from kd_modules.cache import TeacherCache, cache_key, check_deterministic_inputs
 from kd_modules.checkpoints import Checkpointer
+from kd_modules.hparams import OneLineError
 from kd_modules.run_folder import training_status
 from kd_modules.taps import FeatureTaps
 
@@ -143,6 +144,14 @@ class Teacher:
         return teacher
 
 
+class MissingTapPoint(OneLineError, KeyError):
+    """A KD method taps a role (``"@pre"``) its teacher does not declare: one line naming both, no
+    traceback (e.g. FRAMI's reuse with a teacher that has no statistics pooling)."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message
+        return str(self.args[0])
+
+
 def resolve_tap_points(
     taps: dict[str, str] | None, tap_points: dict[str, str] | None, exp_dir: Path
 ) -> dict[str, str]:
@@ -161,7 +170,7 @@ def resolve_tap_points(
         role = path[1:]
         if not tap_points or role not in tap_points:
             have = ", ".join(sorted(tap_points or {})) or "none"
-            raise KeyError(
+            raise MissingTapPoint(
                 f"the teacher in {exp_dir} declares no tap point {role!r} (tap {name!r} asks for "
                 f"{path}); its architecture YAML's tap_points: {have} (a teacher trained before "
                 "tap points existed: add its arch YAML's tap_points to its hyperparams.yaml)"

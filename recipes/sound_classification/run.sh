@@ -44,21 +44,15 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 student alone, 5 KD st
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
 check_stage_range 9
 check_choice dataset esc50 urbansound8k audiomnist fsdd
-if [ -z "$teacher" ]; then
-    # Each dataset's default teacher and its epochs, chosen as one that clearly beats the student
-    # alone, measured with 3 student seeds (README.md, "Default teachers"). The epochs are stage
-    # 2's number_of_epochs unless --extra_args or --teacher_args set it. Data-free KD (stage 6)
-    # needs the statistics-pooling teacher: give --teacher xvector_large with those methods.
-    case "$dataset" in
-        fsdd) teacher=cnn teacher_epochs=30 ;;
-        urbansound8k) teacher=ensemble teacher_epochs=30 ;;
-        esc50 | audiomnist) teacher=xvector_large teacher_epochs=15 ;;  # not measured here
-    esac
-    case " $extra_args $teacher_args " in
-        *" --number_of_epochs "*) ;;
-        *) teacher_args="--number_of_epochs $teacher_epochs${teacher_args:+ $teacher_args}" ;;
-    esac
-fi
+default_teacher=$([ -z "$teacher" ] && echo true || echo false)
+# Each dataset's default teacher and its epochs, chosen as one that clearly beats the student alone,
+# measured with 3 student seeds (README.md, "Default teachers"); the epochs are stage 2's
+# number_of_epochs unless --extra_args or --teacher_args set it (both applied below).
+case "$dataset" in
+    fsdd) teacher=${teacher:-cnn} teacher_epochs=30 ;;
+    urbansound8k) teacher=${teacher:-ensemble} teacher_epochs=30 ;;
+    esc50 | audiomnist) teacher=${teacher:-xvector_large} teacher_epochs=15 ;;  # not measured here
+esac
 check_choice split official seeded
 check_ints folds 0
 check_choice augment true false
@@ -74,6 +68,15 @@ set_kd_flags  # device (auto resolved), cache_flag, unfinished_args
 augment_flag=$([ "$augment" = true ] && echo True || echo False)
 kd_methods=$(methods_of kd)              # real-data KD: stages 3 and 5
 datafree_methods=$(methods_of datafree)  # their kd YAML names a synthesiser: stage 6
+if [ "$default_teacher" = true ]; then
+    # Data-free KD needs the statistics-pooling teacher (FRAMI reuses its pooled states): with a
+    # data-free method in --methods the default is xvector_large, as in the data-free tables.
+    [ -z "$datafree_methods" ] || teacher=xvector_large teacher_epochs=15
+    case " $extra_args $teacher_args " in
+        *" --number_of_epochs "*) ;;
+        *) teacher_args="--number_of_epochs $teacher_epochs${teacher_args:+ $teacher_args}" ;;
+    esac
+fi
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 synthesiser() { stage_status value "hparams/kd/$1.yaml" synthesis; }  # of a data-free METHOD

@@ -864,3 +864,11 @@ def test_tensorboard_true_reaches_every_run_as_the_yaml_key(tmp_path, recorder):
     log.write_text("")
     run_recipe(RECIPE, *args)
     assert not any("--tensorboard" in line for line in commands(log, "train.py"))
+
+
+def test_a_datafree_method_makes_the_default_teacher_the_xvector(tmp_path, recorder):
+    """FSDD's default teacher (the CNN) has no statistics pooling for FRAMI to reuse: with a
+    data-free method in --methods the default is xvector_large, so stage 6 can run."""
+    teacher = teacher_command(tmp_path, recorder, "--methods", "kd frami")
+    assert "hparams/teacher/xvector_large.yaml" in teacher
+    assert teacher.endswith("--number_of_epochs 15")

@@ -11,6 +11,7 @@ from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
 from kd_modules.checkpoints import Checkpointer
+from kd_modules.hparams import run_main
 from kd_modules.taps import FeatureTaps
 from kd_modules.teacher import Teacher
 
@@ -119,6 +120,21 @@ def test_a_role_the_teacher_does_not_declare_is_refused_naming_it(tmp_path):
     save_teacher_experiment(tmp_path / "old", "")
     with pytest.raises(KeyError, match="tap_points: none"):
         Teacher.from_experiment(tmp_path / "old", taps={"x": "@frames"})
+
+
+def test_a_missing_tap_point_ends_a_recipe_script_in_one_line(tmp_path, capsys):
+    """E.g. FRAMI (stage 6) asked of the CNN teacher: one line naming the role, no traceback."""
+    save_teacher_experiment(tmp_path / "t", "tap_points:\n    frames: frames\n")
+
+    def main(argv):
+        Teacher.from_experiment(tmp_path / "t", taps={"pre": "@pre"}, max_key="accuracy")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, [])
+    assert stop.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "declares no tap point 'pre'" in line and "tap_points: frames" in line
+    assert not line.split(": ", 1)[1].startswith('"')  # the message, not KeyError's repr
 
 
 def yaml_mapping(path: Path, key: str) -> dict:
