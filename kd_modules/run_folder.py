@@ -33,7 +33,7 @@ LOCK_NAME = ".lock"
 RUN_RECORD = "run_record.json"
 TRAIN_INFO = "train_info.json"
 SESSIONS = "train_sessions.json"
-HEARTBEAT_S = 5.0  # SessionClock's interval: a killed session loses at most this much time
+HEARTBEAT_S = 1.0  # SessionClock's interval: a killed session loses at most this much time
 
 
 class FolderBusyError(RuntimeError):
@@ -168,8 +168,9 @@ class SessionClock:
     Each session appends an entry to ``folder/train_sessions.json`` and a daemon thread rewrites
     its elapsed time every ``heartbeat_s`` seconds (default :data:`HEARTBEAT_S`, read when the
     clock is made), so a session killed (even by ``kill -9``) still counts up to its last
-    heartbeat. The default is short next to a session (the demos' stages train for seconds): at
-    30 s, a stage killed after 20 s of training was recorded as 1e-6 s. Use as a context manager
+    heartbeat. The default (1 s; one small atomic write) is short next to any stage, even the demos'
+    stages of seconds: at 30 s, a stage killed after 20 s of training was recorded as 1e-6 s.
+    Use as a context manager
     around ``Brain.fit``.
     """
 
