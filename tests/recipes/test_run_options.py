@@ -183,6 +183,7 @@ def test_help_gives_every_option_its_value_and_meaning():
         "official | seeded (a seeded grouped split, for partial copies)",
     ]
     assert lines["use_cache"] == ["true", "true | false: KD students read stage 3's teacher cache"]
+    assert "--cache_shard_seconds" in lines["kd_args"][1]  # how a user sizes stage 3's shards
 
 
 def test_help_shows_values_given_before_it():
