@@ -39,7 +39,13 @@ from kd_modules.export.manifest import (
     read_export_json,
     write_export_json,
 )
-from kd_modules.export.parity import TOLERANCE, check_parity, max_differences, reference_outputs
+from kd_modules.export.parity import (
+    MIN_LENGTHS,
+    TOLERANCE,
+    check_parity,
+    max_differences,
+    reference_outputs,
+)
 from kd_modules.export.quantize import quantise
 from kd_modules.export.runtime import load_torchscript, onnx_runner, onnx_session, torch_runner
 from kd_modules.export.wrapper import TASK_OUTPUTS, DeployedModel, RecipePipeline
@@ -95,6 +101,21 @@ def manifest_clips(
         clip = read_audio(entry["wav"], sample_rate, entry.get("start", 0), entry.get("stop"))
         clips.append(clip[:limit])
     return clips
+
+
+def varied_lengths(clips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``clips`` as they are when they have :data:`~kd_modules.export.parity.MIN_LENGTHS`
+    different lengths or more; else clip ``k`` of ``N`` cut to its first ``(N + k) / 2N`` (plus
+    one sample, off the hop grid), the last whole. A recipe whose clips are all one length
+    (SONYC-UST's 10 s, the tagging stand-in's 4 s) would otherwise give the tracer an example
+    batch without padding and the parity check no padded clip."""
+    if len({int(clip.numel()) for clip in clips}) >= MIN_LENGTHS or len(clips) < MIN_LENGTHS:
+        return clips
+    count = len(clips)
+    return [
+        clip if k == count - 1 else clip[: clip.numel() * (count + k) // (2 * count) + 1]
+        for k, clip in enumerate(clips)
+    ]
 
 
 def labels_entry(labels_file: str | Path | None) -> dict:
@@ -182,7 +203,9 @@ def export_run(
         return read_export_json(run_folder)
     (run_folder / EXPORT_JSON).unlink(missing_ok=True)  # not finished until written again
     rate = int(hparams["sample_rate"])
-    clips = manifest_clips(test_manifest, rate, parity_clips, hparams.get("max_duration_s"))
+    clips = varied_lengths(
+        manifest_clips(test_manifest, rate, parity_clips, hparams.get("max_duration_s"))
+    )
     model, front_end = hparams["model"], hparams["front_end"]
     files = {role: run_folder / FILES[role] for role in ("torchscript", "onnx")}
     example = example_batch(sorted(clips, key=len)[:2])
