@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "samples"
 SHARED_DATA = REPO.parent / "shared" / "data"
 RECIPE = REPO / "recipes" / "sound_classification"
+ROLES = ("train", "valid", "test")
 FSDD_CLIPS = SAMPLES / "fsdd" / "free-spoken-digit-dataset" / "recordings"
 
 
@@ -108,6 +109,21 @@ def recipe_train():
     from recipes.sound_classification import train
 
     return train
+
+
+def write_fsdd_data_info(data: Path, folds: Sequence[int] = (1,)) -> Path:
+    """What stage 1 writes beside hand-made FSDD manifests in ``data`` (``data/fold<k>/*.json``):
+    labels.json and data_info.json, the facts run.sh reads before stages 2-9."""
+    from kd_modules.data_info import DATA_INFO, data_info
+
+    classes = [str(digit) for digit in range(10)]
+    (data / "labels.json").write_text(json.dumps(classes))
+    files = ["labels.json"] + [f"fold{k}/{role}.json" for k in folds for role in ROLES]
+    info = data_info(
+        data, "fsdd", len(classes), files, classes=classes, split="seeded", folds=list(folds)
+    )
+    (data / DATA_INFO).write_text(json.dumps(info))
+    return data
 
 
 def write_fsdd_manifests(folder: Path, per_split: dict[str, int]) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import RECIPE, run_recipe, write_fsdd_manifests
+from conftest import RECIPE, run_recipe, write_fsdd_data_info, write_fsdd_manifests
 from hyperpyyaml import load_hyperpyyaml
 
 from kd_modules.brains.distill import KDObjective
@@ -56,7 +56,7 @@ def ddp_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("ddp")
     data = tmp / "data" / "fsdd"
     write_fsdd_manifests(data / "fold1", {"train": TRAIN_PER_DIGIT, "valid": 1, "test": 1})
-    (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
+    write_fsdd_data_info(data)
     fold = tmp / "exp" / "fsdd" / "fold1"
     teacher = fold / "teacher" / "xvector_large" / "none" / "seed1"
     student = fold / "student" / "xvector_small" / "fitnets" / "seed1"

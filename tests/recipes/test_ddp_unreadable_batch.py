@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FSDD_CLIPS, RECIPE, run_recipe
+from conftest import FSDD_CLIPS, RECIPE, run_recipe, write_fsdd_data_info
 
 from kd_modules.dataio import AudioReadError, read_audio
 
@@ -72,7 +72,7 @@ def ddp_run(tmp_path_factory) -> dict:
         read_audio(corrupt)
     data = tmp / "data" / "fsdd"
     write_manifests(data / "fold1", corrupt)
-    (data / "labels.json").write_text(json.dumps([str(d) for d in range(10)]))
+    write_fsdd_data_info(data)
     run_recipe(RECIPE, *options(tmp, epochs=1), "--stage", "2", "--stop_stage", "2")  # one process
     # a hang (gloo waiting on the other rank) fails at the timeout, the process group stopped
     ddp = run_recipe(
