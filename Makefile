@@ -41,6 +41,7 @@ test-fast: env lint
 
 lint: env
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .  # the formatter's layout (Python files; pyproject.toml)
 	$(VENV)/bin/lint-imports  # the rooms and their import order, no circles (.importlinter)
 
 clean-demo:
