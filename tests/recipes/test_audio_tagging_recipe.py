@@ -220,3 +220,36 @@ def test_rerun_retrains_and_reevaluates_nothing(experiment: Experiment, resumed)
     evaluated = re.findall(r"stage 7: (\S+) already evaluated", second.stdout)
     assert sorted(evaluated) == sorted(str(experiment.run_dir(*run)) for run in RUNS)
     assert second.stdout.rstrip().endswith("[run.sh] done")
+
+
+# ----- stage 9, export (issue 17) -----------------------------------------------------------------
+def test_stage_9_exports_the_student_and_its_files_score_the_pytorch_model(experiment: Experiment):
+    """The stand-in's clips all last 4 s: the student alone still exports (parity on clips cut to
+    several lengths) with int8; its fp32 files give the PyTorch model's coarse and fine
+    micro-AUPRC on validate, one clip at a time; the int8 delta is reported; the same command
+    again exports nothing."""
+    command = [
+        *experiment.command,
+        "--methods",
+        "",
+        "--stage",
+        "9",
+        "--stop_stage",
+        "9",
+        "--quantize",
+        "true",
+    ]
+    run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
+    run = experiment.run_dir("student", "crnn", "none")
+    results = json.loads((run / "results.json").read_text())
+    block = results["export"]
+    assert len(set(block["parity"]["clip_samples"])) >= 3
+    for name in ("coarse_micro_auprc", "fine_micro_auprc"):
+        metric = block["metrics"][name]
+        assert metric["stage_7"] == results["metrics"][name]
+        for variant in ("torchscript", "onnx_fp32"):
+            assert abs(metric[variant] - metric["eager"]) <= 1e-4, (name, variant)
+        assert metric["int8_delta"] == pytest.approx(metric["onnx_int8"] - metric["onnx_fp32"])
+    assert {"model.onnx", "model.int8.onnx", "export.json"} <= {p.name for p in run.iterdir()}
+    again = run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
+    assert f"stage 9: {run} already exported" in again.stdout

@@ -324,3 +324,31 @@ def test_imlkd_student_trains_with_the_live_integrated_teacher(experiment: Exper
     history = json.loads((student / "history.json").read_text())
     train = [entry["stats"] for entry in history if entry["stage"] == "train"]
     assert len(train) == 1 and math.isfinite(train[0]["kd_mlkd"]) and train[0]["kd_mlkd"] > 0
+
+
+# ----- stage 9, export (issue 17) -----------------------------------------------------------------
+def test_stage_9_exports_the_student_and_its_embeddings_give_stage_7s_eer(experiment: Experiment):
+    """The student alone exported with int8: the EER of the trial list from its fp32 files'
+    embeddings equals the PyTorch model's, and stage 7's (which embeds one utterance at a time
+    too); the int8 delta is reported."""
+    command = [
+        *user_command(experiment.root, experiment.root / "exp", ()),
+        "--stage",
+        "9",
+        "--stop_stage",
+        "9",
+        "--quantize",
+        "true",
+    ]
+    run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
+    results = experiment.json(("student", ARCH, "none"), "results.json")
+    eer = results["export"]["metrics"]["eer"]
+    assert eer["stage_7"] == results["metrics"]["eer"]
+    for variant in ("stage_7", "torchscript", "onnx_fp32"):
+        assert abs(eer[variant] - eer["eager"]) <= 1e-4, variant
+    assert eer["int8_delta"] == pytest.approx(eer["onnx_int8"] - eer["onnx_fp32"])
+    assert (
+        results["export"]["test_clips"]
+        == len(json.loads((experiment.data / "test.json").read_text()))
+        - results["export"]["skipped_test_clips"]
+    )
