@@ -258,6 +258,32 @@ def set_export_block(run_dir: Path, block: dict | None) -> dict:
     return results
 
 
+def scored_block(run_dir: Path, record: dict, results: dict, test: EvaluationData) -> dict:
+    """The export block of the files export.json's ``record`` names, with their test metric and
+    the PyTorch model's (:func:`clip_outputs`, :func:`task_metrics`); refused when an fp32 file
+    scores otherwise than the PyTorch model."""
+    task = results["task"]
+    if task == "audio_tagging":
+        test.rule = results["train_targets"]
+    runners = file_runners(run_dir, record["files"], torch.get_num_threads())
+    max_duration_s = yaml_value(run_dir / "hyperparams.yaml", "max_duration_s")
+    ids, outputs, skipped = clip_outputs(
+        runners, test.manifest, record["sample_rate"], max_duration_s
+    )
+    scored = {name: task_metrics(task, ids, rows, test) for name, rows in outputs.items()}
+    reported = {name: results["metrics"][name] for name in TASK_METRICS[task]}
+    metrics = metric_entries(reported, scored)
+    mismatches = fp32_mismatches(metrics)
+    if mismatches:
+        raise ExportRefused(
+            f"{run_dir} is not exported: the fp32 files' test metric differs from the PyTorch "
+            f"model's by more than {METRIC_TOLERANCE:g}: {', '.join(mismatches)}"
+        )
+    for note in batching_notes(metrics):
+        logger.info("%s: %s", run_dir, note)
+    return export_block(run_dir, record, metrics, len(ids), skipped)
+
+
 def export_and_score(
     run_dir: str | Path,
     test: EvaluationData,
@@ -293,27 +319,12 @@ def export_and_score(
             )
         except ParityError as error:
             raise ExportRefused(f"{run_dir} is not exported: {error}") from None
-        check_checkpoint(run_dir, results, record)
-        if task == "audio_tagging":
-            test.rule = results["train_targets"]
-        runners = file_runners(run_dir, record["files"], torch.get_num_threads())
-        max_duration_s = yaml_value(run_dir / "hyperparams.yaml", "max_duration_s")
-        ids, outputs, skipped = clip_outputs(
-            runners, test.manifest, record["sample_rate"], max_duration_s
-        )
-        scored = {name: task_metrics(task, ids, rows, test) for name, rows in outputs.items()}
-        reported = {name: results["metrics"][name] for name in TASK_METRICS[task]}
-        metrics = metric_entries(reported, scored)
-        mismatches = fp32_mismatches(metrics)
-        if mismatches:
-            (run_dir / EXPORT_JSON).unlink(missing_ok=True)
-            raise ExportRefused(
-                f"{run_dir} is not exported: the fp32 files' test metric differs from the PyTorch "
-                f"model's by more than {METRIC_TOLERANCE:g}: {', '.join(mismatches)}"
-            )
-        for note in batching_notes(metrics):
-            logger.info("%s: %s", run_dir, note)
-        block = export_block(run_dir, record, metrics, len(ids), skipped)
+        try:
+            check_checkpoint(run_dir, results, record)
+            block = scored_block(run_dir, record, results, test)
+        except ExportRefused:
+            (run_dir / EXPORT_JSON).unlink(missing_ok=True)  # refused: not exported
+            raise
         set_export_block(run_dir, block)
     return block
 

@@ -343,6 +343,20 @@ def test_another_test_manifest_than_results_json_names_is_refused(trained, tmp_p
 
 
 @pytest.mark.slow
+def test_a_checkpoint_other_than_the_evaluated_one_is_not_exported(trained, tmp_path):
+    """results.json naming another checkpoint than the run's best one now (it trained on after
+    stage 7): refused, and the export.json written on the way removed."""
+    test, run_dir = _copy(trained, tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    results["checkpoint"] = str(run_dir / "save" / "CKPT+an-older-one")
+    (run_dir / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ExportRefused, match=r"results.json evaluated CKPT\+an-older-one, the best"):
+        export_and_score(run_dir, test, latency_repeats=0)
+    assert not (run_dir / "export.json").exists()
+    assert EXPORT_BLOCK not in json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.slow
 def test_an_unevaluated_run_is_refused_with_one_line(trained, tmp_path):
     test, run_dir = _copy(trained, tmp_path)
     (run_dir / "results.json").unlink()
