@@ -111,6 +111,16 @@ def recipe_train():
     return train
 
 
+def live_fitnets_options(tmp: Path, extra_args: str) -> list[str]:
+    """Sound-classification run.sh options of the DDP tests: FSDD prepared under ``tmp``, the
+    x-vector teacher run live (no cache), a FitNets student, and ``extra_args`` for every run."""
+    return [
+        *("--python", sys.executable, "--dataset", "fsdd", "--teacher", "xvector_large"),
+        *("--device", "cpu", "--data_dir", str(tmp / "data"), "--exp_dir", str(tmp / "exp")),
+        *("--methods", "fitnets", "--use_cache", "false", "--extra_args", extra_args),
+    ]
+
+
 def write_fsdd_data_info(data: Path, folds: Sequence[int] = (1,)) -> Path:
     """What stage 1 writes beside hand-made FSDD manifests in ``data`` (``data/fold<k>/*.json``):
     labels.json and data_info.json, the facts run.sh reads before stages 2-9."""

@@ -8,13 +8,18 @@ stage 7 evaluates the DDP checkpoints in one process, as ``run.sh`` does for any
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import RECIPE, run_recipe, write_fsdd_data_info, write_fsdd_manifests
+from conftest import (
+    RECIPE,
+    live_fitnets_options,
+    run_recipe,
+    write_fsdd_data_info,
+    write_fsdd_manifests,
+)
 from hyperpyyaml import load_hyperpyyaml
 
 from kd_modules.brains.distill import KDObjective
@@ -29,26 +34,7 @@ EPOCHS = 2
 
 def options(tmp: Path, epochs: int) -> list[str]:
     """run.sh's options of every call here: FSDD under ``tmp``, a live-teacher FitNets student."""
-    return [
-        "--python",
-        sys.executable,
-        "--dataset",
-        "fsdd",
-        "--teacher",
-        "xvector_large",
-        "--device",
-        "cpu",
-        "--data_dir",
-        str(tmp / "data"),
-        "--exp_dir",
-        str(tmp / "exp"),
-        "--methods",
-        "fitnets",
-        "--use_cache",
-        "false",
-        "--extra_args",
-        f"--number_of_epochs {epochs} --num_workers 0",
-    ]
+    return live_fitnets_options(tmp, f"--number_of_epochs {epochs} --num_workers 0")
 
 
 @pytest.fixture(scope="module")

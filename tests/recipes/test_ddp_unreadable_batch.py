@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FSDD_CLIPS, RECIPE, run_recipe, write_fsdd_data_info
+from conftest import FSDD_CLIPS, RECIPE, live_fitnets_options, run_recipe, write_fsdd_data_info
 
 from kd_modules.dataio import AudioReadError, read_audio
 
@@ -27,26 +26,7 @@ TIMEOUT_S = 240  # a normal stage-5 run takes ~10 s
 
 def options(tmp: Path, epochs: int = EPOCHS) -> list[str]:
     """run.sh's options of every call here: FSDD under ``tmp``, FitNets, batches of one clip."""
-    return [
-        "--python",
-        sys.executable,
-        "--dataset",
-        "fsdd",
-        "--teacher",
-        "xvector_large",
-        "--device",
-        "cpu",
-        "--data_dir",
-        str(tmp / "data"),
-        "--exp_dir",
-        str(tmp / "exp"),
-        "--methods",
-        "fitnets",
-        "--use_cache",
-        "false",
-        "--extra_args",
-        f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1",
-    ]
+    return live_fitnets_options(tmp, f"--number_of_epochs {epochs} --num_workers 0 --batch_size 1")
 
 
 def write_manifests(data: Path, corrupt: Path) -> None:
