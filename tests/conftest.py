@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -93,6 +94,28 @@ def _wait_or_stop(proc: subprocess.Popen, timeout_s: float) -> bool:
 def tails(proc: subprocess.CompletedProcess, chars: int = 6000) -> str:
     """The last ``chars`` characters of a finished command's stdout and stderr, labelled."""
     return f"--- stdout ---\n{proc.stdout[-chars:]}\n--- stderr ---\n{proc.stderr[-chars:]}"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_outlives_no_test():
+    """Give the root logger back its handlers and level after each test.
+
+    An experiment built in-process (``sb.create_experiment_directory``) runs SpeechBrain's
+    ``dictConfig``, whose console handler holds that test's captured ``sys.stdout``; left on the
+    root logger it writes "--- Logging error --- ... I/O operation on closed file" into every
+    later test's stderr.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
