@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from .base import KDLoss, align_time, fp32, fp32_matmul, frame_mask, length_mask
 
 _LAYOUT_DIMS = {"channels_last": (-1, 1), "channels_first": (1, 2)}  # (channel dim, time dim)
-_IUSP_TIME_DIM = {"btd": 1, "bctf": 2}
+_IUSP_TIME_DIM = {"btd": 1, "bct": 2, "bctf": 2}
 
 
 class FitNetsHint(KDLoss):
@@ -75,7 +75,8 @@ class IUSP(KDLoss):
     """IUSP (Chang et al., Interspeech 2020): SP over the frames of each utterance.
 
     Per utterance n a frame matrix Q(n) (T, D): rows are time frames, columns all other dims
-    flattened. ``layout="btd"``: features (B, T, D); ``"bctf"``: CNN maps (B, C, T, F) → T × (C·F);
+    flattened. ``layout="btd"``: features (B, T, D); ``"bct"``: channels-first TDNN frames
+    (B, C, T), as ECAPA's blocks give them; ``"bctf"``: CNN maps (B, C, T, F) → T × (C·F);
     ``time_dim`` overrides the layout's time axis for any other arrangement. D may differ between
     teacher and student; if T differs the longer is average-pooled to the shorter.
     ``G(n) = row_l2_normalise(Q Qᵀ)`` (T, T) with padded frames zeroed out of rows and columns;

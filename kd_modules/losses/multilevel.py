@@ -4,16 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import KDLoss, as_2d, fp32, fp32_matmul, projection
 
 
+def _softmax_kl(z_s: Tensor, z_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``KL(softmax(z_t) ‖ softmax(z_s))`` (batch mean) and the two probabilities (B, C)."""
+    log_p_s, log_p_t = F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl, log_p_s.exp(), log_p_t.exp()
+
+
+def _sigmoid_kl(z_s: Tensor, z_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Σ_k of the Bernoulli ``KL(σ(z_t,k) ‖ σ(z_s,k))`` (batch mean) and the two σ(z) (B, K).
+
+    In log space (``logsigmoid(±z)``): no log of a probability that rounds to 0 or 1."""
+    p_s, p_t = torch.sigmoid(z_s), torch.sigmoid(z_t)
+    pos = p_t * (F.logsigmoid(z_t) - F.logsigmoid(z_s))
+    neg = (1 - p_t) * (F.logsigmoid(-z_t) - F.logsigmoid(-z_s))
+    return (pos + neg).sum() / z_s.shape[0], p_s, p_t
+
+
+_INSTANCE_KL = {"softmax": _softmax_kl, "sigmoid": _sigmoid_kl}
+
+
 class MultiLevelKD(KDLoss):
     """Instance, class and batch alignment of ``p = softmax(z/tau)``, each summed over ``taus``.
 
-    Logits (B, C) (or (B, 1, C)), p (B, C), every term in float32:
+    Logits (B, C) (or (B, 1, C)), p (B, C), every term in float32. ``probabilities="sigmoid"``
+    is the multi-label form (tagging): ``p = sigmoid(z/tau)``, each output a Bernoulli, and the
+    instance KL the sum over outputs of the Bernoulli KLs; the class and batch terms are the same
+    formulas on that p (its rows no longer sum to 1).
 
     - instance: ``tau² · KL(p_t ‖ p_s)`` (batch mean), plus, when ``embedding_key`` is given, the
       squared L2 distance between the projected student and the teacher embeddings (batch mean;
@@ -30,9 +54,15 @@ class MultiLevelKD(KDLoss):
         embedding_key: str | None = None,
         student_dim: int | None = None,
         teacher_dim: int | None = None,
+        probabilities: str = "softmax",
     ):
         super().__init__()
+        if probabilities not in _INSTANCE_KL:
+            raise ValueError(
+                f"probabilities must be one of {sorted(_INSTANCE_KL)}, got {probabilities!r}"
+            )
         self.taus, self.key, self.embedding_key = tuple(taus), key, embedding_key
+        self.instance_kl = _INSTANCE_KL[probabilities]
         self.proj = projection(student_dim, teacher_dim) if embedding_key else None
 
     def forward_terms(
@@ -47,12 +77,8 @@ class MultiLevelKD(KDLoss):
         B, C = z_s.shape
         inst = cls = bat = z_s.new_zeros(())
         for tau in self.taus:
-            log_p_s = F.log_softmax(z_s / tau, dim=-1)
-            log_p_t = F.log_softmax(z_t / tau, dim=-1)
-            inst = inst + tau**2 * F.kl_div(
-                log_p_s, log_p_t, reduction="batchmean", log_target=True
-            )
-            p_s, p_t = log_p_s.exp(), log_p_t.exp()
+            kl, p_s, p_t = self.instance_kl(z_s / tau, z_t / tau)
+            inst = inst + tau**2 * kl
             cls = cls + (fp32_matmul(p_t.T, p_t) - fp32_matmul(p_s.T, p_s)).pow(2).sum() / C
             bat = bat + (fp32_matmul(p_t, p_t.T) - fp32_matmul(p_s, p_s.T)).pow(2).sum() / B
         if self.embedding_key is not None:

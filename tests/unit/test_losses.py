@@ -172,6 +172,20 @@ def test_sp_manual_two_samples():
     assert loss.item() == pytest.approx(sp_manual_2x2() / 4)  # / B²
 
 
+def test_sp_on_channels_first_frames_masks_time_dim_2():
+    """SP on ECAPA's (B, C, T) frames with ``time_dim=2``: the same as on (B, T, C); padded
+    frames along dim 2 add nothing."""
+    s, t = torch.randn(3, 4, 6), torch.randn(3, 7, 6)
+    lens = torch.tensor([1.0, 0.5, 2 / 3])
+    ref = SimilarityPreserving("f")(
+        out("f", s.transpose(1, 2)), out("f", t.transpose(1, 2)), lens
+    ).item()
+    s_g = s.clone()
+    s_g[1, :, 3:] = 1e4
+    loss = SimilarityPreserving("f", time_dim=2)(out("f", s_g), out("f", t), lens)
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+
+
 def test_sp_batch_scaling_and_padding_garbage():
     s, t = torch.randn(3, 4, 5), torch.randn(3, 4, 7)  # D differs: fine for SP
     lens = torch.tensor([1.0, 0.5, 0.75])
@@ -248,6 +262,20 @@ def test_iusp_bctf_layout_matches_btd():
     assert loss.item() == pytest.approx(naive_iusp(*as_btd, lens).item(), rel=1e-5)
 
 
+def test_iusp_bct_layout_of_ecapa_frames_matches_btd():
+    """ECAPA's blocks give (B, C, T): ``bct`` is IUSP on the transposed (B, T, C) frames, padded
+    frames (garbage here) masked along dim 2."""
+    s, t = torch.randn(2, 3, 6), torch.randn(2, 5, 6)  # (B, C, T), teacher wider
+    lens = torch.tensor([1.0, 0.5])
+    s[1, :, 3:], t[1, :, 3:] = 1e3, -1e3
+    loss = IUSP("f", layout="bct")(out("f", s), out("f", t), lens)
+    expected = naive_iusp(s.transpose(1, 2), t.transpose(1, 2), lens)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert IUSP("f", layout="btd")(out("f", s), out("f", t), lens).item() != pytest.approx(
+        loss.item(), rel=1e-3
+    )  # the time axis matters: read as (B, T, D) these are other frames
+
+
 def test_iusp_time_alignment_by_pooling():
     s, t3 = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
     t6 = t3.repeat_interleave(2, dim=1)  # teacher twice as many frames, pairs identical
@@ -321,6 +349,37 @@ def test_mlkd_matches_naive_formulas():
     assert mlkd(s_out, t_out).item() == pytest.approx(
         sum(t.item() for t in terms.values()), rel=1e-6
     )
+
+
+def naive_sigmoid_mlkd(z_s, z_t, taus):
+    """Per-output Bernoulli KLs and the sigmoid probabilities' correlations, term by term."""
+    B, K = z_s.shape
+    inst = cls = bat = 0.0
+    for tau in taus:
+        p_s, p_t = torch.sigmoid(z_s / tau), torch.sigmoid(z_t / tau)
+        kl = p_t * (p_t / p_s).log() + (1 - p_t) * ((1 - p_t) / (1 - p_s)).log()
+        inst += tau**2 * kl.sum() / B
+        cls += ((p_t.T @ p_t - p_s.T @ p_s) ** 2).sum() / K
+        bat += ((p_t @ p_t.T - p_s @ p_s.T) ** 2).sum() / B
+    return {"instance": inst, "class": cls, "batch": bat}
+
+
+def test_mlkd_sigmoid_matches_naive_formulas_and_differs_from_softmax():
+    torch.manual_seed(2)
+    z_s, z_t = torch.randn(4, 6), torch.randn(4, 6)
+    mlkd = MultiLevelKD(taus=(1, 2), probabilities="sigmoid")
+    terms = mlkd.forward_terms(out("logits", z_s), out("logits", z_t))
+    expected = naive_sigmoid_mlkd(z_s.double(), z_t.double(), (1, 2))
+    for name in ("instance", "class", "batch"):
+        assert terms[name].item() == pytest.approx(expected[name].item(), rel=1e-5)
+    softmax = MultiLevelKD(taus=(1, 2))(out("logits", z_s), out("logits", z_t))
+    assert mlkd(out("logits", z_s), out("logits", z_t)).item() != pytest.approx(softmax.item())
+    # a shift of every logit changes each sigmoid output (softmax would not see it)
+    shifted = mlkd.forward_terms(out("logits", z_s + 1), out("logits", z_t + 1))
+    assert shifted["instance"].item() != pytest.approx(terms["instance"].item())
+    assert mlkd(out("logits", z_t), out("logits", z_t)).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="probabilities"):
+        MultiLevelKD(probabilities="tanh")
 
 
 def test_mlkd_zero_when_equal():

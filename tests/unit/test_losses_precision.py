@@ -97,6 +97,20 @@ def case_iusp_maps() -> Case:
     return IUSP("h", layout="bctf"), *_features((2, 16, 300, 8), (2, 32, 300, 8)), _lens(2)
 
 
+def case_iusp_ecapa() -> Case:
+    # ECAPA's channels-first frames (B, C, T): C = 256 student's 768 against C = 1024's 3072.
+    return IUSP("h", layout="bct"), *_features((2, 768, 400), (2, 3072, 400)), _lens(2)
+
+
+def case_sp_ecapa() -> Case:
+    return SimilarityPreserving("h", time_dim=2), *_features((8, 96, 500), (8, 768, 500)), _lens(8)
+
+
+def case_fitnets_ecapa() -> Case:
+    loss = _seeded(lambda: FitNetsHint("h", 256, 1024, layout="channels_first"))
+    return loss, *_features((4, 256, 400), (4, 1024, 400)), _lens(4)
+
+
 def case_embedding_cosine() -> Case:
     return _seeded(lambda: EmbeddingKD(192, 512)), *_embeddings(16, 192, 512), None
 
@@ -110,6 +124,11 @@ def case_mlkd() -> Case:
     loss = _seeded(lambda: MultiLevelKD(embedding_key="embedding", **dims))
     (s_logits, t_logits), (s_emb, t_emb) = _logits(16, 50, 5.0), _embeddings(16, 192, 512)
     return loss, {**s_logits, **s_emb}, {**t_logits, **t_emb}, None
+
+
+def case_mlkd_sigmoid() -> Case:
+    # Tagging: 37 sigmoid outputs (29 fine tags + 8 coarse classes), no embedding term.
+    return MultiLevelKD(probabilities="sigmoid"), *_logits(16, 37, scale=5.0), None
 
 
 def case_infonce() -> Case:
@@ -127,9 +146,13 @@ CASES = {
     "sp": case_sp,
     "iusp": case_iusp,
     "iusp_maps": case_iusp_maps,
+    "iusp_ecapa": case_iusp_ecapa,
+    "sp_ecapa": case_sp_ecapa,
+    "fitnets_ecapa": case_fitnets_ecapa,
     "embedding_cosine": case_embedding_cosine,
     "embedding_mse": case_embedding_mse,
     "mlkd": case_mlkd,
+    "mlkd_sigmoid": case_mlkd_sigmoid,
     "infonce": case_infonce,
 }
 
@@ -259,7 +282,8 @@ def _clip(out: dict[str, Tensor], i: int) -> dict[str, Tensor]:
 
 
 @pytest.mark.parametrize(
-    "name", ["hinton", "sigmoid", "iusp", "iusp_maps", "embedding_cosine", "embedding_mse"]
+    "name",
+    ["hinton", "sigmoid", "iusp", "iusp_maps", "iusp_ecapa", "embedding_cosine", "embedding_mse"],
 )
 @torch.no_grad()
 def test_per_clip_mean_losses_on_one_clip(name):
@@ -274,7 +298,7 @@ def test_per_clip_mean_losses_on_one_clip(name):
     torch.testing.assert_close(torch.stack(singles).mean(), loss(s, t, lens), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("name", ["fitnets_frames", "fitnets_maps"])
+@pytest.mark.parametrize("name", ["fitnets_frames", "fitnets_maps", "fitnets_ecapa"])
 @torch.no_grad()
 def test_fitnets_on_one_clip(name):
     """FitNets averages over valid elements: the batch value weighs each clip by its frames."""
@@ -287,10 +311,11 @@ def test_fitnets_on_one_clip(name):
     torch.testing.assert_close(expected, loss(s, t, lens), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("case", [case_sp, case_sp_ecapa], ids=["sp", "sp_ecapa"])
 @torch.no_grad()
-def test_sp_on_one_clip_is_zero():
+def test_sp_on_one_clip_is_zero(case):
     """A batch of one has the 1×1 similarity matrix [1] on both sides: SP is 0, not NaN."""
-    loss, s, t, lens = case_sp()
+    loss, s, t, lens = case()
     value = loss(_clip(s, 0), _clip(t, 0), lens[:1])
     assert value.shape == () and value.item() == 0.0
 
@@ -314,8 +339,26 @@ def test_mlkd_on_one_clip():
     torch.testing.assert_close(singles[0]["batch"], batch, rtol=1e-5, atol=1e-9)
 
 
+@torch.no_grad()
+def test_mlkd_sigmoid_on_one_clip():
+    """B = 1 of the multi-label form: the instance term is the clip's share of the batch's, and
+    the batch term is (‖σ(z_t/τ)‖² − ‖σ(z_s/τ)‖²)² summed over τ."""
+    loss, s, t, _ = case_mlkd_sigmoid()
+    singles = [loss.forward_terms(_clip(s, i), _clip(t, i)) for i in range(16)]
+    for terms in singles:
+        assert all(v.shape == () and torch.isfinite(v) and v > 0 for v in terms.values())
+    instance = torch.stack([terms["instance"] for terms in singles]).mean()
+    torch.testing.assert_close(instance, loss.forward_terms(s, t)["instance"], rtol=1e-5, atol=0)
+    z_s, z_t = s["logits"][0], t["logits"][0]
+    norm = lambda z, tau: torch.sigmoid(z / tau).square().sum()  # noqa: E731
+    batch = sum((norm(z_t, tau) - norm(z_s, tau)) ** 2 for tau in loss.taus)
+    torch.testing.assert_close(singles[0]["batch"], batch, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize(
-    "loss", [HintonKD(), SigmoidKD(), MultiLevelKD(taus=(2, 4))], ids=["hinton", "sigmoid", "mlkd"]
+    "loss",
+    [HintonKD(), SigmoidKD(), MultiLevelKD(taus=(2, 4)), MultiLevelKD(probabilities="sigmoid")],
+    ids=["hinton", "sigmoid", "mlkd", "mlkd_sigmoid"],
 )
 def test_speechbrain_shaped_logits_of_one_clip(loss: nn.Module):
     """SpeechBrain's classifier output (1, 1, C) for one clip gives the (1, C) value."""
