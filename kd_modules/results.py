@@ -3,7 +3,9 @@
 Every run writes ``results.json`` in its experiment folder; ``collect`` finds them all, refusing
 runs trained on other data than the prepared data now, and stage 8 writes RESULTS.md (the
 tables: ``kd_modules.tables``) and each run's curves (``kd_modules.curves``).
-Run as ``python -m kd_modules.results EXP_DIR --out RESULTS.md [--readme README.md]``.
+Run as ``python -m kd_modules.results EXP_DIR --out RESULTS.md [--readme README.md]``; with
+``--matrix EXP_DIR [EXP_DIR ...] --out RESULTS_MATRIX.md`` it writes the method × task matrix
+(``kd_modules.matrix``) of every run under the folders instead, with its CSV and heat map.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from kd_modules.curves import plot_history
 from kd_modules.dataio import write_json_atomic
+from kd_modules.matrix import write_matrix
 from kd_modules.outputs import OUTPUT_RECORD, output_checksums
 from kd_modules.provenance import data_record
 from kd_modules.tables import results_table
@@ -94,40 +97,75 @@ def update_readme(readme: str | Path, table: str) -> None:
     readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")
 
 
-def main(
-    argv: list[str] | None = None, sections: Callable[[list[dict]], str] | None = None
-) -> None:
-    """Stage 8: collect results, write RESULTS.md (+ README table) and each run's curves.
-
-    ``sections(runs)`` is a recipe's own Markdown after the results table, in RESULTS.md and the
-    README alike (the sound recipe's data-free table: ``recipes/sound_classification/local/
-    report.py``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("exp_dir", help="folder searched recursively for results.json")
-    parser.add_argument("--out", required=True, help="Markdown file to write (RESULTS.md)")
-    parser.add_argument("--readme", help="README whose results markers get the table")
-    parser.add_argument("--title", default="Results")
-    args = parser.parse_args(argv)
-    runs = collect(args.exp_dir)
+def collect_reportable(exp_dirs: list[str]) -> list[dict]:
+    """Every run under ``exp_dirs`` (once, when folders overlap); stops with one line when there
+    is none, or when some were trained on other data than the prepared data now."""
+    found = {Path(run["run_dir"]).resolve(): run for d in exp_dirs for run in collect(d)}
+    runs = list(found.values())
     if not runs:
-        raise SystemExit(f"No results.json under {args.exp_dir}: run the evaluation stage first")
+        raise SystemExit(
+            f"No results.json under {' '.join(exp_dirs)}: run the evaluation stage first"
+        )
     stale = stale_data_runs(runs)
     if stale:
         raise SystemExit(
             f"Refusing to report {len(stale)} run(s) trained on other data than the prepared data "
             f"now: {', '.join(stale)}. Report another --exp_dir, or delete these folders and rerun."
         )
-    top = Path(Path(args.exp_dir).resolve().name)  # run titles start at exp_dir's own name
+    return runs
+
+
+def report(args: argparse.Namespace, sections: Callable[[list[dict]], str] | None) -> None:
+    """RESULTS.md (+ README table) and each run's curves, for one experiment folder."""
+    (exp_dir,) = args.exp_dir
+    runs = collect_reportable(args.exp_dir)
+    top = Path(Path(exp_dir).resolve().name)  # run titles start at exp_dir's own name
     for run in runs:
         history = Path(run["run_dir"]) / "history.json"
         if history.is_file():
-            title = str(top / history.parent.relative_to(args.exp_dir))
+            title = str(top / history.parent.relative_to(exp_dir))
             plot_history(history, history.parent / "curves.png", title)
     table = results_table(runs) + (sections(runs) if sections is not None else "")
     Path(args.out).write_text(f"# {args.title}\n\n{table}")
     if args.readme:
         update_readme(args.readme, table)
     print(table)
+
+
+def main(
+    argv: list[str] | None = None, sections: Callable[[list[dict]], str] | None = None
+) -> None:
+    """Stage 8: collect results, write RESULTS.md (+ README table) and each run's curves; with
+    ``--matrix``, the method × task matrix of every folder given (Markdown, CSV, PNG).
+
+    ``sections(runs)`` is a recipe's own Markdown after the results table, in RESULTS.md and the
+    README alike (the sound recipe's data-free table: ``recipes/sound_classification/local/
+    report.py``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "exp_dir", nargs="+", help="folder(s) searched recursively for results.json"
+    )
+    parser.add_argument(
+        "--out", required=True, help="Markdown file to write (RESULTS.md, RESULTS_MATRIX.md)"
+    )
+    parser.add_argument("--readme", help="README whose results markers get the table")
+    parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="write the method x task matrix of every run under the folders (and the .csv and "
+        ".png of --out's stem) instead of RESULTS.md",
+    )
+    args = parser.parse_args(argv)
+    if args.matrix:
+        runs = collect_reportable(args.exp_dir)
+        matrix = write_matrix(runs, args.out, args.title or "KD methods x tasks")
+        print(f"{len(matrix.methods)} methods x {len(matrix.columns)} columns -> {args.out}")
+        return
+    if len(args.exp_dir) > 1:
+        parser.error("one exp_dir without --matrix (RESULTS.md reports one experiment folder)")
+    args.title = args.title or "Results"
+    report(args, sections)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,8 @@ report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-grad
 export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
     export_stage "$tdir" "$methods" --test_manifest "$data/test.json" \
         --trials_file "$data/trials.txt" --calibration_manifest "$data/train.json"
+    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
+        --title "KD methods x speaker verification ($dataset)"  # + .csv, .png: kd_modules.matrix
 }
 
 # ----- the stages ----------------------------------------------------------------------------
