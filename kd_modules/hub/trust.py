@@ -238,6 +238,13 @@ def check_hyperparams(path: Path, trust_code: bool) -> list[str]:
     return sorted(set(_check_file(path.resolve(), trust_code, set())))
 
 
+def _unpickler_reason(message: str) -> str:
+    """The clause of torch's weights-only error that names the refused global, else its first."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+    return line.removeprefix("WeightsUnpickler error: ").split(". Please")[0]
+
+
 def load_checkpoint(path: Path) -> dict:
     """The tensors of a checkpoint (safetensors, or ``torch.load(weights_only=True)``), on CPU.
 
@@ -251,10 +258,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = next(
-            (line for line in lines if "Unsupported global" in line), lines[0] if lines else ""
-        )
+        why = _unpickler_reason(str(err))
         raise UntrustedCheckpoint(
             f"{path}: not a plain tensor checkpoint, refused without running it ({why}); a "
             "teacher's checkpoints must load with torch.load(weights_only=True) or be safetensors"
