@@ -271,9 +271,13 @@ def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
     views, seed) and the storage (dtype, top-k). Refuses random transforms it cannot replay."""
     check_deterministic_inputs(hparams["random_input_settings"])
     replay = hparams.get("view_replay")
+    features = hparams["feature_settings"]
+    own = getattr(getattr(teacher, "teacher", teacher), "front_end_settings", None)
+    if own is not None:  # a teacher on its own front end: both sides' inputs change its outputs
+        features = {"student": features, "teacher": own}
     key = cache_key(
         teacher.fingerprint,
-        hparams["feature_settings"],
+        features,
         hparams["teacher_taps"],
         manifest=hparams["train_annotation"],
         augmentation=replay.settings() if replay is not None else None,
@@ -310,11 +314,15 @@ def teacher_targets(hparams: dict, dataset) -> Callable[[list[str]], Any] | None
     return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
 
 
-def load_teacher_side(hparams: dict) -> tuple[Teacher | None, TeacherCache | None]:
-    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run."""
+def load_teacher_side(
+    hparams: dict, loader: Callable[[dict], Teacher | IntegratedTeacher] = load_teacher
+) -> tuple[Teacher | None, TeacherCache | None]:
+    """The frozen teacher (and its cache when ``use_teacher_cache``) for a KD run; ``loader``
+    builds the teacher (``kd_modules.hub.sources.load_any_teacher`` also serves
+    ``--teacher_source`` teachers)."""
     if hparams["method"] == "none":
         return None, None
-    teacher = load_teacher(hparams)
+    teacher = loader(hparams)
     if not hparams["use_teacher_cache"]:
         return teacher, None
     cache = TeacherCache(teacher_cache_folder(hparams, teacher))
