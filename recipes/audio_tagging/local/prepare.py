@@ -38,6 +38,7 @@ from pathlib import Path
 from kd_modules.brains import TagLayout
 from kd_modules.conversion import (
     PrepareError,
+    add_nj_option,
     check_and_convert,
     remove_stale_conversions,
     run_prepare,
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    add_nj_option(parser)
     return parser.parse_args(argv)
 
 
@@ -183,6 +185,7 @@ def convert(clips: list[dict], args) -> tuple[list[dict], list[str]]:
         lambda clip: out_audio / clip["split"] / Path(clip["audio_filename"]).with_suffix(".wav"),
         args.sample_rate,
         args.convert,
+        args.nj,
     )
     return usable, [str(clip["src"]) for clip in corrupt]
 

@@ -37,6 +37,7 @@ from types import ModuleType
 
 from kd_modules.conversion import (
     PrepareError,
+    add_nj_option,
     check_and_convert,
     remove_stale_conversions,
     run_prepare,
@@ -67,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test_fraction", type=float, default=0.2, help="seeded split only")
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    add_nj_option(parser)
     parser.add_argument(
         "--min_duration_s",
         type=float,
@@ -217,6 +219,7 @@ def _check_and_convert(present: list[dict], args) -> tuple[list[dict], list[dict
         lambda row: (out_audio / row["rel"]).with_suffix(".wav"),
         args.sample_rate,
         args.convert,
+        args.nj,
     )
 
 

@@ -59,6 +59,7 @@ from pathlib import Path, PurePosixPath
 
 from kd_modules.conversion import (
     PrepareError,
+    add_nj_option,
     check_and_convert,
     remove_stale_conversions,
     run_prepare,
@@ -110,6 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test_subsets", nargs="+", help="librispeech (test-clean test-other)")
     parser.add_argument("--sample_rate", type=int, default=16000)
     parser.add_argument("--convert", default="auto", choices=("auto", "sox", "soundfile", "none"))
+    add_nj_option(parser)
     parser.add_argument("--min_duration_s", type=float, default=0.5)
     parser.add_argument("--segment_s", type=float, default=3.0)
     parser.add_argument("--valid_share", type=float, default=0.1)
@@ -420,7 +422,11 @@ def convert(clips: list[dict], args: argparse.Namespace) -> tuple[list[dict], li
     """Check (and convert to ``out_dir/audio/<id>.wav``) every clip: (readable, unreadable)."""
     out_audio = args.out_dir.resolve() / "audio"
     return check_and_convert(
-        clips, lambda clip: out_audio / f"{clip['id']}.wav", args.sample_rate, args.convert
+        clips,
+        lambda clip: out_audio / f"{clip['id']}.wav",
+        args.sample_rate,
+        args.convert,
+        args.nj,
     )
 
 
