@@ -29,7 +29,11 @@ setup(
         # YAML key tensorboard: True (run.sh --tensorboard true): SpeechBrain's TensorboardLogger
         # writes through torch.utils.tensorboard, which needs the tensorboard package
         "tensorboard": ["tensorboard>=2.14"],
-        # onnx, onnxruntime, tensorboard: the export and TensorBoard tests
+        # --teacher_source resemblyzer: the pretrained GE2E's weights (resemblyzer/pretrained.pt),
+        # read from the installed package without importing it (kd_modules.hub.resemblyzer)
+        "pretrained": ["resemblyzer==0.1.4"],
+        # onnx, onnxruntime, tensorboard: the export and TensorBoard tests; resemblyzer (with
+        # its webrtcvad and librosa): the GE2E parity tests' reference (tests/unit/test_ge2e.py)
         "dev": [
             "pytest",
             "ruff",
@@ -38,6 +42,7 @@ setup(
             "onnx>=1.17",
             "onnxruntime>=1.20",
             "tensorboard>=2.14",
+            "resemblyzer==0.1.4",
         ],
     },
     entry_points={
