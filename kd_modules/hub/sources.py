@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kd_modules.cache import TeacherCache
 from kd_modules.hparams import OneLineError
+from kd_modules.hub.resemblyzer import load_resemblyzer_teacher
 from kd_modules.teacher import IntegratedTeacher, Teacher, as_composed, load_teacher
 from kd_modules.teacher import load_teacher_side as experiment_teacher_side
 
@@ -30,6 +31,9 @@ class TeacherSourceError(OneLineError, RuntimeError):
 def register_source(name: str, loader: Callable[[dict], Teacher]) -> None:
     """Make ``--teacher_source NAME`` load ``loader(hparams)`` (a frozen Teacher)."""
     SOURCES[name] = loader
+
+
+register_source("resemblyzer", load_resemblyzer_teacher)  # pip install -e '.[pretrained]'
 
 
 def dataset_labels(hparams: dict) -> list[str] | None:

@@ -140,3 +140,12 @@ def test_missing_package_is_one_line(monkeypatch):
     monkeypatch.setattr(hub_resemblyzer.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(hub_resemblyzer.ResemblyzerMissing, match=r"pip install 'resemblyzer"):
         hub_resemblyzer.load_resemblyzer_teacher({})
+
+
+def test_registered_as_teacher_source(tmp_path):
+    from kd_modules.hub.sources import load_source_teacher
+
+    hparams = {"teacher_source": "resemblyzer", "exp_root": str(tmp_path), "teacher_taps": {}}
+    teacher = load_source_teacher(hparams)
+    assert isinstance(teacher, hub_resemblyzer.ResemblyzerTeacher)
+    assert teacher.fingerprint == hub_resemblyzer.load_resemblyzer_teacher({}).fingerprint
