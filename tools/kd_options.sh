@@ -11,6 +11,7 @@ check_cache=0                 # stage 3: re-run the live teacher on N cached ite
 allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
 sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
+nj=0                          # stage 1's parallel jobs, as Kaldi's --nj (0: one per CPU core, at most 4)
 data_dir=data                 # prepared manifests (stage 1)
 exp_dir=exp                   # run folders, teacher cache and RESULTS.md (stages 2-8)
 python=python3                # the Python interpreter that has kd_modules' requirements
@@ -23,6 +24,6 @@ export_teacher=false          # true | false: stage 9 exports the teacher too, n
 
 # shellcheck disable=SC2034  # read by the sourcing run.sh and by parse_options.sh
 kd_options="teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
-sample_rate convert data_dir exp_dir python extra_args teacher_args kd_args tensorboard quantize
+sample_rate convert nj data_dir exp_dir python extra_args teacher_args kd_args tensorboard quantize
 export_teacher"
 option_files="${option_files:-} ${BASH_SOURCE[0]}"

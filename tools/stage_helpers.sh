@@ -220,6 +220,7 @@ check_kd_options() {
     check_choice export_teacher true false
     check_int sample_rate 1
     check_choice convert auto sox soundfile none
+    check_int nj 0
     if [ "$stage" -le 1 ]; then check_writable_dir data_dir; fi  # stages 0 and 1 write it
     check_writable_dir exp_dir
 }

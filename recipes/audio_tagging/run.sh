@@ -74,7 +74,7 @@ prepare_stage() {  # 1: manifests, labels.json (the output columns), data_info.j
     [ -n "$data_root" ] || die "--data_root is required (the SONYC-UST release; see README.md)"
     log "stage 1: preparing SONYC-UST manifests from $data_root"
     $python local/prepare.py --data_root "$data_root" --out_dir "$data" \
-        --sample_rate "$sample_rate" --convert "$convert"
+        --sample_rate "$sample_rate" --convert "$convert" --nj "$nj"
 }
 
 kd_stages() {  # 2-7, on the prepared data (its output count sizes every tagger)

@@ -129,7 +129,8 @@ prepare_stage() {  # 1: manifests per fold, labels.json, data_info.json (--folds
     log "stage 1: preparing $dataset manifests ($split split, folds: $shown)"
     $python local/prepare.py --dataset "$dataset" --data_root "${data_root:-.}" \
         --out_dir "$data" --split "$split" "${fold_options[@]}" \
-        --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s"
+        --sample_rate "$sample_rate" --convert "$convert" --nj "$nj" \
+        --min_duration_s "$min_duration_s"
 }
 
 read_prepared() {  # the prepared folds (unless --folds) and classes: stages 2-9 read them

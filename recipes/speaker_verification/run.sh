@@ -114,7 +114,7 @@ prepare_stage() {  # 1: manifests, trials, speakers, data_info.json
     [ -z "$test_subsets" ] || dataset_args+=(--test_subsets $test_subsets)
     $python local/prepare.py --dataset "$dataset" --data_root "$data_root" --out_dir "$data" \
         --sample_rate "$sample_rate" --convert "$convert" --min_duration_s "$min_duration_s" \
-        --segment_s "$segment_s" "${dataset_args[@]}"
+        --segment_s "$segment_s" --nj "$nj" "${dataset_args[@]}"
 }
 
 kd_stages() {  # 2-7, on the prepared data (its speaker count names the classifier's classes)

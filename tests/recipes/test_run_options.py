@@ -66,6 +66,7 @@ def refused(proc: subprocess.CompletedProcess) -> str:
         ("use_cache", "yes", "true|false"),
         ("allow_unfinished_teacher", "1", "true|false"),
         ("convert", "ffmpeg", "auto|sox|soundfile|none"),
+        ("nj", "-1", "an integer >= 0"),
         ("download", "True", "true|false"),
         ("update_readme", "no", "true|false"),
         ("quantize", "yes", "true|false"),
@@ -873,3 +874,35 @@ def test_a_datafree_method_makes_the_default_teacher_the_xvector(tmp_path, recor
     teacher = teacher_command(tmp_path, recorder, "--methods", "kd frami")
     assert "hparams/teacher/xvector_large.yaml" in teacher
     assert teacher.endswith("--number_of_epochs 15")
+
+
+# ----- issue 18 item 2: stage 1's --nj -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("recipe", "dataset"),
+    [
+        ("sound_classification", "fsdd"),
+        ("audio_tagging", None),
+        ("speaker_verification", "librispeech"),
+    ],
+)
+def test_nj_reaches_every_prepare(tmp_path, recorder, recipe, dataset):
+    stub, log = recorder
+    (tmp_path / "root").mkdir()
+    data_options = ["--data_root", str(tmp_path / "root")] + (
+        ["--dataset", dataset] if dataset else []
+    )
+    run_recipe(
+        REPO / "recipes" / recipe,
+        "--python",
+        str(stub),
+        "--stage",
+        "1",
+        "--stop_stage",
+        "1",
+        "--nj",
+        "3",
+        *data_options,
+        *folders(tmp_path),
+    )
+    (command,) = commands(log, "local/prepare.py")
+    assert " --nj 3 " in f"{command} "
