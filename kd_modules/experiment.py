@@ -29,6 +29,7 @@ import torch.distributed as dist
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from kd_modules.hparams import load_composed, parse_recipe_arguments, write_composed
+from kd_modules.hub.sources import load_teacher_side
 from kd_modules.provenance import run_record
 from kd_modules.run_folder import (
     SessionClock,
@@ -37,7 +38,6 @@ from kd_modules.run_folder import (
     record_training,
     training_status,
 )
-from kd_modules.teacher import load_teacher_side
 
 
 def no_run_preparation(hparams: dict, run_opts: dict, datasets: dict, teacher) -> dict:
@@ -56,7 +56,7 @@ class Recipe:
 
     Two hooks for runs that train on something else than the prepared clips (data-free KD:
     ``synthesize.py``): ``teacher_side(hparams) -> (teacher, cache)`` loads the frozen teacher
-    of a training run (default :func:`~kd_modules.teacher.load_teacher_side`; not called with
+    of a training run (default :func:`~kd_modules.hub.sources.load_teacher_side`; not called with
     ``--test_only``, where the teacher is None); ``prepare_run(hparams, run_opts, datasets,
     teacher) -> dict`` runs next, on every rank, and may replace ``datasets["train"]`` and
     adapt ``hparams`` (e.g. a synthetic pool and its loader); the entries it returns join the

@@ -42,11 +42,14 @@ def manifest_files(hparams: dict, splits: tuple[str, ...] = ("train", "valid", "
 def run_record(hparams: dict, teacher: Teacher | None, splits: tuple[str, ...]) -> dict:
     """What a run folder trains on: the manifests, stage 1's settings and the teacher. The
     teacher is its model's fingerprint, the one the teacher's results.json reports (an
-    IntegratedTeacher's own fingerprint also covers the attribution settings: a cache key)."""
+    IntegratedTeacher's own fingerprint also covers the attribution settings: a cache key). A
+    ``--teacher_source`` teacher adds ``teacher_source``: its source, files' SHA-256 and the
+    ``--trust_teacher_code`` choice (``kd_modules.hub.teacher.HubTeacher.record``)."""
     model = getattr(teacher, "teacher", teacher)  # an IntegratedTeacher wraps a Teacher
     return {
         "data": data_record(manifest_files(hparams, splits), hparams["prepare_settings"]),
         "teacher_fingerprint": model.fingerprint if model is not None else None,
+        "teacher_source": model.record() if hasattr(model, "record") else None,
     }
 
 

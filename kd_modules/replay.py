@@ -167,6 +167,7 @@ def verify_cache(
     device: str | torch.device = "cpu",
     rtol: float = 1e-2,
     targets: dict[str, int] | None = None,
+    views: Callable[[list], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> float:
     """Re-run the live teacher on the given cached utterances (one random view each) and compare.
 
@@ -175,14 +176,17 @@ def verify_cache(
     match the stored one within ``rtol`` of its largest magnitude (half-precision storage keeps
     about 3 significant digits). Returns the largest relative error; raises CacheMismatchError
     naming the utterance, view and output otherwise. ``targets`` (utterance id -> class) go to
-    a teacher whose outputs depend on the true class.
+    a teacher whose outputs depend on the true class. ``views`` (a batch of views -> the
+    teacher's input and the parameters, :func:`kd_modules.teacher.teacher_views`) defaults to
+    :meth:`ViewReplay.features`.
     """
     worst = 0.0
     for utt_id, sig in signals.items():
         view = replay.view_of(utt_id)
         stored, stored_params = cache.read(utt_id, view)
         wave, state = replay.make_view(utt_id, sig, view)
-        feats, params = replay.features([(utt_id, view, wave, state)], device)
+        entry = [(utt_id, view, wave, state)]
+        feats, params = views(entry) if views is not None else replay.features(entry, device)
         if not torch.equal(params[0], stored_params):
             raise CacheMismatchError(
                 f"Utterance {utt_id!r}, view {view}: the seed gives augmentation parameters "

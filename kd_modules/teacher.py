@@ -286,6 +286,25 @@ def teacher_cache_folder(hparams: dict, teacher: Teacher) -> Path:
     return Path(hparams["exp_root"]) / "cache" / key
 
 
+def teacher_views(teacher, replay, device: str | torch.device = "cpu") -> Callable:
+    """Stage 3's ``views(batch) -> (teacher input, parameters (B, P))`` for same-length views.
+
+    A teacher on the student's front end gets the views' features, masks included
+    (:meth:`~kd_modules.replay.ViewReplay.features`); a teacher on its own front end
+    (``own_front_end``) gets the cropped waveforms ``(B, S)``: the crop is replayed on both
+    sides, the masks (drawn on the student's frames and bands) on the student's features only.
+    """
+    own = getattr(teacher, "own_front_end", False)
+
+    def views(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, params = replay.features(batch, device)
+        if not own:
+            return feats, params
+        return torch.stack([wave for _, _, wave, _ in batch]).to(device), params
+
+    return views
+
+
 def load_teacher(hparams: dict) -> Teacher | IntegratedTeacher:
     """The frozen teacher of a KD run, refused while its training is unfinished; wrapped as an
     :class:`IntegratedTeacher` when the composition has an ``integrated_input`` (IML-KD)."""
@@ -302,6 +321,11 @@ def as_composed(teacher: Teacher, hparams: dict) -> Teacher | IntegratedTeacher:
     integrated = hparams.get("integrated_input")
     if integrated is None:
         return teacher
+    if getattr(teacher, "own_front_end", False):
+        raise OneLineError(
+            "IML-KD's integrated input is built on the student's features, and this teacher "
+            "has its own front end: distil it with a method without an integrated_input"
+        )
     return IntegratedTeacher(teacher, integrated, score_key=hparams["attribution_score"])
 
 

@@ -9,6 +9,9 @@ device=auto                   # auto | cpu | cuda | cuda:N
 use_cache=true                # true | false: KD students read stage 3's teacher cache
 check_cache=0                 # stage 3: re-run the live teacher on N cached items and compare
 allow_unfinished_teacher=false  # true | false: stages 3 and 5 accept an unfinished teacher
+teacher_source=""             # a pretrained teacher, no stage 2: a hub-format folder (absolute path),
+                              # a hub id owner/name (needs the network) or a registered name
+trust_teacher_code=false      # true | false: --teacher_source's hyperparams.yaml may run any code
 sample_rate=16000             # Hz: stage 1 converts to it, training reads at it
 convert=auto                  # stage-1 conversion: auto | sox | soundfile | none
 nj=0                          # stage 1's parallel jobs, as Kaldi's --nj (0: one per CPU core, at most 4)
@@ -24,6 +27,7 @@ export_teacher=false          # true | false: stage 9 exports the teacher too, n
 
 # shellcheck disable=SC2034  # read by the sourcing run.sh and by parse_options.sh
 kd_options="teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
+teacher_source trust_teacher_code
 sample_rate convert nj data_dir exp_dir python extra_args teacher_args kd_args tensorboard quantize
 export_teacher"
 option_files="${option_files:-} ${BASH_SOURCE[0]}"

@@ -215,6 +215,7 @@ check_kd_options() {
     check_choice use_cache true false
     check_int check_cache 0
     check_choice allow_unfinished_teacher true false
+    check_choice trust_teacher_code true false
     check_choice tensorboard true false
     check_choice quantize true false
     check_choice export_teacher true false
@@ -237,6 +238,10 @@ set_kd_flags() {
     cache_flag=$([ "$use_cache" = true ] && echo True || echo False)
     unfinished_args=()
     [ "$allow_unfinished_teacher" = true ] && unfinished_args=(--allow_unfinished_teacher True)
+    source_args=()  # --teacher_source: the pretrained teacher, tapped as hparams/teacher/$teacher
+    [ -z "$teacher_source" ] || source_args=(--teacher_source "$teacher_source"
+        --trust_teacher_code "$([ "$trust_teacher_code" = true ] && echo True || echo False)"
+        --teacher_source_yaml "hparams/teacher/$teacher.yaml")
     [ "$tensorboard" = false ] || extra_args="${extra_args:+$extra_args }--tensorboard True"
     return 0
 }
@@ -261,6 +266,10 @@ teacher_stage() {
     local tdir=$1
     shift
     want 2 || return 0
+    if [ -n "${teacher_source:-}" ]; then
+        log "stage 2: skipped: the teacher is --teacher_source $teacher_source"
+        return 0
+    fi
     log "stage 2: teacher $teacher${log_scope:-} -> $tdir"
     # shellcheck disable=SC2046,SC2086  # word lists on purpose
     train_once 2 "$tdir" $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
@@ -275,7 +284,7 @@ cache_command() {
     # shellcheck disable=SC2046,SC2086  # word lists on purpose
     cache_args=(cache_teacher.py $(yaml "student/${students%% *}.yaml" "$method") "$@"
         --output_folder "$tdir" --teacher_folder "$tdir" --check_cache "$check_cache"
-        "${unfinished_args[@]}" $kd_args)
+        "${unfinished_args[@]}" "${source_args[@]}" $kd_args)
 }
 
 # cache_stage TDIR METHODS ARGS...: stage 3, the teacher cache of each method: one process per
@@ -336,7 +345,7 @@ student_stages() {
                 train_once 5 "$sdir" $(yaml "student/$arch.yaml" "$method") "$@" --seed "$seed" \
                     --output_folder "$sdir" --teacher_folder "$tdir" \
                     --use_teacher_cache "$cache_flag" --skip_test True "${unfinished_args[@]}" \
-                    $kd_args
+                    "${source_args[@]}" $kd_args
             done
         done
     done
@@ -349,8 +358,9 @@ evaluation_stage() {
     shift 2
     want 7 || return 0
     # shellcheck disable=SC2046,SC2086
-    evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
-        --seed "$teacher_seed" $teacher_args
+    [ -n "${teacher_source:-}" ] ||  # a --teacher_source teacher was not trained here
+        evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
+            --seed "$teacher_seed" $teacher_args
     for arch in $students; do
         for seed in $seeds; do
             for method in none $methods; do
@@ -406,7 +416,7 @@ export_stage() {
     local tdir=$1 methods=$2 arch seed method
     shift 2
     want 9 || return 0
-    [ "$export_teacher" = false ] || export_once "$tdir" "$@"
+    [ "$export_teacher" = false ] || [ -n "${teacher_source:-}" ] || export_once "$tdir" "$@"
     for arch in $students; do
         for seed in $seeds; do
             for method in none $methods; do

@@ -171,15 +171,21 @@ class DistillBrain(DDPBrain):
         student does, and cached outputs are mixed with the same λ and pairing. For a
         ``placeholder`` batch the cache gives zeros shaped like one cached utterance's outputs,
         ``(B, ...)``. ``targets`` (the batch's classes ``(B,)``) go to a live teacher whose
-        outputs depend on them (:class:`~kd_modules.teacher.IntegratedTeacher`).
+        outputs depend on them (:class:`~kd_modules.teacher.IntegratedTeacher`). A live teacher
+        on its own front end (``own_front_end``) gets the view's waveforms as ``feats`` and, as its
+        cache, sees them unmixed: its outputs are mixed like cached ones.
         """
         cache = self.teacher_cache
         if cache is None:
             if self.teacher is None:
                 raise RuntimeError("teacher_forward called but this Brain has no teacher")
             if targets is not None:
-                return self.teacher(feats, lens, targets)
-            return self.teacher(feats, lens)
+                outputs = self.teacher(feats, lens, targets)
+            else:
+                outputs = self.teacher(feats, lens)
+            if mixing is not None and getattr(self.teacher, "own_front_end", False):
+                return mixing.outputs(outputs)
+            return outputs
         if placeholder:
             return placeholder_outputs(cache.example(), len(ids), self.device)
         if batch is not None and hasattr(batch, f"teacher_{cache.names[0]}"):

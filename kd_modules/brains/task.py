@@ -49,6 +49,7 @@ class TaskBrain(DistillBrain):
         self.history = History(history_file)
         self.train_epochs_run = 0  # epochs trained by this process (0 when resuming a finished run)
         self.mixing = None  # the current training batch's mixup (a Mixing), for the task loss
+        self.view_waveforms = None  # its cropped waveforms, lengths: an own-front-end teacher's
         self._tensorboard: EpochTensorboardLogger | None = None  # made on the first epoch's end
 
     # ----- forward ---------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class TaskBrain(DistillBrain):
             wavs = self.hparams.speed_perturber(wavs)
         if policy is not None:
             wavs, lens = policy.crop_training(wavs, lens, stored)
+        self.view_waveforms = (wavs, lens)  # for a teacher on its own front end
         feats, lens = self.hparams.front_end.features_and_lengths(wavs, lens)
         if policy is not None:
             feats = policy.mask_training(feats, lens, stored)
@@ -84,9 +86,13 @@ class TaskBrain(DistillBrain):
         return feats, lens, is_placeholder(batch)
 
     def teacher_outputs(self, batch, stage: sb.Stage, feats, lens, placeholder: bool):
-        """The teacher's outputs on the student's input (KD training only, else None)."""
+        """The teacher's outputs on the student's input (KD training only, else None); a teacher
+        on its own front end (``own_front_end``, e.g. a hub model) gets the view's waveforms
+        ``(B, S)`` (cropped as the student's, before any feature mask) instead of ``feats``."""
         if stage != sb.Stage.TRAIN or not self.distilling:
             return None
+        if getattr(self.teacher, "own_front_end", False):
+            feats, lens = self.view_waveforms
         targets = self.teacher_targets(batch)
         return self.teacher_forward(
             batch.id, feats, lens, placeholder, batch=batch, mixing=self.mixing, targets=targets

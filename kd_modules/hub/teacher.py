@@ -112,19 +112,13 @@ class HubModel(nn.Module):
         return outputs
 
 
-def channels_last(feature: torch.Tensor) -> torch.Tensor:
-    """An ECAPA layer's ``(B, C, T)`` as the losses' ``(B, T, C)``; ``(B, C, 1)`` -> ``(B, C)``."""
-    if feature.dim() != 3:
-        return feature
-    return feature.squeeze(-1) if feature.shape[-1] == 1 else feature.transpose(1, 2)
-
-
 class HubTeacher(Teacher):
     """A hub-format model as a :class:`~kd_modules.teacher.Teacher` on its own front end.
 
     Called as ``teacher(wavs, lens)`` with the view's waveforms ``(B, S)`` (16 kHz) and their
     relative lengths; outputs detached, logit outputs mapped onto the dataset's classes
-    (``class_map``), tapped ECAPA layers channels-last. ``checked`` is
+    (``class_map``), tapped layers as the model gives them (ECAPA's channels-first ``(B, C, T)``,
+    as our own ECAPA teachers'). ``checked`` is
     :func:`kd_modules.hub.trust.check_teacher_folder`'s entry (source, trust choice, callables,
     files' SHA-256), which :meth:`record` gives the run record; ``front_end_settings`` goes into
     the cache key.
@@ -160,7 +154,7 @@ class HubTeacher(Teacher):
         self.model.eval()
         outputs = dict(self.model(wavs, lens))
         outputs = self.class_map.apply(outputs)
-        outputs.update({name: channels_last(f) for name, f in self.taps.features.items()})
+        outputs.update(self.taps.features)
         return {name: value.detach() for name, value in outputs.items()}
 
 

@@ -22,10 +22,11 @@ from speechbrain.utils.distributed import if_main_process
 from kd_modules.cache import TeacherCache
 from kd_modules.cache_build import build_teacher_cache
 from kd_modules.hparams import compose_yaml, load_composed, parse_recipe_arguments
+from kd_modules.hub.sources import load_any_teacher
 from kd_modules.progress import progress_bar
 from kd_modules.replay import verify_cache
 from kd_modules.run_folder import LOCK_NAME, folder_lock
-from kd_modules.teacher import load_teacher, teacher_cache_folder, teacher_targets
+from kd_modules.teacher import teacher_cache_folder, teacher_targets, teacher_views
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def run_cache_stage(
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = run_opts["device"]
-    teacher = load_teacher(hparams).to(device)
+    teacher = load_any_teacher(hparams).to(device)
     replay = hparams["view_replay"]
     replay.front_end.to(device)
     folder = teacher_cache_folder(hparams, teacher)
@@ -92,11 +93,12 @@ def run_cache_stage(
         "feature_settings": hparams["feature_settings"],
         "teacher_taps": hparams["teacher_taps"],
         "teacher_folder": str(hparams["teacher_folder"]),
+        "teacher_source": hparams.get("teacher_source"),
         "teacher_checkpoint": teacher.checkpoint,
         "fingerprint": teacher.fingerprint,
         "augmentation": replay.settings(),
     }
-    views = lambda batch: replay.features(batch, device)  # noqa: E731
+    views = teacher_views(teacher, replay, device)
     with folder_lock(folder, what="teacher cache folder", name=f"{LOCK_NAME}-r{rank}"):
         build_teacher_cache(  # this rank's share, shortest first: same-length views batch
             teacher,
@@ -123,9 +125,8 @@ def run_cache_stage(
         chosen = random.Random(0).sample(sorted(cache.index), count)
         classes = teacher_targets(hparams, dataset)
         labels = {u: int(classes([u])[0]) for u in chosen} if classes is not None else None
-        worst = verify_cache(
-            cache, teacher, replay, {u: signal(u) for u in chosen}, device, targets=labels
-        )
+        signals = {u: signal(u) for u in chosen}
+        worst = verify_cache(cache, teacher, replay, signals, device, targets=labels, views=views)
         logger.info(
             "check_cache: %d cached clips match the live teacher (largest relative error %.2g)",
             len(chosen),
