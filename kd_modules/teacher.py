@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hyperpyyaml import load_hyperpyyaml
 from torch import nn
 
@@ -179,6 +180,9 @@ def resolve_tap_points(
     return resolved
 
 
+UTTERANCE_COSINE = "utterance_cosine"  # IntegratedTeacher's label-free score_key
+
+
 class IntegratedTeacher:
     """IML-KD's teacher: its outputs on the *integrated input* of each batch, and that input's
     weight map.
@@ -191,6 +195,10 @@ class IntegratedTeacher:
     ``ig_weight`` = ``w``, so a teacher cache stores the map with the outputs and a KD run
     builds the student's ``x̃`` from the same map. Its fingerprint covers the teacher and the
     integrated-input settings (a cache keyed by it is rebuilt when either changes).
+
+    ``score_key`` ``"utterance_cosine"`` needs no classifier and no labels: the attributed score
+    of a segment is the cosine of its embedding with the whole utterance's (the teacher's
+    ``embedding`` of ``x``, held fixed), ``cos(e(x_seg), e(x))`` (:meth:`label_free_maps`).
     """
 
     def __init__(self, teacher: Teacher, integrated, score_key: str = "cosine") -> None:
@@ -213,6 +221,8 @@ class IntegratedTeacher:
         """The IG maps ``A_d`` ``(B, T, F)``, one per duration, of the teacher's ``score_key``
         output of each utterance's true class ``targets`` ``(B,)``."""
         model, key = self.teacher.model.eval(), self.score_key
+        if key == UTTERANCE_COSINE:
+            return self.label_free_maps(feats, lens)
         targets = torch.as_tensor(targets, device=feats.device).reshape(-1).long()
 
         def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -223,9 +233,25 @@ class IntegratedTeacher:
         with torch.enable_grad():
             return self.integrated.maps(score, feats.detach().float(), lens)
 
+    def label_free_maps(self, feats: torch.Tensor, lens: torch.Tensor) -> list[torch.Tensor]:
+        """The IG maps ``A_d`` ``(B, T, F)`` of ``cos(e(segment), e(utterance))``: each segment's
+        embedding against its whole utterance's ``(B, E)`` (computed once, no gradient)."""
+        model = self.teacher.model.eval()
+        with torch.no_grad():
+            whole = model(feats.detach().float(), lens)["embedding"].reshape(feats.shape[0], -1)
+
+        def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """(N, t, F) segments of the utterances ``rows`` -> (N,) cosines with the whole."""
+            out = model(x, torch.ones(x.shape[0], device=x.device))["embedding"]
+            return F.cosine_similarity(out.reshape(x.shape[0], -1), whole[rows], dim=1)
+
+        with torch.enable_grad():
+            return self.integrated.maps(score, feats.detach().float(), lens)
+
     def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None, targets=None) -> dict:
-        """Outputs on ``x̃`` plus ``ig_weight`` ``(B, T', F)``; ``targets`` ``(B,)`` required."""
-        if targets is None:
+        """Outputs on ``x̃`` plus ``ig_weight`` ``(B, T', F)``; ``targets`` ``(B,)`` required
+        unless the score is label-free (``utterance_cosine``)."""
+        if targets is None and self.score_key != UTTERANCE_COSINE:
             raise ValueError(
                 "IntegratedTeacher needs the batch's true classes (targets) to attribute the "
                 f"teacher's {self.score_key!r} score: pass them to the teacher call"
