@@ -93,7 +93,8 @@ def build_teacher_cache(
         logger.info("Teacher cache %s is complete", folder)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".shard-*.tmp"):  # left by a build killed while writing
+    # left by this rank's build killed while writing (another rank's may be mid-write now)
+    for stale in folder.glob(f".shard-r{rank}-*.tmp"):
         logger.info("Removing %s, left by an interrupted cache build", stale)
         stale.unlink()
     stored = set(stored_ids(folder))

@@ -15,8 +15,10 @@ Files only: nothing here loads a model or knows a dataset.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -29,7 +31,11 @@ from typing import Any
 from kd_modules.dataio import write_json_atomic
 from kd_modules.hparams import OneLineError
 
+logger = logging.getLogger(__name__)
+
 LOCK_NAME = ".lock"
+# flock's errors on a filesystem that has no locks (Lustre mounted noflock, NFS without lockd)
+NO_FLOCK = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
 RUN_RECORD = "run_record.json"
 TRAIN_INFO = "train_info.json"
 SESSIONS = "train_sessions.json"
@@ -72,32 +78,63 @@ def folder_lock(
 
     The lock is ``fcntl.flock`` on ``folder/.lock``: the kernel releases it when the holder dies,
     even by ``kill -9``, so a stale lock never blocks a resume. The file names the holder (pid,
-    host, start time, command) for the message a second process gets.
+    host, global rank under torchrun, start time, command) for the message a second process
+    gets. Under torchrun one process takes it for all (the global main process, or each rank its
+    own ``name``). On a filesystem without ``flock`` the block runs unlocked, with a warning.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / name, "a+")  # noqa: SIM115 - held for the whole block
     try:
+        locked = _lock(handle, folder, what)
+    except BaseException:
+        handle.close()
+        raise
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(_holder())
+        handle.flush()
+        yield
+    finally:
+        if locked:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _lock(handle, folder: Path, what: str) -> bool:
+    """Take ``handle``'s exclusive flock: True once held, False where the filesystem has none
+    (a warning says so); :class:`FolderBusyError`, naming the holder, while another has it."""
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
-        handle.close()
         raise FolderBusyError(
             f"The {what} {folder} is in use by {holder}. Two runs in one folder would overwrite "
             "each other's checkpoints: wait for it to finish (or stop it), or use another folder."
         ) from None
-    try:
-        handle.seek(0)
-        handle.truncate()
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        command = " ".join(sys.argv)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({command})")
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    except OSError as error:
+        if error.errno not in NO_FLOCK:
+            raise
+        logger.warning(
+            "The filesystem of %s has no flock (%s): the %s is not locked, so nothing stops a "
+            "second run in it; start one run per folder.",
+            folder,
+            os.strerror(error.errno),
+            what,
+        )
+        return False
+    return True
+
+
+def _holder() -> str:
+    """Who holds a lock: ``pid P on HOST [global rank R of N] since TIME (COMMAND)``."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    rank = os.environ.get("RANK")
+    ranks = f" global rank {rank} of {os.environ.get('WORLD_SIZE', '?')}" if rank else ""
+    command = " ".join(sys.argv)
+    return f"pid {os.getpid()} on {socket.gethostname()}{ranks} since {started} ({command})"
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

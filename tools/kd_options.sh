@@ -4,7 +4,12 @@
 # $kd_options to the recipe's $options; --help reads the meanings below (option_files).
 teacher_seed=1                # the teacher's seed (an integer)
 seeds="1"                     # student seeds (integers, e.g. "1 2 3")
-ngpu=1                        # > 1 launches torchrun (DDP), one process per device
+ngpu=1                        # > 1 launches torchrun (DDP), one process per device (per node)
+nnodes=1                      # > 1: a multi-node run of stages 2-6, one run.sh per node
+node_rank=0                   # this node's rank, 0 .. nnodes-1 (0 writes the stage records)
+master_addr=""                # node 0's host name or address, reachable from every node
+master_port=29500             # a free TCP port on node 0 (torchrun's rendezvous)
+rdzv_endpoint=""              # HOST:PORT of a c10d rendezvous, instead of master_addr/port
 device=auto                   # auto | cpu | cuda | cuda:N
 use_cache=true                # true | false: KD students read stage 3's teacher cache
 check_cache=0                 # stage 3: re-run the live teacher on N cached items and compare
@@ -29,5 +34,5 @@ export_teacher=false          # true | false: stage 9 exports the teacher too, n
 kd_options="teacher_seed seeds ngpu device use_cache check_cache allow_unfinished_teacher
 teacher_source trust_teacher_code
 sample_rate convert nj data_dir exp_dir python extra_args teacher_args kd_args tensorboard quantize
-export_teacher"
+export_teacher nnodes node_rank master_addr master_port rdzv_endpoint"
 option_files="${option_files:-} ${BASH_SOURCE[0]}"

@@ -23,17 +23,33 @@ die() {
 want() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 
 # launch SCRIPT ARGS...: run SCRIPT with $python, or under torchrun (DDP, one process per device)
-# when --ngpu > 1: gloo on CPU, NCCL otherwise.
+# when --ngpu > 1 or --nnodes > 1: gloo on CPU, NCCL otherwise. Each node's torchrun starts
+# --ngpu processes; the global ranks are node_rank * ngpu + local rank.
 launch() {
     local script=$1
     shift
-    if [ "$ngpu" -gt 1 ]; then
+    if [ "$ngpu" -gt 1 ] || [ "${nnodes:-1}" -gt 1 ]; then
         local backend=nccl
         [[ "$device" == cpu ]] && backend=gloo
-        $python -m torch.distributed.run --standalone --nproc_per_node="$ngpu" "$script" "$@" \
-            --distributed_backend "$backend"
+        # shellcheck disable=SC2046  # the rendezvous options: a word list
+        $python -m torch.distributed.run $(rendezvous_args) --nproc_per_node="$ngpu" "$script" \
+            "$@" --distributed_backend "$backend"
     else
         $python "$script" "$@"
+    fi
+}
+
+# rendezvous_args: how torchrun's nodes find each other: --standalone on one node without a
+# rendezvous address; else --nnodes, and --rdzv_endpoint (c10d, node ranks given on joining) or
+# --node_rank with --master_addr/--master_port (static: node 0 hosts the rendezvous).
+rendezvous_args() {
+    if [ -n "${rdzv_endpoint:-}" ]; then
+        echo "--nnodes=$nnodes --rdzv_backend=c10d --rdzv_endpoint=$rdzv_endpoint"
+    elif [ -n "${master_addr:-}" ]; then
+        echo "--nnodes=$nnodes --node_rank=$node_rank --master_addr=$master_addr" \
+            "--master_port=$master_port"
+    else
+        echo --standalone
     fi
 }
 
@@ -123,6 +139,28 @@ check_writable_dir() {
     die "--$name $dir cannot be created or written ($probe is not a writable folder)"
 }
 
+# check_nodes: the multi-node options (--nnodes, --node_rank, --master_addr, --master_port,
+# --rdzv_endpoint). With --nnodes > 1 each node runs the same run.sh for stages 2-6 (those under
+# torchrun; the others would write the shared folders from every node at once) and needs the
+# rendezvous address.
+check_nodes() {
+    check_int nnodes 1
+    check_int node_rank 0
+    [ "$((10#$node_rank))" -lt "$((10#$nnodes))" ] ||
+        die "invalid --node_rank $node_rank for --nnodes $nnodes (allowed: 0 to $((nnodes - 1)))"
+    check_int master_port 1 65535
+    check_pattern master_addr '^[^[:space:]:]*$' 'a host name or IPv4 address, e.g. node01'
+    check_pattern rdzv_endpoint '^([^[:space:]:]+:[0-9]+)?$' 'HOST:PORT, e.g. node01:29400'
+    [ -z "$master_addr" ] || [ -z "$rdzv_endpoint" ] ||
+        die "give --master_addr (with --master_port) or --rdzv_endpoint, not both"
+    [ "$nnodes" -eq 1 ] && return 0
+    [ -n "$master_addr$rdzv_endpoint" ] ||
+        die "--nnodes $nnodes needs --master_addr HOST (node 0) or --rdzv_endpoint HOST:PORT"
+    [ "$stage" -ge 2 ] && [ "$stop_stage" -le 6 ] ||
+        die "--nnodes $nnodes runs stages 2-6 only (got --stage $stage --stop_stage" \
+            "$stop_stage): run stages 0-1 and 7-9 on one node (README.md, Scaling out)"
+}
+
 # ----- what run.sh asks Python before launching a process (kd_modules.stages.status) -----------
 
 STAGE_RECORD=stage_record.json  # in a run folder: the command that trained it, and its inputs
@@ -149,9 +187,11 @@ stage_done() {
 
 # record_stage STAMP OPTION... -- SCRIPT ARGS...: record "SCRIPT ARGS", which has just succeeded,
 # as done (OPTIONs: --trained RUN_DIR, whose train_info.json must say finished; --output FILE).
+# In a multi-node run node 0 alone writes it: the nodes share the run folders.
 record_stage() {
     local stamp=$1 data=()
     shift
+    [ "${node_rank:-0}" -eq 0 ] || return 0
     [ -z "${data_info:-}" ] || data=(--data "$data_info")
     stage_status record "$stamp" "${data[@]}" "$@" >/dev/null
 }
@@ -211,6 +251,7 @@ check_kd_options() {
     check_int teacher_seed 0
     check_ints seeds 1
     check_int ngpu 1
+    check_nodes
     check_pattern device '^(auto|cpu|cuda|cuda:[0-9]+)$' 'auto|cpu|cuda|cuda:N'
     check_choice use_cache true false
     check_int check_cache 0

@@ -5,6 +5,7 @@ default, and a cache build killed mid-split."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -234,6 +235,49 @@ def test_second_run_in_a_locked_folder_stops_naming_the_holder(data, tmp_path, r
         pass
 
 
+def test_lock_holder_names_its_global_rank(tmp_path, monkeypatch):
+    """Under torchrun the holder (the global main process, or a cache rank) says which rank it
+    is: on several nodes the pid and host alone do not say which process of the job it is."""
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with folder_lock(tmp_path), pytest.raises(FolderBusyError) as error:
+        with folder_lock(tmp_path):  # another open file: flock refuses it as another process
+            pass
+    assert f"in use by pid {os.getpid()} on " in str(error.value)
+    assert " global rank 3 of 4 since " in str(error.value)
+
+
+def test_filesystem_without_flock_runs_the_block_unlocked_with_a_warning(
+    tmp_path, monkeypatch, caplog
+):
+    """Lustre mounted ``noflock`` (or NFS without lockd) fails flock with ENOSYS / ENOLCK: the
+    run goes on, unlocked, and says so, rather than a traceback that no option avoids."""
+    from kd_modules import run_folder
+
+    def no_flock(handle, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_flock)
+    ran = []
+    with caplog.at_level("WARNING", logger="kd_modules.run_folder"), folder_lock(tmp_path):
+        ran.append(True)
+    assert ran == [True]
+    assert f"The filesystem of {tmp_path} has no flock" in caplog.text
+    assert "the run folder is not locked" in caplog.text
+    assert (tmp_path / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+
+
+def test_other_flock_errors_are_not_taken_for_a_missing_lock(tmp_path, monkeypatch):
+    from kd_modules import run_folder
+
+    def failing(handle, operation):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", failing)
+    with pytest.raises(OSError, match="Bad file descriptor"), folder_lock(tmp_path):
+        pytest.fail("the block must not run")
+
+
 # ----- item 6: other data in the same run folder -----------------------------------------------
 @pytest.mark.slow
 def test_run_folder_refuses_other_data(tmp_path, recipe_train):
@@ -415,10 +459,12 @@ def test_cache_build_killed_mid_split_leaves_no_finished_cache(
     with pytest.raises(Interrupt):
         build(list(signals), killed_midway)
     (folder / ".shard-r0-000001.safetensors.1234abcd.tmp").write_bytes(b"half a shard")
+    writing = folder / ".shard-r1-000000.safetensors.5678ef01.tmp"  # rank 1 (another node) now
+    writing.write_bytes(b"a shard being written")
     with pytest.raises(FileNotFoundError, match="No finished teacher cache"):
         TeacherCache(folder)
     build([utt for utt, _ in examples[:6]])  # resumes: keeps the finished shard, drops the tmp
-    assert not list(folder.glob("*.tmp"))
+    assert list(folder.glob("*.tmp")) == [writing]  # rank 0 removed its own, not rank 1's
     with pytest.raises(KeyError, match="lacks 34 of the 40 utterances"):
         TeacherCache(folder).check_covers(data / "train.json")
 
