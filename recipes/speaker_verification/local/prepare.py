@@ -42,6 +42,17 @@ official trial list: the script writes one, ``trials.txt`` only (ids, no paths),
 balanced: every target pair (both orders count once) and as many non-target pairs, drawn at
 random; ``--n_trials N`` caps the total at N (N/2 of each).
 
+``folder``: any tree of audio files under ``--data_root`` (``.wav``/``.flac`` at any depth; other
+files are skipped and counted), with no labels and no manifests, for distillation from a teacher's
+outputs only. Each file is its own pseudo-identity ``spk_id`` (its id, the path without its
+extension): no speaker is known, so ``spk_label`` is -1, ``speakers.json`` is empty,
+``data_info.json`` says ``labelled: false`` and ``outputs: 0``; the pseudo-identities only carve
+``valid.json`` (segments of the files, as a one-utterance speaker's) and make the S-norm cohort.
+The test trials still come from a labelled set, ``--test_data_root``: a LibriSpeech tree (its
+``--test_subsets``, trials generated as for ``librispeech``) or, with ``--trials`` (VoxCeleb1's
+format), the files it lists under ``--test_data_root/wav``. A training file that is also a test
+file is dropped from training and counted.
+
 Every file is decoded in full once (kd_modules.conversion: a truncated FLAC counts as unreadable)
 and, unless ``--convert none``, converted to ``out_dir/audio/<utt_id>.wav`` (mono,
 ``--sample_rate``, 16-bit), which the manifests then point at.
@@ -77,7 +88,7 @@ from kd_modules.verification import Trial, read_trials
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("voxceleb1", "librispeech")
+DATASETS = ("voxceleb1", "librispeech", "folder")
 META = "vox1_meta.csv"
 META_ID, META_SET = "VoxCeleb1 ID", "Set"
 TRIALS = "veri_test2.txt"
@@ -107,6 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_root", required=True, type=Path, help="the official layout")
     parser.add_argument("--out_dir", required=True, type=Path, help="e.g. data/<dataset>")
     parser.add_argument("--trials", type=Path, help=f"voxceleb1 (default: data_root/{TRIALS})")
+    parser.add_argument("--test_data_root", type=Path, help="folder: the labelled test set")
     parser.add_argument("--train_subsets", nargs="+", help="librispeech (train-clean-100)")
     parser.add_argument("--test_subsets", nargs="+", help="librispeech (test-clean test-other)")
     parser.add_argument("--sample_rate", type=int, default=16000)
@@ -122,10 +134,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse options the dataset does not use (never ignore them silently) and bad values."""
-    other = {"voxceleb1": ("train_subsets", "test_subsets", "n_trials"), "librispeech": ("trials",)}
+    other = {
+        "voxceleb1": ("train_subsets", "test_subsets", "n_trials", "test_data_root"),
+        "librispeech": ("trials", "test_data_root"),
+        "folder": ("train_subsets",),
+    }
     given = [f"--{name}" for name in other[args.dataset] if getattr(args, name) is not None]
     if given:
         raise PrepareError(f"{' '.join(given)}: not an option for --dataset {args.dataset}")
+    if args.dataset == "folder" and args.test_data_root is None:
+        raise PrepareError(
+            "--dataset folder needs --test_data_root (a labelled LibriSpeech tree, or a "
+            "VoxCeleb1-layout folder with --trials): the trials need speakers"
+        )
+    if args.dataset == "folder" and args.trials is not None and args.test_subsets is not None:
+        raise PrepareError("--test_subsets (LibriSpeech) and --trials (VoxCeleb1): give one")
     if not 0.0 <= args.valid_share < 1.0:
         raise PrepareError(f"--valid_share must be in [0, 1), got {args.valid_share}")
     if args.segment_s <= 0 or args.min_duration_s < 0:
@@ -143,7 +166,18 @@ def librispeech_root(data_root: Path) -> Path:
 
 
 def librispeech_subsets(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """The train and test subsets to read; a named subset that is absent is an error."""
+    """The train and test subsets to read; a named subset that is absent is an error (for
+    ``folder``, the test subsets of ``--test_data_root``; no train subsets)."""
+    if args.dataset == "folder":
+        root = librispeech_root(args.test_data_root)
+        test = list(args.test_subsets or [s for s in LIBRISPEECH_TEST if (root / s).is_dir()])
+        absent = [name for name in test if not (root / name).is_dir()]
+        if not test or absent:
+            raise PrepareError(
+                f"--test_data_root {args.test_data_root}: no LibriSpeech test subset "
+                f"{', '.join(absent or LIBRISPEECH_TEST)} in {root} (or give --trials)"
+            )
+        return [], test
     root = librispeech_root(args.data_root)
     train = list(args.train_subsets or LIBRISPEECH_TRAIN)
     test = list(args.test_subsets or [s for s in LIBRISPEECH_TEST if (root / s).is_dir()])
@@ -167,7 +201,14 @@ def settings_of(args: argparse.Namespace) -> dict:
         "valid_share": args.valid_share,
         "seed": args.seed,
     }
-    if args.dataset == "voxceleb1":
+    if args.dataset == "folder":
+        settings["test_data_root"] = str(args.test_data_root.resolve())
+        if args.trials is not None:
+            settings["trials"] = str(args.trials.resolve())
+        else:
+            settings["test_subsets"] = librispeech_subsets(args)[1]
+            settings["n_trials"] = args.n_trials
+    elif args.dataset == "voxceleb1":
         settings["trials"] = str(trial_path(args).resolve())
     else:
         settings["train_subsets"], settings["test_subsets"] = librispeech_subsets(args)
@@ -301,6 +342,66 @@ def librispeech_sources(args: argparse.Namespace) -> Sources:
     )
 
 
+# --- an unlabelled folder ---------------------------------------------------------------------
+
+
+def folder_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(audio files, other files) anywhere under ``root``, sorted; hidden files included."""
+    if not root.is_dir():
+        raise PrepareError(f"--data_root {root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    audio = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
+    return audio, [p for p in files if p.suffix.lower() not in AUDIO_EXTENSIONS]
+
+
+def folder_test(args: argparse.Namespace) -> tuple[list[dict], list[str], list[Trial] | None]:
+    """(test utterances, listed files missing, trials or None: generate) of --test_data_root."""
+    if args.trials is None:
+        root = librispeech_root(args.test_data_root)
+        test = librispeech_utterances(root, librispeech_subsets(args)[1], "test")
+        return test, [], None
+    wav = args.test_data_root / "wav"
+    listed = read_trial_list(args.trials)
+    located = {rel: resolve_audio_path(wav / rel) for _, *pair in listed for rel in pair}
+    test = [_utterance(rel, src, "test") for rel, src in located.items() if src is not None]
+    missing = [rel for rel, src in located.items() if src is None]
+    trials = [(label, utterance_id(enrol), utterance_id(probe)) for label, enrol, probe in listed]
+    return test, missing, trials
+
+
+def folder_sources(args: argparse.Namespace) -> Sources:
+    """Every audio file under --data_root for training, unlabelled (each file its own
+    pseudo-identity); the test set and trials of --test_data_root."""
+    audio, other = folder_files(args.data_root)
+    test, missing, trials = folder_test(args)
+    test_files = {Path(u["src"]).resolve() for u in test}
+    in_test = [p for p in audio if p.resolve() in test_files]
+    train = []
+    for path in audio:
+        if path.resolve() not in test_files:
+            uid = utterance_id(path.relative_to(args.data_root).as_posix())
+            train.append({"id": uid, "spk_id": uid, "src": path, "role": "train"})
+    logger.info(
+        "folder %s: %d audio files (%d also test files: dropped), %d other files skipped",
+        args.data_root,
+        len(audio),
+        len(in_test),
+        len(other),
+    )
+    notes = {
+        "labelled": False,
+        "not_audio": len(other),
+        "not_audio_files": [p.relative_to(args.data_root).as_posix() for p in other],
+        "train_files_in_test": [str(p) for p in in_test],
+    }
+    trial_file = (
+        str(args.trials) if args.trials else f"the trials generated over {args.test_data_root}"
+    )
+    return Sources(
+        train, test, missing, trials, trial_file, f"the audio under {args.data_root}", notes
+    )
+
+
 def generate_trials(tests: list[dict], n_trials: int | None, seed: int) -> list[Trial]:
     """Balanced, seeded trials over the test utterances: target pairs (all, or a random
     ``n_trials // 2``) and as many random non-target pairs; sorted by (enrol, test)."""
@@ -412,9 +513,11 @@ def carve_valid(segments: list[dict], share: float, seed: int) -> tuple[list[dic
 
 
 def segment_manifest(segments: list[dict], labels: dict[str, int]) -> dict[str, dict]:
+    """Segment id -> its fields and ``spk_label`` (-1 where ``labels`` lacks it: unlabelled)."""
     keys = ("wav", "start", "stop", "duration", "spk_id")
     return {
-        s["id"]: {**{k: s[k] for k in keys}, "spk_label": labels[s["spk_id"]]} for s in segments
+        s["id"]: {**{k: s[k] for k in keys}, "spk_label": labels.get(s["spk_id"], -1)}
+        for s in segments
     }
 
 
@@ -442,7 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     (args.out_dir / ".done").unlink(missing_ok=True)
     stale = remove_stale_conversions(args.out_dir / "audio")
-    reader = voxceleb_sources if args.dataset == "voxceleb1" else librispeech_sources
+    readers = {"voxceleb1": voxceleb_sources, "librispeech": librispeech_sources}
+    reader = readers.get(args.dataset, folder_sources)
     sources = reader(args)
     readable, corrupt = convert(sources.train + sources.test, args)
     usable, too_short = drop_short(readable, args.min_duration_s)
@@ -484,7 +588,8 @@ def main(argv: list[str] | None = None) -> None:
 def manifests(segments, tests, trials, args) -> dict[str, dict | list]:
     """train / valid segment manifests, the test manifest (the trials' utterances only) and the
     speaker list, by output file name."""
-    speakers = sorted({s["spk_id"] for s in segments})
+    labelled = args.dataset != "folder"  # a folder's pseudo-identities are not classes
+    speakers = sorted({s["spk_id"] for s in segments}) if labelled else []
     labels = {spk: label for label, spk in enumerate(speakers)}
     train, valid = carve_valid(segments, args.valid_share, args.seed)
     in_trials = {uid for _, enrol, test in trials for uid in (enrol, test)}
@@ -508,7 +613,10 @@ def write_outputs(out: Path, outputs: dict, trials: list[Trial], report: dict, s
     write_text_atomic(out / "trials.txt", "".join(f"{lab} {e} {t}\n" for lab, e, t in trials))
     write_json_atomic(out / REPORT, report)
     write_json_atomic(out / ".done", settings)
-    info = data_info(out, settings["dataset"], len(outputs["speakers.json"]), [*OUTPUTS, ".done"])
+    facts = {} if report.get("labelled", True) else {"labelled": False}
+    info = data_info(
+        out, settings["dataset"], len(outputs["speakers.json"]), [*OUTPUTS, ".done"], **facts
+    )
     write_json_atomic(out / DATA_INFO, info)
     logger.info(
         "%s: %d speakers, %d train / %d valid segments, %d test utterances, %d trials "
