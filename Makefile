@@ -4,7 +4,8 @@
 #             latency and size (stage 9 comes after the report and is opt-in: it needs the export
 #             extra, which make env installs).
 # make test : build the environment if missing, then lint and run the whole test suite (with the
-#             tests marked slow, which train through the recipes).
+#             tests marked slow, which train through the recipes), after the GPU check's CPU run
+#             (tools/gpu_check.sh --device cpu: every step group at tiny sizes, so it cannot rot).
 # make test-fast : lint, then every test not marked slow (pytest -m "not slow"): the loop
 #                  to run while editing, in a few minutes on 2 CPU cores.
 SHELL := /bin/bash
@@ -34,6 +35,7 @@ demo: env
 	$(DEMO) --stage 8 --stop_stage 8
 
 test: env lint
+	PYTHON=$(PY) tools/gpu_check.sh --device cpu --precisions fp32 bf16  # tiny sizes, < 1 min; fp16: README
 	$(PY) -m pytest -q tests
 
 test-fast: env lint
