@@ -262,3 +262,36 @@ def test_slurm_script_starts_one_torchrun_per_node_with_node_0_as_rendezvous(tmp
         f"-m torch.distributed.run {rendezvous.format(rank)} --nproc_per_node=4" for rank in (0, 1)
     ]
     assert all(line.endswith("--distributed_backend gloo") for line in launched)
+
+
+def launched(tmp: Path, *args: str) -> list[str]:
+    """The commands run.sh launches for stage 4 with ``args`` (recorded, not run)."""
+    stub, log = recorder(tmp)
+    data = tmp / "data" / "fsdd"
+    write_fsdd_manifests(data / "fold1", {"train": 1, "valid": 1, "test": 1})
+    write_fsdd_data_info(data)
+    stage_4 = ("--python", str(stub), "--stage", "4", "--stop_stage", "4")
+    run_recipe(RECIPE, *options(tmp, "exp")[2:], *stage_4, *args)
+    return log.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("args", "launcher"),
+    [
+        ((), "train.py"),
+        (("--ngpu", "2"), "-m torch.distributed.run --standalone --nproc_per_node=2 train.py"),
+        (
+            ("--nnodes", "3", "--node_rank", "2", "--master_addr", "node01"),
+            "-m torch.distributed.run --nnodes=3 --node_rank=2 --master_addr=node01 "
+            "--master_port=29500 --nproc_per_node=1 train.py",
+        ),
+        (
+            ("--nnodes", "2", "--rdzv_endpoint", "node01:29400", "--ngpu", "4"),
+            "-m torch.distributed.run --nnodes=2 --rdzv_backend=c10d "
+            "--rdzv_endpoint=node01:29400 --nproc_per_node=4 train.py",
+        ),
+    ],
+)
+def test_launch_gives_torchrun_the_rendezvous(tmp_path, args, launcher):
+    (command,) = launched(tmp_path, *args)
+    assert command.startswith(f"{launcher} hparams/common.yaml "), command
