@@ -11,6 +11,7 @@ dataset or a model: the caller passes ``forward``, a function giving one scalar 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -25,6 +26,7 @@ STEP_RULES = (
     "gausslegendre",
 )
 MODES = ("mean", "concat")
+VIEWS = ("per_view", "shared")
 
 
 class Attribution(NamedTuple):
@@ -193,6 +195,52 @@ def _valid_frames(lens: Tensor, frames: int) -> list[int]:
     return torch.round(lens.detach().double().cpu() * frames).clamp(0, frames).long().tolist()
 
 
+def _segment_batches(
+    forward: Callable[[Tensor, Tensor], Tensor], feats: Tensor, lens: Tensor, segment_frames: int
+) -> Iterator[tuple[list[tuple[int, int]], Tensor, Callable[[Tensor], Tensor]]]:
+    """Per segment length (shortest first): the (row, start) members, their stacked segments
+    (n, length, F) and forward on them (x (c·n, length, F) -> (c·n,), step-major rows)."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for row, valid in enumerate(_valid_frames(lens, feats.shape[1])):
+        for start, length in _segments(valid, segment_frames):
+            groups.setdefault(length, []).append((row, start))
+    for length, members in sorted(groups.items()):
+        segs = torch.stack([feats[row, start : start + length] for row, start in members])
+        rows = torch.tensor([row for row, _ in members], dtype=torch.long, device=feats.device)
+
+        def seg_forward(x: Tensor, rows: Tensor = rows) -> Tensor:
+            return forward(x, rows.repeat(x.shape[0] // rows.shape[0]))
+
+        yield members, segs, seg_forward
+
+
+def segment_gaps(
+    forward: Callable[[Tensor, Tensor], Tensor],
+    feats: Tensor,
+    lens: Tensor,
+    segment_frames: int,
+    attributions: Tensor,
+    baseline: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Completeness of a map from :func:`segment_attributions` (same feats (B, T, F), lens,
+    segment_frames and baseline; attributions (B, T, F)), segment by segment: (gap, delta), each
+    (n_segments,), gap = Σ_s A − delta and delta = F(s) − F(s′), from one no-grad forward of each
+    group's segments and baselines. How far the step rule is from the path integral.
+    """
+    gaps, deltas = [], []
+    with torch.no_grad():
+        for members, segs, seg_forward in _segment_batches(forward, feats, lens, segment_frames):
+            ends = seg_forward(torch.cat([segs, torch.full_like(segs, baseline)]))
+            delta = ends[: len(members)] - ends[len(members) :]
+            length = segs.shape[1]
+            sums = torch.stack(
+                [attributions[row, start : start + length].sum() for row, start in members]
+            )
+            gaps.append(sums - delta)
+            deltas.append(delta)
+    return torch.cat(gaps), torch.cat(deltas)
+
+
 def segment_attributions(
     forward: Callable[[Tensor, Tensor], Tensor],
     feats: Tensor,
@@ -219,24 +267,14 @@ def segment_attributions(
     _check_positive_int("segment_frames", segment_frames)
     _check_steps(steps, rule)
     _check_chunk_size(chunk_size)
-    groups: dict[int, list[tuple[int, int]]] = {}
-    for row, valid in enumerate(_valid_frames(lens, feats.shape[1])):
-        for start, length in _segments(valid, segment_frames):
-            groups.setdefault(length, []).append((row, start))
     maps = torch.zeros_like(feats.detach())
-    for length, members in sorted(groups.items()):
-        segs = torch.stack([feats[row, start : start + length] for row, start in members])
-        rows = torch.tensor([row for row, _ in members], dtype=torch.long, device=feats.device)
-
-        def seg_forward(x: Tensor, rows: Tensor = rows) -> Tensor:
-            return forward(x, rows.repeat(x.shape[0] // rows.shape[0]))
-
+    for members, segs, seg_forward in _segment_batches(forward, feats, lens, segment_frames):
         reference = torch.full_like(segs, baseline) if baseline else None
         attr = integrated_gradients(
             seg_forward, segs, reference, steps, rule, chunk_size, completeness=False
         ).attributions
         for (row, start), seg_map in zip(members, attr):
-            maps[row, start : start + length] = seg_map
+            maps[row, start : start + segs.shape[1]] = seg_map
     return maps
 
 
@@ -250,6 +288,9 @@ class IntegratedInput:
     - mode "mean": weight = mean_d norm(|A_d|) (B, T, F); "concat": the normed maps concatenated
       along time (B, len(durations)·T, F), d-th block = rows d·T … (d+1)·T − 1. The single-duration
       ablation is "mean" with one duration.
+    - views: what a teacher cache computes the maps on: "per_view" (each cached crop alone, the
+      method) or "shared" (once per training segment, cropped to each view:
+      :class:`kd_modules.cache_build.SharedViewMaps`); a live teacher always maps its batch.
     norm(|A|) = |A| / max of |A| over the utterance's valid (t, f): per-utterance scaling to [0, 1].
     """
 
@@ -262,6 +303,7 @@ class IntegratedInput:
         chunk_size: int | None = None,
         mode: str = "mean",
         baseline: float = 0.0,
+        views: str = "per_view",
     ):
         if len(durations_s) == 0:
             raise ValueError("durations_s must name at least one segment duration (seconds)")
@@ -272,17 +314,21 @@ class IntegratedInput:
             )
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+        if views not in VIEWS:
+            raise ValueError(f"unknown ig_views {views!r}; valid: {', '.join(VIEWS)}")
         _check_steps(steps, rule)
         _check_chunk_size(chunk_size)
         self.durations_s = tuple(float(d) for d in durations_s)
         self.hop_length_ms = float(hop_length_ms)
         self.steps, self.rule, self.chunk_size, self.mode = steps, rule, chunk_size, mode
         self.baseline = float(baseline)
+        self.views = views
 
     def settings(self) -> dict:
         """Every constructor argument by name (lists, JSON-ready): goes into cache keys, and
-        ``IntegratedInput(**settings())`` rebuilds the same object."""
-        return {
+        ``IntegratedInput(**settings())`` rebuilds the same object. ``views`` is named only when
+        "shared", so the caches built before the key existed keep their keys."""
+        settings = {
             "durations_s": list(self.durations_s),
             "hop_length_ms": self.hop_length_ms,
             "steps": self.steps,
@@ -291,6 +337,7 @@ class IntegratedInput:
             "mode": self.mode,
             "baseline": self.baseline,
         }
+        return settings if self.views == "per_view" else {**settings, "views": self.views}
 
     def segment_frames(self) -> list[int]:
         """Frames per segment, round(d·1000 / hop) for each duration (at least 1)."""

@@ -73,6 +73,7 @@ def build_teacher_cache(
     progress: Callable[..., Any] = progress_bar,
     barrier: Callable[[], None] = lambda: None,
     targets: Callable[[list[str]], torch.Tensor] | None = None,
+    outputs_of: Callable[[list, torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> Path:
     """Run the teacher over every view of every utterance and store its outputs.
 
@@ -87,6 +88,8 @@ def build_teacher_cache(
     written by rank 0 after ``barrier()`` once all ranks are done. A finished cache is returned
     at once. With ``targets`` (utterance ids -> their classes ``(B,)``) the teacher is called as
     ``teacher(feats, lens, targets)``, for teachers whose outputs depend on the true class.
+    ``outputs_of(batch, feats, lens)``, when given, replaces the teacher call: for outputs that
+    need the batch's entries (utterance, view, crop), e.g. :class:`SharedViewMaps`.
     """
     folder = Path(folder)
     if (folder / META).is_file():
@@ -129,7 +132,9 @@ def build_teacher_cache(
         for batch in _length_buckets(readable(), n_views, make_view, batch_size):
             feats, params = views(batch)
             lens = torch.ones(feats.shape[0], device=feats.device)
-            if targets is None:
+            if outputs_of is not None:
+                outputs = outputs_of(batch, feats, lens)
+            elif targets is None:
                 outputs = teacher(feats, lens)
             else:
                 classes = targets([utt for utt, *_ in batch]).to(feats.device)
@@ -174,3 +179,79 @@ def _stored_outputs(folder: Path) -> dict:
         raise RuntimeError(f"The teacher cache {folder} has no shard: is the training set empty?")
     with safe_open(str(shard), framework="pt") as handle:
         return json.loads(handle.metadata()["outputs"])
+
+
+class SharedViewMaps:
+    """IML-KD's cached views from IG maps computed once per training segment (``ig_views:
+    shared``), each view's map cropped from its segment's.
+
+    Per-view maps (the method) cost ``n_views`` IG passes over a crop; these cost one over the
+    segment. They are not the per-view maps: IG runs on the segment's own features (sentence
+    mean over the whole segment, no time/frequency masks), its d-second tiles start at the
+    segment's start rather than the crop's, and a view's frame offset is ``crop_start // hop``
+    (the frames of the crop and of the segment align to within one hop). Each view's weight is
+    then normalised over its own crop (``IntegratedInput.weight``), and the teacher runs on that
+    view's (masked) features times ``1 + weight``, as per view.
+
+    ``teacher`` is an :class:`~kd_modules.teacher.IntegratedTeacher`; ``front_end`` gives the
+    clean features (``(1, S) -> (1, T, F)``); ``make_view`` is the replay's; ``hop`` is the
+    front end's hop in samples; ``targets`` maps utterance ids to their classes ``(B,)``.
+    :meth:`make_view` wraps the replay's (it keeps each segment's waveform until its
+    ``n_views`` views are cached); the object itself is ``build_teacher_cache``'s
+    ``outputs_of``.
+    """
+
+    def __init__(
+        self,
+        teacher: Any,
+        front_end: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        make_view: Callable[[str, torch.Tensor, int], tuple[torch.Tensor, object]],
+        hop: int,
+        targets: Callable[[list[str]], torch.Tensor],
+        n_views: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.teacher, self.front_end, self._make_view = teacher, front_end, make_view
+        self.hop, self.targets, self.n_views, self.device = int(hop), targets, n_views, device
+        self._signals: dict[str, torch.Tensor] = {}
+        self._maps: dict[str, list[torch.Tensor]] = {}
+        self._done: dict[str, int] = {}
+
+    def make_view(self, utt_id: str, sig: torch.Tensor, view: int) -> tuple:
+        """The replay's view of ``sig`` ``(S,)``; keeps ``sig`` for the segment's maps."""
+        self._signals[utt_id] = sig
+        return self._make_view(utt_id, sig, view)
+
+    def segment_maps(self, utt_id: str) -> list[torch.Tensor]:
+        """The maps A_d ``(T_s, F)`` of the utterance's whole segment, computed once."""
+        if utt_id not in self._maps:
+            sig = self._signals[utt_id].to(self.device).unsqueeze(0)
+            ones = torch.ones(1, device=self.device)
+            with torch.no_grad():
+                feats = self.front_end(sig, ones)
+            classes = self.targets([utt_id]).to(self.device)
+            self._maps[utt_id] = [m[0] for m in self.teacher.maps(feats, ones, classes)]
+        return self._maps[utt_id]
+
+    def _release(self, utt_id: str) -> None:
+        """Forget the segment once its last view is cached."""
+        self._done[utt_id] = self._done.get(utt_id, 0) + 1
+        if self._done[utt_id] == self.n_views:
+            for store in (self._signals, self._maps, self._done):
+                store.pop(utt_id, None)
+
+    def __call__(self, batch: list, feats: torch.Tensor, lens: torch.Tensor) -> dict:
+        """The teacher's outputs on each view's integrated input plus ``ig_weight`` (B, T', F)
+        for same-length views ``batch`` (``(utt_id, view, wave, (generator, crop_start))``)
+        with features ``feats`` (B, T, F)."""
+        frames = feats.shape[1]
+        crops = []
+        for utt_id, _, _, (_, start) in batch:
+            offset = int(start) // self.hop
+            crops.append([m[offset : offset + frames] for m in self.segment_maps(utt_id)])
+            self._release(utt_id)
+        maps = [torch.stack(per_duration) for per_duration in zip(*crops)]
+        integrated = self.teacher.integrated
+        weight = integrated.weight(maps, lens)
+        outputs = self.teacher.teacher(integrated.apply(feats, weight.to(feats.dtype)), lens)
+        return {**outputs, "ig_weight": weight.detach()}

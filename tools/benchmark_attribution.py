@@ -11,12 +11,14 @@ Rows: ours (``kd_modules.attribution.integrated_gradients``) and
 ``captum.attr.IntegratedGradients(...).attribute`` with the same steps, rule and baseline, all
 steps in one batch; with ``--chunk_size c`` also both chunked (ours ``chunk_size=c``, Captum's
 ``internal_batch_size=c·B``: Captum counts expanded rows, not steps). Repeats are interleaved
-(ours, ours + gap, Captum, ...) after one untimed warm-up each; medians per utterance. "ours"
+(ours, ours + gap, Captum, ...) after one untimed warm-up each, so a load swing hits every
+variant of its round; medians per utterance, the ratio of the medians and, per round, the median
+and range of ours/Captum (give ``--repeats`` 15 or more on a busy machine). "ours"
 is the map alone (``completeness=False``, what segment_attributions runs); "ours + completeness
 gap" adds one no-grad forward of the 2B end points, which Captum does not compute. Last rows:
 ``segment_attributions`` at 0.5 / 1 / 2 s segments of a 3 s crop (IntegratedInput's defaults).
 
-    python tools/benchmark_attribution.py --clips 8 --steps 20 --repeats 5
+    python tools/benchmark_attribution.py --clips 8 --steps 20 --repeats 15
     python tools/benchmark_attribution.py --device cuda --clips 32 --chunk_size 5
 """
 
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop_s", type=float, default=3.0, help="crop of each clip (seconds)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rule", default="riemann_right", choices=STEP_RULES)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timed rounds")
     parser.add_argument("--chunk_size", type=int, default=None, help="steps per chunk")
     parser.add_argument("--channels", type=int, default=256, help="ECAPA channels (last layer: 3x)")
     parser.add_argument("--device", default="cpu")
@@ -144,7 +146,10 @@ def compare_with_captum(args, forward: Callable, feats: Tensor) -> list[tuple[st
         label = "all steps" if chunk is None else f"chunk {chunk} steps"
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         ratio = medians["ours"] / medians["captum"]
-        rows.append((f"ours, {label}", medians["ours"], f"ours/captum {ratio:.2f}x"))
+        rounds = sorted(o / c for o, c in zip(times["ours"], times["captum"]))
+        middle = statistics.median(rounds)
+        spread = f"per round median {middle:.2f}x, {rounds[0]:.2f}-{rounds[-1]:.2f}x"
+        rows.append((f"ours, {label}", medians["ours"], f"ours/captum {ratio:.2f}x ({spread})"))
         ratio = medians["ours + gap"] / medians["captum"]
         rows.append(
             (

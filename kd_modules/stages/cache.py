@@ -20,7 +20,7 @@ import torch.distributed as dist
 from speechbrain.utils.distributed import if_main_process
 
 from kd_modules.cache import TeacherCache
-from kd_modules.cache_build import build_teacher_cache
+from kd_modules.cache_build import SharedViewMaps, build_teacher_cache
 from kd_modules.hparams import compose_yaml, load_composed, parse_recipe_arguments
 from kd_modules.hub.sources import load_any_teacher
 from kd_modules.progress import progress_bar
@@ -99,13 +99,26 @@ def run_cache_stage(
         "augmentation": replay.settings(),
     }
     views = teacher_views(teacher, replay, device)
+    make_view, outputs_of = replay.make_view, None
+    if getattr(getattr(teacher, "integrated", None), "views", "per_view") == "shared":
+        if hparams["check_cache"] > 0:
+            raise SystemExit(
+                "check_cache re-runs the per-view maps of the live teacher, which ig_views: "
+                "shared does not store: run stage 3 with check_cache 0 (--check_cache 0)"
+            )
+        hop = round(teacher.integrated.hop_length_ms * hparams["sample_rate"] / 1000)
+        classes = teacher_targets(hparams, dataset)
+        outputs_of = SharedViewMaps(
+            teacher, replay.front_end, replay.make_view, hop, classes, replay.n_views, device
+        )
+        make_view = outputs_of.make_view
     with folder_lock(folder, what="teacher cache folder", name=f"{LOCK_NAME}-r{rank}"):
         build_teacher_cache(  # this rank's share, shortest first: same-length views batch
             teacher,
             order[rank::world],
             signal,
             views,
-            replay.make_view,
+            make_view,
             folder,
             settings,
             n_views=replay.n_views,
@@ -118,6 +131,7 @@ def run_cache_stage(
             progress=functools.partial(progress_bar, disable=not if_main_process()),
             barrier=dist.barrier if distributed else lambda: None,
             targets=teacher_targets(hparams, dataset),
+            outputs_of=outputs_of,
         )
     if hparams["check_cache"] > 0 and if_main_process():
         cache = TeacherCache(folder)

@@ -7,6 +7,8 @@ prototype, the shape of IML-KD's "cosine score of the true speaker".
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from captum.attr import IntegratedGradients
@@ -19,6 +21,7 @@ from kd_modules.attribution import (
     IntegratedInput,
     integrated_gradients,
     segment_attributions,
+    segment_gaps,
     step_alphas,
 )
 from kd_modules.dataio import read_audio
@@ -139,6 +142,42 @@ def test_completeness_gap_shrinks_with_steps_on_real_fbank(feats, prototypes):
     assert gaps["riemann_right"][0] > 5 * gaps["riemann_right"][2], gaps
     assert gaps["gausslegendre"][0] > gaps["gausslegendre"][1] > gaps["gausslegendre"][2], gaps
     assert gaps["gausslegendre"][2] < 2e-3, gaps  # within 0.2% of F(x) − F(x′)
+
+
+def test_rules_agree_at_many_steps_in_float32_with_one_example(feats, ecapa, prototypes):
+    one, model = feats[:1].float(), copy.deepcopy(ecapa).float()
+    forward = cosine_forward(model, prototypes[:1].float())
+
+    def spread(steps: int) -> float:
+        """Largest difference of the rules' maps from Gauss–Legendre's, relative to its max."""
+        maps = {
+            rule: integrated_gradients(forward, one, steps=steps, rule=rule).attributions
+            for rule in ("riemann_middle", "riemann_trapezoid", "gausslegendre")
+        }
+        assert all(m.dtype == torch.float32 and m.shape == one.shape for m in maps.values())
+        reference = maps.pop("gausslegendre")
+        scale = reference.abs().max()
+        return max(((m - reference).abs().max() / scale).item() for m in maps.values())
+
+    many, few = spread(256), spread(4)
+    assert many < 2e-2 and few > 4 * many, (many, few)
+
+
+def test_segment_gaps_are_each_segments_own_completeness_gap(feats, ecapa, prototypes):
+    frames, lens = 40, torch.tensor([1.0, 0.7], dtype=torch.float64)
+    forward = row_forward(ecapa, prototypes)
+    maps = segment_attributions(forward, feats, lens, frames, steps=4, rule="gausslegendre")
+    gaps, deltas = segment_gaps(forward, feats, lens, frames, maps)
+    # 101 frames: 40 + 40 + 21; 71 valid: 40 + 31 (tails >= 20 frames stand alone); by length
+    spans = [(0, 80, 21), (1, 40, 31), (0, 0, 40), (0, 40, 40), (1, 0, 40)]
+    assert gaps.shape == deltas.shape == (len(spans),)
+    for (row, start, length), gap, delta in zip(spans, gaps, deltas):
+        segment = feats[row : row + 1, start : start + length]
+        alone = integrated_gradients(
+            cosine_forward(ecapa, prototypes[row : row + 1]), segment, steps=4, rule="gausslegendre"
+        )
+        torch.testing.assert_close(gap, alone.gap[0])
+        torch.testing.assert_close(delta, alone.outputs[0] - alone.baseline_outputs[0])
 
 
 # ---------------------------------------------------------------- agreement with Captum
