@@ -8,6 +8,7 @@ from kd_modules.brains.distill import DistillBrain, KDObjective
 from kd_modules.brains.speaker import SpeakerBrain
 from kd_modules.brains.tagging import TaggingBrain, TagLayout
 from kd_modules.brains.task import TaskBrain
+from kd_modules.brains.unlabelled import UnlabelledSpeakerBrain
 
 __all__ = [
     "ClassificationBrain",
@@ -18,4 +19,5 @@ __all__ = [
     "TagLayout",
     "TaggingBrain",
     "TaskBrain",
+    "UnlabelledSpeakerBrain",
 ]

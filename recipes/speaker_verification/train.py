@@ -31,7 +31,8 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.data_pipeline import provides, takes
 from speechbrain.utils.distributed import if_main_process
 
-from kd_modules.brains import SpeakerBrain
+from kd_modules.brains import SpeakerBrain, UnlabelledSpeakerBrain
+from kd_modules.data_info import DATA_INFO, read_data_info
 from kd_modules.dataio import audio_pipeline, segment_pipeline
 from kd_modules.evaluation import common_results
 from kd_modules.experiment import Recipe, build_brain, run_experiment
@@ -69,9 +70,17 @@ def dataio_prepare(hparams: dict) -> dict[str, DynamicItemDataset]:
     return {**segments, "test": test}
 
 
+def labelled(data_folder: str) -> bool:
+    """False when stage 1 prepared the data without labels (data_info.json ``labelled: false``)."""
+    info = Path(data_folder) / DATA_INFO
+    return not info.is_file() or read_data_info(info).get("labelled", True)
+
+
 def make_brain(hparams: dict, run_opts, teacher=None, cache=None, checkpoints: bool = True):
-    """The run's SpeakerBrain; the cache, when given, replaces the live teacher."""
-    return build_brain(SpeakerBrain, hparams, run_opts, teacher, cache, checkpoints)
+    """The run's SpeakerBrain (UnlabelledSpeakerBrain, KD terms only, when stage 1 prepared the
+    data without labels: ``--dataset folder``); the cache, when given, replaces the live teacher."""
+    brain_class = SpeakerBrain if labelled(hparams["data_folder"]) else UnlabelledSpeakerBrain
+    return build_brain(brain_class, hparams, run_opts, teacher, cache, checkpoints)
 
 
 def write_verification_results(brain, hparams: dict, datasets: dict, train_info: dict) -> None:
@@ -79,7 +88,8 @@ def write_verification_results(brain, hparams: dict, datasets: dict, train_info:
     started = time.time()
     if not if_main_process():
         return
-    brain.on_evaluate_start(max_key="accuracy")
+    key = brain.selection_key()  # speaker-ID accuracy; the last epoch without labels
+    brain.on_evaluate_start(max_key=key)
     brain.on_stage_start(sb.Stage.TEST, None)
     output = Path(hparams["output_folder"])
     test = embed(brain, datasets["test"], hparams["embedding_batch_size"], "test embeddings")
@@ -101,7 +111,7 @@ def write_verification_results(brain, hparams: dict, datasets: dict, train_info:
         "task": "speaker_verification",
         "dataset": hparams["dataset"],
         "metrics": metrics,
-        **common_results(brain, hparams, train_info, datasets["test"], "accuracy", started, SPLITS),
+        **common_results(brain, hparams, train_info, datasets["test"], key, started, SPLITS),
         "scores": files,
         "trials": len(trials),
         "skipped_trials": len(all_trials) - len(trials),
