@@ -55,14 +55,20 @@ class Ensemble(nn.Module):
         """
         outputs = [member(feats, lens) for member in self.members]
         member_logits = torch.stack([out["logits"] for out in outputs])
-        log_probs = torch.logsumexp(F.log_softmax(member_logits.float(), dim=-1), dim=0)
         result = {
-            "logits": (log_probs - math.log(len(self.members))).to(member_logits.dtype),
+            "logits": mean_probability_logits(member_logits),
             "embedding": torch.cat([out["embedding"] for out in outputs], dim=-1),
         }
         if self.training:
             result["member_logits"] = member_logits
         return result
+
+
+def mean_probability_logits(member_logits: torch.Tensor) -> torch.Tensor:
+    """The log of the members' mean probability ``(B, C)`` from their logits ``(M, B, C)``,
+    computed in float32 and returned in the logits' dtype."""
+    log_probs = torch.logsumexp(F.log_softmax(member_logits.float(), dim=-1), dim=0)
+    return (log_probs - math.log(member_logits.shape[0])).to(member_logits.dtype)
 
 
 def classification_loss(

@@ -49,5 +49,9 @@ class SpeakerEmbeddingModel(nn.Module):
         embedding = self.encoder(feats, lens)
         if embedding.dim() == 3:
             embedding = embedding.squeeze(1)
+        return {"embedding": embedding, **self.classify(embedding)}
+
+    def classify(self, embedding: torch.Tensor) -> dict:
+        """``{"cosine": (B, C), "logits": (B, C)}`` of embeddings ``(B, E)``."""
         cosine = F.linear(F.normalize(embedding.float()), F.normalize(self.weight.float()))
-        return {"embedding": embedding, "cosine": cosine, "logits": self.scale * cosine}
+        return {"cosine": cosine, "logits": self.scale * cosine}
