@@ -4,8 +4,10 @@ Data prepared without labels (``data_info.json`` ``labelled: false``, e.g. the s
 ``--dataset folder``) has no training speakers, so the AAM softmax, which needs them, is dropped
 (said once in the log) and the loss is the weighted KD terms alone (embedding KD, feature terms;
 a logit term has no shared classes and is refused by the teacher side). A student alone has
-nothing to learn there and is refused in one line. Validation has no speaker-ID accuracy: the
-checkpoint kept is the last epoch's (``selection_key`` ``epoch``).
+nothing to learn there and is refused in one line. Validation has no speaker-ID accuracy: its
+loss is the KD terms on the held-out segments, from the live teacher, which anneals the learning
+rate and keeps the checkpoint (``negative_kd_loss``, higher is better). With a teacher cache and
+no live teacher the validation loss is 0 (the cache covers the training segments only).
 """
 
 from __future__ import annotations
@@ -41,18 +43,32 @@ class UnlabelledSpeakerBrain(SpeakerBrain):
         logger.info("unlabelled training data: the AAM term is dropped, the KD terms are the loss")
         super().on_fit_start()
 
+    def teacher_outputs(self, batch, stage: sb.Stage, feats, lens, placeholder: bool):
+        """As in training, and in validation from the live teacher too (the KD loss on held-out
+        segments is the one validation signal without labels)."""
+        if stage != sb.Stage.VALID or self.teacher is None:
+            return super().teacher_outputs(batch, stage, feats, lens, placeholder)
+        if getattr(self.teacher, "own_front_end", False):
+            feats, lens = self.view_waveforms
+        return self.teacher(feats, lens)
+
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
-        """The weighted KD terms on ``distilled`` in training; 0 outside it (no labels to
-        score). ``predictions`` is ``(student, teacher, lens, distilled)``."""
+        """The weighted KD terms on ``distilled`` (training and validation); 0 in testing (no
+        labels to score). ``predictions`` is ``(student, teacher, lens, distilled)``."""
         student, teacher, lens, distilled = predictions
         zero = student["embedding"].sum() * 0.0  # on the graph: DDP sees every parameter
-        if stage != sb.Stage.TRAIN:
+        if teacher is None:
             return zero.detach()
         return self.task_and_kd_loss(batch, {self.task_term: zero}, distilled, teacher, lens, None)
 
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
+        """Keep the stage's loss for :meth:`stage_metrics`, then TaskBrain's epoch end."""
+        self.stage_loss = float(stage_loss)
+        super().on_stage_end(stage, stage_loss, epoch)
+
     def stage_metrics(self) -> dict:
-        """The epoch, which keeps the last checkpoint (no validation metric without labels)."""
-        return {"epoch": float(self.hparams.epoch_counter.current)}
+        """``negative_kd_loss``: minus the validation KD loss (higher is better)."""
+        return {"negative_kd_loss": -self.stage_loss}
 
     def selection_key(self) -> str:
-        return "epoch"
+        return "negative_kd_loss"
