@@ -180,6 +180,20 @@ def resolve_tap_points(
     return resolved
 
 
+TRUE_TAGS_SCORE = "sigmoid"  # IntegratedTeacher's score_key of multi-label (tagging) teachers
+
+
+def attributed_score(outputs: dict, key: str, targets: torch.Tensor) -> torch.Tensor:
+    """The teacher output IG attributes, one per row ``(N,)``: ``outputs[key]`` of the true
+    class ``targets`` ``(N,)`` (``cosine``: a speaker model's AAM cosine; ``logits``: a
+    classifier's), or for ``key`` ``"sigmoid"`` (a tagger) the summed sigmoid scores of the true
+    tags, ``Σ_k y_k·σ(z_k)`` with ``targets`` y ``(N, K)`` in {0, 1} (a clip with no tag: 0, a
+    zero map, x̃ = x)."""
+    if key == TRUE_TAGS_SCORE:
+        return (torch.sigmoid(outputs["logits"].float()) * targets).sum(1)
+    return outputs[key].gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
 UTTERANCE_COSINE = "utterance_cosine"  # IntegratedTeacher's label-free score_key
 
 
@@ -223,12 +237,16 @@ class IntegratedTeacher:
         model, key = self.teacher.model.eval(), self.score_key
         if key == UTTERANCE_COSINE:
             return self.label_free_maps(feats, lens)
-        targets = torch.as_tensor(targets, device=feats.device).reshape(-1).long()
+        targets = torch.as_tensor(targets, device=feats.device)
+        if key == TRUE_TAGS_SCORE:  # multi-label: the 0/1 tags (B, K)
+            targets = targets.float().reshape(feats.shape[0], -1)
+        else:
+            targets = targets.reshape(-1).long()
 
         def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             """(N, t, F) segments of the utterances ``rows`` -> (N,) true-class scores."""
-            out = model(x, torch.ones(x.shape[0], device=x.device))[key]
-            return out.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
+            out = model(x, torch.ones(x.shape[0], device=x.device))
+            return attributed_score(out, key, targets[rows])
 
         with torch.enable_grad():
             return self.integrated.maps(score, feats.detach().float(), lens)
@@ -357,11 +375,22 @@ def as_composed(teacher: Teacher, hparams: dict) -> Teacher | IntegratedTeacher:
 
 def teacher_targets(hparams: dict, dataset) -> Callable[[list[str]], Any] | None:
     """Utterance ids -> their classes ``(B,)`` from the manifest field ``teacher_targets`` (for
-    a teacher whose outputs depend on the true class), or None when the key is unset."""
+    a teacher whose outputs depend on the true class), or None when the key is unset. A name that
+    is no manifest field is the dataset's dynamic item of that name (a tagger's ``targets``,
+    ``(B, K)``)."""
     field = hparams.get("teacher_targets")
     if not field:
         return None
-    return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
+    if field in dataset.data[dataset.data_ids[0]]:
+        return lambda ids: torch.tensor([int(dataset.data[utt][field]) for utt in ids])
+    position = {utt: i for i, utt in enumerate(dataset.data_ids)}
+
+    def computed(ids: list[str]) -> torch.Tensor:
+        """The dataset's own item ``field`` (e.g. a tagger's 0/1 targets ``(K,)``), stacked."""
+        with dataset.output_keys_as([field]):
+            return torch.stack([torch.as_tensor(dataset[position[utt]][field]) for utt in ids])
+
+    return computed
 
 
 def load_teacher_side(

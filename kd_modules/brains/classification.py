@@ -6,6 +6,10 @@ augmentation, mixup: inputs, teacher outputs and the cross-entropy's targets sha
 pairing), optionally ``label_smoothing``. Validation accuracy selects the checkpoint. A subclass
 with other classes and another class loss (speakers, AAM) overrides ``class_targets``,
 ``class_loss`` and ``task_term``.
+
+IML-KD (docs/METHODS.md §2) for any classifier: the teacher attributes its output of the true
+class (``teacher_targets``), and the KD terms see the student on the integrated input
+(TaskBrain's second pass): ``L = class_loss(x) + η·KD(x̃)``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,16 @@ class ClassificationBrain(TaskBrain):
         """Cross-entropy of the student's logits (an ensemble's: averaged over its members)."""
         return classification_loss(student, targets, getattr(self.hparams, "label_smoothing", 0.0))
 
+    def teacher_targets(self, batch) -> torch.Tensor:
+        """The batch's classes, for IML-KD's integrated gradients of the true class (a plain
+        teacher ignores them)."""
+        return self.class_targets(batch)
+
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
-        """The class loss (+ weighted KD terms in training); accuracy outside training."""
-        student, teacher, lens = predictions
-        return self.class_objectives(batch, stage, student, teacher, lens)
+        """The class loss on the input (+ weighted KD terms on ``distilled`` in training);
+        accuracy outside training. A placeholder batch gives an exact 0."""
+        student, teacher, lens, distilled = predictions
+        return self.class_objectives(batch, stage, student, teacher, lens, kd_student=distilled)
 
     def class_objectives(
         self, batch, stage: sb.Stage, student: dict, teacher, lens, kd_student: dict | None = None

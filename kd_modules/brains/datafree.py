@@ -54,7 +54,7 @@ class DataFreeBrain(ClassificationBrain):
         """KD terms (+ weighted CE on the synthesis targets) in training; CE and accuracy else."""
         if stage != sb.Stage.TRAIN:
             return super().compute_objectives(predictions, batch, stage)
-        student, teacher, lens = predictions
+        student, teacher, lens, _ = predictions  # a pool's teacher is never integrated
         loss = self.distill_loss(student, teacher, lens, None)
         weight = float(getattr(self.hparams, "synthetic_ce_weight", 0.0))
         if weight > 0:

@@ -84,18 +84,23 @@ class TaggingBrain(TaskBrain):
     this class adds the task loss (BCE over every output), the metrics and the selection key.
     """
 
+    def teacher_targets(self, batch) -> torch.Tensor:
+        """The batch's 0/1 targets ``(B, K)``, for IML-KD's integrated gradients of the true
+        tags' scores (a plain teacher ignores them)."""
+        return batch.targets.data.float()
+
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
         """BCE (+ weighted KD terms in training); outside training, collect the scores.
 
         With mixup (``self.mixing``: the inputs were mixed), the BCE targets are mixed alike
         (soft multi-label targets).
         """
-        student, teacher, lens = predictions
+        student, teacher, lens, distilled = predictions  # distilled: on x̃ for IML-KD
         targets = batch.targets.data.float()  # (B, K)
         if stage == sb.Stage.TRAIN and self.mixing is not None:
             targets = self.mixing.inputs(targets)
         loss = F.binary_cross_entropy_with_logits(student["logits"].float(), targets)
-        loss = self.task_and_kd_loss(batch, {"bce": loss}, student, teacher, lens, targets)
+        loss = self.task_and_kd_loss(batch, {"bce": loss}, distilled, teacher, lens, targets)
         if stage != sb.Stage.TRAIN and not is_placeholder(batch):
             self.scores.append(student["logits"].detach().float().sigmoid().cpu())
             self.truth.append(targets.cpu())

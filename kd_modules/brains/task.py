@@ -103,11 +103,27 @@ class TaskBrain(DistillBrain):
         return None
 
     def compute_forward(self, batch, stage: sb.Stage):
-        """``(student, teacher, lens)``: the student's outputs, the teacher's (KD training only)
-        and the relative lengths."""
+        """``(student, teacher, lens, distilled)``: the student's outputs on the input, the
+        teacher's (KD training only), the lengths, and the student's outputs the KD terms see.
+
+        IML-KD (docs/METHODS.md §2), for every task: when the teacher's outputs carry
+        ``ig_weight`` ``(B, T', F)`` (a live :class:`~kd_modules.teacher.IntegratedTeacher`, or a
+        teacher cache built from one), the student runs a second time, on the integrated input
+        ``x̃ = integrated_input.apply(x, ig_weight)``, and the KD terms compare its outputs with
+        the teacher's on the same ``x̃`` while the task loss stays on the raw input
+        (``L = task(x) + η·KD(x̃)``); else ``distilled`` is ``student``.
+        """
         feats, lens, placeholder = self.model_inputs(batch, stage)
         student = self.student_forward(feats, lens, placeholder=placeholder)
-        return student, self.teacher_outputs(batch, stage, feats, lens, placeholder), lens
+        teacher = self.teacher_outputs(batch, stage, feats, lens, placeholder)
+        weight = teacher.pop("ig_weight", None) if teacher is not None else None
+        if weight is None:
+            return student, teacher, lens, student
+        if self.mixing is not None:
+            raise ValueError("IML-KD's integrated input does not mix: set mixup_alpha 0")
+        if not placeholder:  # a placeholder's zero audio needs no integrated input
+            feats = self.hparams.integrated_input.apply(feats, weight.to(feats.dtype))
+        return student, teacher, lens, self.student_forward(feats, lens, placeholder)
 
     # ----- the epoch's end -------------------------------------------------------------------
     def log_tensorboard(self, epoch: int, meta: dict | None = None, **stats: dict) -> None:
