@@ -295,3 +295,16 @@ def launched(tmp: Path, *args: str) -> list[str]:
 def test_launch_gives_torchrun_the_rendezvous(tmp_path, args, launcher):
     (command,) = launched(tmp_path, *args)
     assert command.startswith(f"{launcher} hparams/common.yaml "), command
+
+
+@pytest.mark.parametrize(("node_rank", "recorded"), [("0", True), ("1", False)])
+def test_node_0_alone_writes_the_stage_record(tmp_path, node_rank, recorded):
+    """Every node's run.sh launches the same run; the record that it is trained (which later
+    runs read to skip it) is written once, by node 0, not by every node into the shared folder."""
+    student = tmp_path / "exp" / FOLD / "student" / "xvector_small" / "none" / "seed1"
+    student.mkdir(parents=True)
+    (student / "train_info.json").write_text('{"finished": true}')  # as a finished run leaves it
+    nodes = ("--nnodes", "2", "--node_rank", node_rank, "--master_addr", "node01")
+    (command,) = launched(tmp_path, *nodes)
+    assert f" --output_folder {student} " in command
+    assert (student / "stage_record.json").is_file() == recorded
