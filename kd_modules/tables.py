@@ -233,16 +233,26 @@ def results_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def _datafree_row(label: str, group: list[dict]) -> str:
-    """One row of the data-free table: accuracy, and the synthesis time and size of the pools."""
+def _datafree_row(label: str, group: list[dict], metric: str, diversity: bool) -> str:
+    """One row of the data-free table: ``metric`` (%), and the synthesis time and size (and the
+    embedding diversity, with ``diversity``) of the pools."""
     pools = [run["synthesis"] for run in group if run.get("synthesis")]
-    accuracy = _mean_std([run["metrics"].get("accuracy") for run in group], 100.0)
+    value = _mean_std([run["metrics"].get(metric) for run in group], 100.0)
     seconds = _mean_std([p["wall_time_s"] for p in pools], digits=0) if pools else "–"
     samples = _mean_std([p["samples"] for p in pools], digits=0) if pools else "–"
-    return f"| {label} | {len(group)} | {accuracy} | {seconds} | {samples} |"
+    row = f"| {label} | {len(group)} | {value} | {seconds} | {samples} |"
+    if diversity:
+        measured = [p.get("embedding_diversity") for p in pools]
+        row += f" {_mean_std(measured, digits=3) if pools else '–'} |"
+    return row
 
 
-def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> str:
+def datafree_tables(
+    runs: list[dict],
+    rows: Sequence[tuple[str, str, str]],
+    metric: str = "accuracy",
+    metric_label: str = "accuracy",
+) -> str:
     """A data-free comparison per dataset and student arch, when any run is data-free ("" if
     none).
 
@@ -251,19 +261,24 @@ def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> s
     FRAMI without and with hidden-state reuse); a teacher row takes the teacher of every arch,
     the others the students of the table's arch, and rows without runs are left out. Accuracy
     mean ± std over seeds and folds; for data-free rows the synthesis wall time (s) and the
-    number of synthetic samples of their pools (mean ± std over the pools). A data-free method
+    number of synthetic samples of their pools (mean ± std over the pools), and their
+    within-class (or within-tag) embedding diversity when any pool has it measured
+    (``kd_modules.stages.datafree.pool_diversity``). ``metric`` (a rate, shown in %) replaces
+    accuracy for another task (``coarse_micro_auprc`` for tagging). A data-free method
     whose pools were synthesised with different settings gets a row per set of settings, named
     by those that differ (``synthesis_variants``: "FRAMI (steps 30)", "FRAMI (steps 120)").
     """
     datafree = [run for run in runs if run.get("synthesis")]
     variants = synthesis_variants(runs)
     sections = []
+    diversity = any("embedding_diversity" in run["synthesis"] for run in datafree)
+    extra = (" diversity |", "---|") if diversity else ("", "")
     for dataset, arch in sorted({(run["dataset"], run["arch"]) for run in datafree}):
         lines = [
             f"### Data-free KD: {dataset}, student {arch}",
             "",
-            "| model | runs | accuracy | synthesis s | synthetic samples |",
-            "|---|---|---|---|---|",
+            f"| model | runs | {metric_label} | synthesis s | synthetic samples |{extra[0]}",
+            "|---|---|---|---|---|" + extra[1],
         ]
         for label, role, method in rows:
             cells: dict[tuple, list[dict]] = defaultdict(list)
@@ -273,14 +288,20 @@ def datafree_tables(runs: list[dict], rows: Sequence[tuple[str, str, str]]) -> s
                 ):
                     cells[variants.get(id(run), ((), ""))].append(run)
             for key, variant in sorted(cells):
-                lines.append(_datafree_row(label + variant, cells[(key, variant)]))
+                group = cells[(key, variant)]
+                lines.append(_datafree_row(label + variant, group, metric, diversity))
         sections.append("\n".join(lines))
     if not sections:
         return ""
     note = (
-        "Accuracy in % on the real test split, mean ± std over seeds and folds; data-free "
-        "students never saw a real training clip."
+        f"{metric_label[0].upper() + metric_label[1:]} in % on the real test split, mean ± std "
+        "over seeds and folds; data-free students never saw a real training clip."
     )
+    if diversity:
+        note += (
+            " diversity: the teacher's embeddings of a pool's samples, mean pairwise cosine "
+            "distance within each class (or tag), averaged (higher: more diverse)."
+        )
     if variants:
         note += " " + VARIANTS_NOTE
     return "\n" + "\n\n".join(sections) + "\n\n" + note + "\n"

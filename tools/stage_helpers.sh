@@ -432,6 +432,47 @@ single_split_stages() {
     evaluation_stage "$tdir" "$methods" "$@"
 }
 
+# ----- stage 6: data-free KD (synthesize.py) -----------------------------------------------------
+
+synthesiser() { stage_status value "hparams/kd/$1.yaml" synthesis; }  # of a data-free METHOD
+datafree_yaml() {  # ARCH METHOD: the composition of a data-free run
+    echo "hparams/common.yaml hparams/student/$1.yaml hparams/synthesis/$(synthesiser "$2").yaml" \
+        "hparams/kd/$2.yaml"
+}
+
+# datafree_stages TDIR POOL_ROOT METHODS ARGS...: stage 6 and the data-free runs' stage 7 of a
+# recipe with one data split: per student arch, seed and data-free method, synthesize.py builds
+# (or reuses) the pool POOL_ROOT/<synthesiser>/seed<s> from the teacher TDIR and distils the
+# student on it, then evaluates it once. Options of stage 6 alone: $synthesis_args.
+datafree_stages() {
+    local tdir=$1 pool_root=$2 methods=$3 arch seed method sdir pool
+    shift 3
+    if want 6 && [ -z "$methods" ]; then
+        log "stage 6: no data-free method in --methods (e.g. frami, deepinversion, cmi): skipped"
+    fi
+    for arch in $students; do
+        for seed in $seeds; do
+            for method in $methods; do
+                sdir=$(student_folder "$arch" "$method" "$seed")
+                pool="$pool_root/$(synthesiser "$method")/seed$seed"
+                if want 6; then
+                    log "stage 6: $method, seed $seed: pool $pool -> $sdir"
+                    # shellcheck disable=SC2046,SC2086
+                    launch synthesize.py $(datafree_yaml "$arch" "$method") "$@" --seed "$seed" \
+                        --output_folder "$sdir" --teacher_folder "$tdir" --pool_folder "$pool" \
+                        --skip_test True "${unfinished_args[@]}" ${synthesis_args:-}
+                fi
+                if want 7; then
+                    # shellcheck disable=SC2046,SC2086
+                    evaluate_once "$sdir" synthesize.py $(datafree_yaml "$arch" "$method") "$@" \
+                        --seed "$seed" --teacher_folder "$tdir" --pool_folder "$pool" \
+                        ${synthesis_args:-}
+                fi
+            done
+        done
+    done
+}
+
 # ----- stage 9 ----------------------------------------------------------------------------------
 
 # export_once RUN_DIR ARGS...: stage 9 for one evaluated run folder, "python -m

@@ -1,7 +1,9 @@
 """The synthesiser interface and DeepInversion, the inversion every other synthesiser extends.
 
 A :class:`Synthesizer` turns target classes into synthetic inputs of a frozen teacher:
-``synthesize(targets (B,), frames) -> (B, T, F)`` log-Mel spectrograms (float32, CPU, detached).
+``synthesize(targets (B,), frames) -> (B, T, F)`` log-Mel spectrograms (float32, CPU, detached);
+for a multi-label teacher (a tagger, ``multi_label=True``) the targets are tag sets, multi-hot
+``(B, C)``, and BCE replaces the CE (:func:`inversion_task_loss`).
 The teacher is any ``nn.Module`` called as ``teacher(feats (B, T, F), lens)`` that returns a dict
 with ``logits`` (B, C) (and ``embedding`` (B, E) for FRAMI). It stays in eval mode and frozen for
 the whole synthesis (:func:`frozen`): BatchNorm layers normalise with, and are compared with, their
@@ -32,6 +34,23 @@ PARAMETERIZATIONS = ("direct", "generator")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def inversion_task_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """How well the teacher's ``logits`` (B, C) hit the synthesis targets: CE for classes
+    ``(B,)`` (one class per sample), mean BCE with logits over every output for multi-hot tag
+    sets ``(B, C)`` in {0, 1} (a tagger's sigmoid outputs), in float32."""
+    if targets.dim() == 1:
+        return F.cross_entropy(logits.float(), targets)
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+
+
+def target_conditioning(embed: nn.Embedding, targets: Tensor) -> Tensor:
+    """A class embedding per sample ``(B, Z)``: the class's row for targets ``(B,)``, the sum of
+    the tags' rows for multi-hot tag sets ``(B, C)``."""
+    if targets.dim() == 1:
+        return embed(targets)
+    return targets.float() @ embed.weight
+
+
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode with no parameter requiring gradients; both restored on exit.
@@ -51,11 +70,11 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class FrameGenerator(nn.Module):
-    """A small generator of log-Mel frames: ``G(z (B, T, Z), y (B,)) -> (B, T, F)``.
+    """A small generator of log-Mel frames: ``G(z (B, T, Z), y (B,) or (B, C)) -> (B, T, F)``.
 
-    Per-frame noise plus a learned class embedding, then 1-D convolutions over time, so any
-    number of frames T can be generated. It has no BatchNorm (only the teacher's norms are
-    matched) and is never part of the teacher.
+    Per-frame noise plus a learned class embedding (summed over a multi-hot tag set), then 1-D
+    convolutions over time, so any number of frames T can be generated. It has no BatchNorm
+    (only the teacher's norms are matched) and is never part of the teacher.
     """
 
     def __init__(
@@ -80,7 +99,7 @@ class FrameGenerator(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, z: Tensor, targets: Tensor) -> Tensor:
-        h = z + self.embed(targets).unsqueeze(1)  # (B, T, Z)
+        h = z + target_conditioning(self.embed, targets).unsqueeze(1)  # (B, T, Z)
         return self.net(h.transpose(1, 2)).transpose(1, 2)
 
 
@@ -152,6 +171,9 @@ class DeepInversion(Synthesizer):
         direct inputs.
     device, precision : where to run, and ``fp32``, ``bf16`` or ``fp16`` autocast for the teacher.
     logits_key : the teacher's output holding the logits.
+    multi_label : the teacher tags (sigmoid outputs): targets are multi-hot tag sets ``(B, C)``
+        and the task term is BCE (``bce``) in place of CE (``ce``); ``n_classes`` is then the
+        number of outputs C.
     """
 
     name = "deepinversion"
@@ -180,6 +202,7 @@ class DeepInversion(Synthesizer):
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         logits_key: str = "logits",
+        multi_label: bool = False,
     ) -> None:
         super().__init__(teacher, n_mels, device)
         if parameterization not in PARAMETERIZATIONS:
@@ -191,7 +214,9 @@ class DeepInversion(Synthesizer):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.n_classes, self.steps, self.lr = n_classes, steps, lr
-        self.weights = {"ce": 1.0, "bn": lambda_bn, "tv": lambda_tv, "l2": lambda_l2}
+        self.multi_label = multi_label
+        self.task_term = "bce" if multi_label else "ce"
+        self.weights = {self.task_term: 1.0, "bn": lambda_bn, "tv": lambda_tv, "l2": lambda_l2}
         self.first_bn_weight, self.tv_power = first_bn_weight, tv_power
         self.jitter_frames, self.init_std, self.center_time = jitter_frames, init_std, center_time
         self.parameterization = parameterization
@@ -274,7 +299,7 @@ class DeepInversion(Synthesizer):
         """Unweighted loss terms of one step for the current samples ``x``."""
         outputs = self.inversion_outputs(self.jitter(x), bn)
         terms = {
-            "ce": F.cross_entropy(outputs[self.logits_key].float(), targets),
+            self.task_term: inversion_task_loss(outputs[self.logits_key], targets),
             "bn": bn.loss(self.first_bn_weight),
             "tv": total_variation(x, self.tv_power),
             "l2": l2_prior(x),
@@ -294,7 +319,18 @@ class DeepInversion(Synthesizer):
         """Called with each finished batch (the contrastive memory bank keeps it)."""
 
     # ----- the loop ------------------------------------------------------------------------
+    def check_targets(self, targets: Tensor) -> None:
+        """Refuse targets of the other kind: classes ``(B,)`` for a multi-label synthesiser, or
+        tag sets ``(B, C)`` for a single-label one (one line, naming the key)."""
+        expected = (2, "multi-hot tag sets (B, C)") if self.multi_label else (1, "classes (B,)")
+        if targets.dim() != expected[0]:
+            raise ValueError(
+                f"{self.name} (multi_label={self.multi_label}) synthesises {expected[1]}, got "
+                f"targets of shape {tuple(targets.shape)}"
+            )
+
     def synthesize(self, targets: Tensor, frames: int) -> Tensor:
+        self.check_targets(targets)
         targets = targets.to(self.device)
         keep_means = getattr(self, "needs_instance_means", False)
         with frozen(self.teacher), BatchNormStatistics(self.teacher, keep_means) as bn:
@@ -348,4 +384,5 @@ class DeepInversion(Synthesizer):
             "generator_reset": self.generator_reset,
             "generator_shape": list(self.generator_shape),
             "precision": self.precision,
+            **({"multi_label": True} if self.multi_label else {}),  # single-label pools: as before
         }

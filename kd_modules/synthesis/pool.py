@@ -6,7 +6,9 @@ Layout of a pool folder::
     state/b<index>.pt      the synthesiser's state after the batch (head, Adam, memory bank), until
                            the rank's next batch is written; removed with the merge
     parts/b<index>.json    the samples of one finished batch (written after its tensors and state)
-    manifest.json          every sample: {id: {"path", "label_id", "frames"}} (merged at the end)
+    manifest.json          every sample: {id: {"path", "label_id", "frames"}} (merged at the end);
+                           a tagger's pool (:func:`tag_set_plan`) has "targets" (multi-hot)
+                           in place of "label_id"
 
 :func:`pool_plan` fixes every batch in advance (its targets, frame count and seed) from the pool's
 keys, and a killed synthesis resumes at the first batch without a part file: nothing written
@@ -44,12 +46,29 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class PoolBatch:
-    """One synthesis batch of the plan: its index, target classes, frame count and seed."""
+    """One synthesis batch of the plan: its index, targets, frame count and seed.
+
+    ``targets``: one class per sample (:func:`pool_plan`), or one multi-hot tag set per sample,
+    a tuple of C zeros and ones (:func:`tag_set_plan`)."""
 
     index: int
-    targets: tuple[int, ...]
+    targets: tuple[int, ...] | tuple[tuple[int, ...], ...]
     frames: int
     seed: int
+
+
+def _batches(order: list, batch_size: int, min_frames: int, max_frames: int, seed: int) -> list:
+    """``order`` (one target per sample) cut into batches, each with its frame count drawn from
+    ``[min_frames, max_frames]`` and its own seed, both from ``seed`` and its index only."""
+    if not 1 <= min_frames <= max_frames:
+        raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
+    plan = []
+    for index, start in enumerate(range(0, len(order), batch_size)):
+        rng = random.Random(f"{seed}-{index}")
+        frames = rng.randint(min_frames, max_frames)
+        batch_seed = rng.randrange(2**31)
+        plan.append(PoolBatch(index, tuple(order[start : start + batch_size]), frames, batch_seed))
+    return plan
 
 
 def pool_plan(
@@ -68,18 +87,52 @@ def pool_plan(
     uniformly from ``[min_frames, max_frames]`` (audio has variable duration) and its own seed,
     both from ``seed`` and its index only.
     """
-    if not 1 <= min_frames <= max_frames:
-        raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
     if n_classes < 1 or samples_per_class < 1 or batch_size < 1:
         raise ValueError("n_classes, samples_per_class and batch_size must be >= 1")
     order = [label for _ in range(samples_per_class) for label in range(n_classes)]
-    plan = []
-    for index, start in enumerate(range(0, len(order), batch_size)):
-        rng = random.Random(f"{seed}-{index}")
-        frames = rng.randint(min_frames, max_frames)
-        batch_seed = rng.randrange(2**31)
-        plan.append(PoolBatch(index, tuple(order[start : start + batch_size]), frames, batch_seed))
-    return plan
+    return _batches(order, batch_size, min_frames, max_frames, seed)
+
+
+def tag_set(tags: list[int], n_outputs: int, implies: dict[int, list[int]]) -> tuple[int, ...]:
+    """The multi-hot targets ``(n_outputs,)`` of one clip: its ``tags`` and every output one of
+    them implies (see :func:`tag_set_plan`)."""
+    hot = {*tags, *(output for tag in tags for output in implies.get(tag, ()))}
+    return tuple(int(output in hot) for output in range(n_outputs))
+
+
+def tag_set_plan(
+    n_outputs: int,
+    samples_per_tag: int,
+    batch_size: int,
+    min_frames: int,
+    max_frames: int,
+    seed: int = 1,
+    max_tags_per_clip: int = 2,
+    candidates: list[int] | None = None,
+    implies: dict[int, list[int]] | None = None,
+) -> list[PoolBatch]:
+    """The batches of a tagger's pool: ``len(candidates) × samples_per_tag`` clips, each with a
+    multi-hot tag set of ``n_outputs`` (ours, the sampling rule of README's data-free section).
+
+    Each clip's first tag is dealt round-robin over ``candidates`` (the outputs a tag set is
+    drawn from; default all), so every tag leads exactly ``samples_per_tag`` clips and every
+    batch mixes tags; then 0 to ``max_tags_per_clip − 1`` more distinct candidates (the number
+    uniform) join it, drawn from ``seed`` and the clip's index only. ``implies`` maps a tag to
+    the outputs it switches on too (a fine tag's coarse class: a two-level tagger's targets).
+    Frame counts and seeds per batch as :func:`pool_plan`'s.
+    """
+    candidates = list(range(n_outputs)) if candidates is None else list(candidates)
+    if not candidates or samples_per_tag < 1 or batch_size < 1 or max_tags_per_clip < 1:
+        raise ValueError("candidates, samples_per_tag, batch_size, max_tags_per_clip must be >= 1")
+    implies = implies or {}
+    order = []
+    for clip in range(len(candidates) * samples_per_tag):
+        rng = random.Random(f"{seed}-tags-{clip}")
+        first = candidates[clip % len(candidates)]
+        others = [tag for tag in candidates if tag != first]
+        more = rng.sample(others, min(rng.randint(0, max_tags_per_clip - 1), len(others)))
+        order.append(tag_set([first, *more], n_outputs, implies))
+    return _batches(order, batch_size, min_frames, max_frames, seed)
 
 
 def _save_atomic(obj: torch.Tensor | dict, path: Path) -> None:
@@ -93,6 +146,11 @@ def _save_atomic(obj: torch.Tensor | dict, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _target_entry(label: int | tuple[int, ...]) -> dict:
+    """A sample's manifest target: ``label_id`` (a class) or ``targets`` (a multi-hot tag set)."""
+    return {"targets": list(label)} if isinstance(label, tuple) else {"label_id": int(label)}
 
 
 class SyntheticPool:
@@ -134,11 +192,8 @@ class SyntheticPool:
         for i, (label, sample) in enumerate(zip(batch.targets, x)):
             sample_id = f"b{batch.index:06d}_{i:03d}"
             _save_atomic(sample.float().cpu().clone(), samples / f"{sample_id}.pt")
-            entries[sample_id] = {
-                "path": f"samples/{sample_id}.pt",
-                "label_id": int(label),
-                "frames": batch.frames,
-            }
+            entries[sample_id] = {"path": f"samples/{sample_id}.pt", **_target_entry(label)}
+            entries[sample_id]["frames"] = batch.frames
         if state is not None:
             _save_atomic(state, self.state_file(batch.index))
         write_json_atomic(self.part_file(batch.index), entries)

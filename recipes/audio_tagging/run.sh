@@ -3,7 +3,8 @@
 # and with sigmoid KD, SP, IUSP, KD+SP, KD+IUSP and FitNets; the DCASE metrics and the IUSP
 # paper's table. Stages follow the repository's convention:
 #   0 check  1 prepare  2 teacher  3 teacher cache  4 students alone  5 KD students
-#   6 (data-free synthesis: not part of this recipe)  7 evaluate  8 report
+#   6 data-free KD (--methods with deepinversion, cmi or frami: a pool of tag sets synthesised
+#   from the teacher, a student distilled on it alone)  7 evaluate  8 report
 #   9 export (TorchScript, ONNX, int8 ONNX; opt-in: --stage 9 --stop_stage 9)
 # Re-running the same command resumes: finished stages are skipped, training resumes from the
 # last checkpoint. Examples:
@@ -17,16 +18,18 @@ stage=0                       # first stage to run (0-9)
 stop_stage=8                  # last stage to run (0-9; 9, export, runs only when asked)
 data_root=""                  # the SONYC-UST release: annotations.csv, taxonomy, train/, validate/
 standin=false                 # true | false: stage 0 builds a small stand-in tree (README.md)
-methods="kd sp iusp kd_sp kd_iusp fitnets"  # KD methods of stage 5 (hparams/kd/<method>.yaml)
+methods="kd sp iusp kd_sp kd_iusp fitnets"  # KD methods (hparams/kd/<method>.yaml): real-data
+                              # ones go to stage 5, data-free ones (deepinversion cmi frami) to 6
 students="crnn cnn_small cnn_medium"  # student architectures (hparams/student/<arch>.yaml)
 teacher=cnn10                 # teacher architecture (hparams/teacher/<arch>.yaml)
+synthesis_args=""             # overrides for stage 6 only (synthesis and data-free KD)
 # shellcheck source=../../tools/kd_options.sh
 . "$root/tools/kd_options.sh"   # teacher_seed seeds ngpu device use_cache check_cache ...
 
-options="stage stop_stage data_root standin methods students teacher $kd_options"
+options="stage stop_stage data_root standin methods students teacher synthesis_args $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
 Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD students,
-        6 (not in this recipe), 7 evaluate, 8 report, 9 export"
+        6 data-free KD (synthesis + distillation), 7 evaluate, 8 report, 9 export"
 # shellcheck source=../../tools/parse_options.sh
 . "$root/tools/parse_options.sh"
 # shellcheck source=../../tools/stage_helpers.sh
@@ -42,6 +45,8 @@ data="$data_dir/sonyc_ust"
 data_info="$data/data_info.json"  # stage 1's facts: the tagger's outputs (kd_modules.data_info)
 exp="$exp_dir/sonyc_ust"
 set_kd_flags
+kd_methods=$(methods_of kd)              # real-data KD: stages 3 and 5
+datafree_methods=$(methods_of datafree)  # their kd YAML names a synthesiser: stage 6
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 run_args() {
@@ -50,6 +55,7 @@ run_args() {
 }
 tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
 student_folder() { echo "$exp/student/$1/$2/seed$3"; }
+pool_root="$exp/pool/${teacher}_seed$teacher_seed"  # + /<synthesiser>/seed<s>: stage 6's pools
 
 # ----- the recipe's own stages (0, 1 and 8); 2-7 are tools/stage_helpers.sh's -------------------
 
@@ -82,7 +88,20 @@ kd_stages() {  # 2-7, on the prepared data (its output count sizes every tagger)
     [ -f "$data_info" ] || die "no prepared data in $data: run stage 1 first"
     n_outputs=$(json_field "$data_info" outputs)
     # shellcheck disable=SC2046  # word-split on purpose: the arguments of every run
-    single_split_stages "$tdir" "$methods" $(run_args)
+    if [ -z "$datafree_methods" ]; then
+        single_split_stages "$tdir" "$kd_methods" $(run_args)
+        return 0
+    fi
+    # shellcheck disable=SC2046
+    teacher_stage "$tdir" $(run_args)
+    # shellcheck disable=SC2046
+    cache_stage "$tdir" "$kd_methods" $(run_args)
+    # shellcheck disable=SC2046
+    student_stages "$tdir" "$kd_methods" $(run_args)
+    # shellcheck disable=SC2046
+    evaluation_stage "$tdir" "$kd_methods" $(run_args)
+    # shellcheck disable=SC2046  # 6, and 7 of the data-free students
+    datafree_stages "$tdir" "$pool_root" "$datafree_methods" $(run_args)
 }
 
 report_stage() {  # 8: RESULTS.md, the IUSP table and the frame-similarity figure
@@ -103,7 +122,7 @@ export_runs() {  # 9: the students (and the teacher with --export_teacher true),
 # ----- the stages ----------------------------------------------------------------------------
 check_stage     # 0
 prepare_stage   # 1
-kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, (6), 7 evaluate
+kd_stages       # 2 teacher, 3 teacher cache, 4 students alone, 5 KD students, 6 data-free, 7
 report_stage    # 8
 export_runs     # 9
 log "done"

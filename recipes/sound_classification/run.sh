@@ -79,11 +79,6 @@ if [ "$default_teacher" = true ]; then
 fi
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
-synthesiser() { stage_status value "hparams/kd/$1.yaml" synthesis; }  # of a data-free METHOD
-datafree_yaml() {  # ARCH METHOD: the composition of a data-free run
-    echo "hparams/common.yaml hparams/student/$1.yaml hparams/synthesis/$(synthesiser "$2").yaml" \
-        "hparams/kd/$2.yaml"
-}
 fold_args() {
     local fold=$1
     echo "--data_folder $data/fold$fold --dataset $dataset --fold $fold" \

@@ -13,7 +13,9 @@ the ratio left undefined when ΔSP ≤ 0). With
 T×T frame-similarity matrices G of the ``frames`` layer as IUSP compares them (each pooled to
 the fewest frames, the teacher's) of the teacher and of each student alone, with SP and with
 IUSP, side by side: one colour scale and bar, frames (with their hop in ms) on both axes, each
-panel titled with its model, the title naming the clip, the dataset and the runs' seed.
+panel titled with its model, the title naming the clip, the dataset and the runs' seed. When
+any run is data-free (stage 6), the data-free table follows (``DATAFREE_ROWS``: coarse
+micro-AUPRC, synthesis time, pool size and its embedding diversity within each tag).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from kd_modules.losses import IUSP
 from kd_modules.losses.base import pool_time
 from kd_modules.results import collect, stale_data_runs
-from kd_modules.tables import _count, _mean_std
+from kd_modules.tables import _count, _mean_std, datafree_tables
 from kd_modules.teacher import Teacher, preserved_random_state
 
 if TYPE_CHECKING:
@@ -48,6 +50,15 @@ COLUMNS = [
         ("micro_f1", "micro-F1"),
     )
 ]
+# Stage 6's comparison (data-free KD on a pool of tag sets): (row label, role, method).
+DATAFREE_ROWS = (
+    ("teacher", "teacher", "none"),
+    ("student on real data", "student", "none"),
+    ("KD on real data", "student", "kd"),
+    ("DeepInversion", "student", "deepinversion"),
+    ("CMI", "student", "cmi"),
+    ("FRAMI", "student", "frami"),
+)
 PAPER_RANGE = "27.1 %–122.4 %"
 SELECTION = "coarse_micro_auprc"
 
@@ -272,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"Refusing to report runs trained on other data: {', '.join(stale)}")
     text = "\n## The paper's table (DCASE 2019 Task 5 metrics on validate, %)\n\n"
     text += paper_tables(runs)
+    text += datafree_tables(runs, DATAFREE_ROWS, SELECTION, "coarse micro-AUPRC")
     fig = draw_similarities(runs) if args.figure else None
     if fig is not None:
         fig.savefig(args.figure, dpi=80)
