@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 from conftest import RECIPE, SPEAKER_VERIFICATION
-from test_hub_teacher import DIGITS, write_hub_folder
+from hub_folders import DIGITS, write_hub_folder
 from test_replay_kd import CROP_S, long_clips
 
 from kd_modules.brains import ClassificationBrain

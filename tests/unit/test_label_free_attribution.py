@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from hub_folders import real_clips
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
-from test_hub_teacher import real_clips
 
 from kd_modules.attribution import IntegratedInput
 from kd_modules.models import SpeakerEmbeddingModel
