@@ -16,12 +16,13 @@ root=$(cd ../.. && pwd)
 
 stage=0                       # first stage to run (0-9)
 stop_stage=8                  # last stage to run (0-9; 9, export, runs only when asked)
-dataset=voxceleb1             # voxceleb1 | librispeech
+dataset=voxceleb1             # voxceleb1 | librispeech | folder (unlabelled audio: README.md)
 data_root=""                  # the dataset's official layout (README.md)
 standin=false                 # true | false: stage 0 builds a small VoxCeleb1-layout stand-in
 standin_librispeech=""        # the stand-in's LibriSpeech folder ("": ../shared/data's subset)
 standin_vctk=""               # the stand-in's VCTK folder ("": ../shared/data's subset)
 trials=""                     # voxceleb1: the trial list (default <data_root>/veri_test2.txt)
+test_data_root=""             # folder: the labelled test set (LibriSpeech, or VoxCeleb1 + --trials)
 train_subsets=""              # librispeech: training speakers' subsets ("": train-clean-100)
 test_subsets=""               # librispeech: test speakers' subsets ("": test-clean / -other present)
 methods="kd embedding_cosine embedding_mse mlkd dkd imlkd imlkd_1s imlkd_raw"  # hparams/kd/<m>.yaml
@@ -35,7 +36,7 @@ download=false                # true | false: stage 0 downloads LibriSpeech (Ope
                               # --data_root (VoxCeleb1 needs its request form: README.md)
 update_readme=false           # true | false: stage 8 also writes README.md's results table
 
-options="stage stop_stage dataset data_root standin standin_librispeech standin_vctk trials
+options="stage stop_stage dataset data_root standin standin_librispeech standin_vctk trials test_data_root
 train_subsets test_subsets methods students teacher min_duration_s segment_s download update_readme
 $kd_options"
 help_message="Usage: $0 [options]   (README.md describes stages, options and outputs)
@@ -48,7 +49,7 @@ Stages: 0 check, 1 prepare, 2 teacher, 3 teacher cache, 4 students alone, 5 KD s
 
 # ----- options: checked before any stage, so that a typo never costs a training run ------------
 check_stage_range 9
-check_choice dataset voxceleb1 librispeech
+check_choice dataset voxceleb1 librispeech folder
 check_choice standin true false
 check_pattern min_duration_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 0.5'
 check_pattern segment_s '^[0-9]+([.][0-9]*)?$' 'a duration in seconds, e.g. 3.0'
@@ -108,6 +109,7 @@ prepare_stage() {  # 1: manifests, trials, speakers, data_info.json
     # only the options given: prepare.py refuses another dataset's options (and has defaults)
     local dataset_args=()
     [ -z "$trials" ] || dataset_args+=(--trials "$trials")
+    [ -z "$test_data_root" ] || dataset_args+=(--test_data_root "$test_data_root")
     # shellcheck disable=SC2206  # the subsets are word lists
     [ -z "$train_subsets" ] || dataset_args+=(--train_subsets $train_subsets)
     # shellcheck disable=SC2206
