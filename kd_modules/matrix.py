@@ -211,9 +211,17 @@ def _caption(matrix: Matrix) -> str:
         "folds, each run against the student alone of its fold and seed), and in brackets its "
         "mean epoch time over the student alone's. Computed from results.json files only.",
         "",
-        f"{MISSING} no run of this method in this column (its YAML is absent there or it was "
-        "not run).",
     ]
+    missing = any(
+        (method, column) not in matrix.cells
+        for method in matrix.methods
+        for column in matrix.baselines
+    )
+    if missing:
+        lines.append(
+            f"{MISSING} no run of this method in this column (its YAML is absent there or it was "
+            "not run)."
+        )
     if len(matrix.baselines) < len(matrix.columns):
         lines.append(f"{NO_BASELINE} no student-alone run in this column to compare with.")
     if matrix.skipped_tasks:

@@ -160,3 +160,10 @@ def test_column_without_a_student_alone_is_footnoted(exp: Path, tmp_path: Path):
 def test_cli_refuses_an_empty_folder_in_one_line(tmp_path: Path):
     with pytest.raises(SystemExit, match="No results.json under"):
         results.main(["--matrix", str(tmp_path), "--out", str(tmp_path / "m.md")])
+
+
+def test_a_full_matrix_has_no_missing_cell_footnote(exp: Path, tmp_path: Path):
+    out = tmp_path / "m.md"
+    results.main(["--matrix", str(exp / "speaker_verification"), "--out", str(out)])
+    assert "| kd | -15.00 ± 7.07 (×0.50) |" in out.read_text()
+    assert MISSING not in out.read_text()
