@@ -27,6 +27,7 @@ from kd_modules.dataio import read_audio
 from kd_modules.export.run import load_run
 from kd_modules.hparams import OneLineError, compose_yaml
 from kd_modules.hub.export import HubExportError, export_hub
+from kd_modules.hub.teacher import load_hub_teacher
 from kd_modules.hub.trust import check_hyperparams
 from tools.export_hub import main as export_hub_main
 
@@ -43,7 +44,7 @@ RUNS = [
     ("sound_classification", "student/xvector_small"),
     ("sound_classification", "teacher/ensemble"),
     ("audio_tagging", "student/crnn"),
-    ("speaker_verification", "student/ecapa_tiny"),
+    ("speaker_verification", "teacher/ecapa_tiny"),
 ]
 FINE, COARSE = ["1-1_small-engine", "1-2_medium-engine", "2-1_rock-drill"], ["1_engine", "2_drill"]
 
@@ -129,13 +130,14 @@ def recipe_outputs(run: Path, wavs: torch.Tensor) -> dict:
 
 
 def hub_outputs(hub: EncoderClassifier, wavs: torch.Tensor) -> tuple:
-    """``(embedding (B, E), logits (B, C), class names)`` of the loaded hub folder."""
+    """``(embedding (B, E), logits (B, C), class names)`` of the loaded hub folder (logits: its
+    classifier's scores times ``hub_logit_scale``)."""
     with torch.no_grad():
         torch.manual_seed(7)
         embedding = hub.encode_batch(wavs).squeeze(1)
         torch.manual_seed(7)
-        logits, _, _, names = hub.classify_batch(wavs)
-    return embedding, logits, names
+        scores, _, _, names = hub.classify_batch(wavs)
+    return embedding, hub.hparams.hub_logit_scale * scores, names
 
 
 @pytest.mark.parametrize("recipe, arch", RUNS)
@@ -148,8 +150,6 @@ def test_exported_run_loads_offline_with_the_recipes_outputs(
     record = export_hub(run, out)
     assert record["classes"] == len(names)
     assert check_hyperparams(out / "hyperparams.yaml", trust_code=False) == record["callables"]
-    checkpoint = Path(record["checkpoint"]) / "model.ckpt"
-    assert (out / "embedding_model.ckpt").read_bytes() == checkpoint.read_bytes()
 
     hub = EncoderClassifier.from_hparams(source=str(out), savedir=str(tmp_path / "savedir"))
     for clip in real_clips():
@@ -163,6 +163,44 @@ def test_exported_run_loads_offline_with_the_recipes_outputs(
     ours = recipe_outputs(run, batch)
     torch.testing.assert_close(embedding, ours["embedding"], atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, ours["logits"], atol=1e-5, rtol=0)
+    assert network_attempts == []
+
+
+def test_an_exported_ecapa_teacher_serves_its_outputs_and_taps_through_hub_ecapa_yaml(
+    tmp_path, network_attempts
+):
+    """The speaker layout is the hub ECAPA's: loaded as a --teacher_source teacher with the
+    recipe's hparams/teacher/hub_ecapa.yaml (its tap points and logit scale), it gives the run's
+    embedding, logits (speakers permuted by name) and tapped layers on real clips."""
+    run = finished_run(tmp_path, "speaker_verification", "teacher/ecapa_tiny")
+    names = write_class_names("speaker_verification", tmp_path / "data" / "set" / "fold1")
+    export_hub(run, tmp_path / "hub")
+    hub_ecapa = REPO / "recipes/speaker_verification/hparams/teacher/hub_ecapa.yaml"
+    written = load_hyperpyyaml((tmp_path / "hub" / "hyperparams.yaml").read_text())
+    declared = load_hyperpyyaml(hub_ecapa.read_text())
+    assert written["hub_tap_points"] == declared["hub_tap_points"]
+    assert written["hub_logit_scale"] == declared["hub_logit_scale"] == 30.0
+    teacher = load_hub_teacher(
+        tmp_path / "hub",
+        tmp_path / "savedir",
+        taps={"hint": "@hint", "post": "@post"},
+        dataset_labels=names[::-1],
+        teacher_yaml=hub_ecapa,
+    )
+    hparams, _ = load_run(run)
+    model = hparams["model"].eval()
+    hints = []
+    model.encoder.blocks[2].register_forward_hook(lambda module, args, out: hints.append(out))
+    for clip in real_clips():
+        served = teacher(clip[None], torch.ones(1))
+        with torch.no_grad():
+            feats, lens = hparams["front_end"].features_and_lengths(clip[None], torch.ones(1))
+            ours = model(feats, lens)
+        hint = hints.pop()
+        torch.testing.assert_close(served["embedding"], ours["embedding"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(served["logits"], ours["logits"].flip(-1), atol=1e-4, rtol=0)
+        torch.testing.assert_close(served["hint"], hint, atol=1e-5, rtol=0)
+        assert served["post"].shape[1] == 6 * 64
     assert network_attempts == []
 
 
