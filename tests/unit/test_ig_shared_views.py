@@ -160,3 +160,16 @@ def test_views_key_enters_the_settings_only_when_shared():
     assert shared == {**per_view, "views": "shared"} and "views" not in per_view
     with pytest.raises(ValueError, match="unknown ig_views 'both'; valid: per_view, shared"):
         compose(ig_views="both")
+
+
+def test_the_paper_variant_keeps_the_method_notes_steps_whatever_the_default():
+    def settings(method: str, **overrides) -> dict:
+        files = [HP / "common.yaml", HP / "teacher/ecapa_tiny.yaml", HP / f"kd/{method}.yaml"]
+        base = {"data_folder": "unused", "output_folder": "unused", "teacher_folder": "unused"}
+        hparams = load_composed(files, {**base, "n_speakers": 4, **overrides})
+        return hparams["integrated_input"].settings()
+
+    default = settings("imlkd")
+    assert (default["steps"], default["rule"]) == (16, "gausslegendre")  # README's study
+    paper = settings("imlkd_paper", ig_steps=2, ig_rule="riemann_left", ig_views="shared")
+    assert paper == {**default, "steps": 20, "rule": "riemann_right"}
