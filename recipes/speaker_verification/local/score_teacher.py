@@ -6,8 +6,9 @@
 
 A pretrained teacher skips stage 2, so stage 7 never scores it: this embeds every utterance of
 ``test.json`` whole, one at a time (the teacher on its own front end gets the 16 kHz waveform),
-scores each trial of ``trials.txt`` by cosine and writes EER, minDCF, the trial count and the
-teacher's record (source, files' SHA-256) as JSON.
+scores each trial of ``trials.txt`` by cosine (``<out>.scores.txt``: ``label score enrol test``
+a line) and writes EER, minDCF, the trial count and the teacher's record (source,
+files' SHA-256) as JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ import torch
 from kd_modules.dataio import read_audio, read_json, write_json_atomic
 from kd_modules.hub.sources import load_source_teacher
 from kd_modules.progress import progress_bar
-from kd_modules.verification import read_trials, score_trials, verification_metrics
+from kd_modules.verification import (
+    read_trials,
+    score_trials,
+    verification_metrics,
+    write_scores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     trials = read_trials(args.data_folder / "trials.txt")
     embedded = embeddings(teacher, read_json(args.data_folder / "test.json"), args.sample_rate)
     labels = torch.tensor([label for label, _, _ in trials])
-    metrics = verification_metrics(labels, score_trials(embedded, trials))
+    scores = score_trials(embedded, trials)
+    write_scores(args.out.with_suffix(".scores.txt"), trials, scores)
+    metrics = verification_metrics(labels, scores)
     record = teacher.record() if hasattr(teacher, "record") else {"source": args.teacher_source}
     result = {**metrics, "eer_percent": 100 * metrics["eer"], "trials": len(trials)}
     write_json_atomic(args.out, {**result, "teacher": record, "data_folder": str(args.data_folder)})
