@@ -213,15 +213,32 @@ def load_encoder_classifier(folder: Path, savedir: Path, device: str = "cpu"):
     )
 
 
-def read_tap_points(yaml_file: str | Path | None) -> tuple[dict[str, str], float]:
-    """``(hub_tap_points, hub_logit_scale)`` of a recipe's hub teacher YAML (plain YAML; none:
-    no tap points and the scale 30 of SpeechBrain's ECAPA recipes)."""
-    if not yaml_file:
-        return {}, 30.0
+def hub_keys(yaml_file: str | Path | None) -> dict:
+    """``hub_tap_points`` and ``hub_logit_scale`` of a YAML file, read as data: tags are kept as
+    markers, never built (a hub hyperparams.yaml is code until checked), plain values only."""
+    if not yaml_file or not Path(yaml_file).is_file():
+        return {}
     import ruamel.yaml
 
-    document = ruamel.yaml.YAML(typ="safe").load(Path(yaml_file).read_text()) or {}
-    return dict(document.get("hub_tap_points") or {}), float(document.get("hub_logit_scale", 30.0))
+    document = ruamel.yaml.YAML(typ="rt").load(Path(yaml_file).read_text()) or {}
+    keys = {}
+    points = document.get("hub_tap_points")
+    if isinstance(points, dict):
+        keys["hub_tap_points"] = {str(role): str(path) for role, path in points.items()}
+    scale = document.get("hub_logit_scale")
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        keys["hub_logit_scale"] = float(scale)
+    return keys
+
+
+def read_tap_points(folder: Path, yaml_file: str | Path | None) -> tuple[dict[str, str], float]:
+    """``(tap points, logit scale)`` of a hub folder: its own ``hyperparams.yaml``'s
+    ``hub_tap_points`` / ``hub_logit_scale`` (written by tools/export_hub.py) first, then the
+    recipe's hub teacher YAML's (``hparams/teacher/hub_ecapa.yaml``), else no tap points and the
+    scale 30 of SpeechBrain's ECAPA recipes."""
+    own, recipe = hub_keys(folder / "hyperparams.yaml"), hub_keys(yaml_file)
+    points = own.get("hub_tap_points", recipe.get("hub_tap_points", {}))
+    return points, own.get("hub_logit_scale", recipe.get("hub_logit_scale", 30.0))
 
 
 def load_hub_teacher(
@@ -236,7 +253,8 @@ def load_hub_teacher(
     """The hub-format model in ``folder`` as a frozen :class:`HubTeacher`.
 
     ``taps`` (name -> ``@role`` or dotted path inside the model: ``embedding_model.blocks.3``)
-    are resolved against ``teacher_yaml``'s ``hub_tap_points``; ``dataset_labels`` (the
+    are resolved against the folder's or ``teacher_yaml``'s ``hub_tap_points``
+    (:func:`read_tap_points`); ``dataset_labels`` (the
     dataset's class names in its own order) map the logits; ``trust_code`` lets a
     ``hyperparams.yaml`` call callables outside the allow-list. ``savedir`` receives what the
     pretrainer collects (a folder outside ``folder``, whose files are hashed). The folder is
@@ -246,7 +264,7 @@ def load_hub_teacher(
     folder = Path(folder).resolve()
     check_hub_folder(folder)
     checked = check_teacher_folder(folder, trust_code)
-    tap_points, logit_scale = read_tap_points(teacher_yaml)
+    tap_points, logit_scale = read_tap_points(folder, teacher_yaml)
     resolved = resolve_tap_points(taps, tap_points, folder)
     classifier = load_encoder_classifier(folder, Path(savedir))
     labels = (

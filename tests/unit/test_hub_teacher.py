@@ -140,3 +140,33 @@ def test_load_any_teacher_serves_the_source_and_refuses_a_foreign_logit_term(tmp
         load_any_teacher(hparams)
     hparams["kd_losses"] = {"embedding": EmbeddingKD(student_dim=16, teacher_dim=48)}
     assert load_any_teacher(hparams).class_map.missing == ["0", "1"]
+
+
+def test_the_folders_own_tap_points_and_logit_scale_come_first(tmp_path):
+    """A folder written by tools/export_hub.py names its tap points and logit scale itself; they
+    win over the recipe's hub_ecapa.yaml (whose scale 30 is the hub ECAPAs', not every model's)."""
+    write_hub_folder(tmp_path / "hub", DIGITS)
+    hyperparams = tmp_path / "hub" / "hyperparams.yaml"
+    hyperparams.write_text(
+        hyperparams.read_text()
+        + "hub_tap_points:\n    frames: embedding_model.blocks.3\nhub_logit_scale: 1.0\n"
+    )
+    recipe_yaml = tmp_path / "hub_ecapa.yaml"
+    recipe_yaml.write_text(
+        "hub_tap_points:\n    frames: embedding_model.mfa\nhub_logit_scale: 30.0\n"
+    )
+    teacher = load_hub_teacher(
+        tmp_path / "hub",
+        savedir=tmp_path / "s",
+        taps={"frames": "@frames"},
+        dataset_labels=DIGITS,
+        teacher_yaml=recipe_yaml,
+    )
+    wavs, lens = real_clips(2)
+    outputs = teacher(wavs, lens)
+    assert torch.equal(outputs["logits"], outputs["cosine"])
+    assert outputs["frames"].shape[1] == 32  # blocks.3: C channels (the mfa has 3C = 96)
+    bare = load_hub_teacher(
+        tmp_path / "hub", savedir=tmp_path / "s2", taps={"frames": "@frames"}, dataset_labels=DIGITS
+    )
+    assert bare(wavs, lens)["frames"].shape[1] == 32
