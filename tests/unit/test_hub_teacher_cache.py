@@ -140,3 +140,40 @@ def test_the_live_teacher_gets_the_cropped_waveforms(hub_exp, tmp_path, monkeypa
     )
     crop = round(CROP_S * hparams["sample_rate"])
     assert sum(shape[0] for shape in seen) == 16 and all(s[1:] == (crop,) for s in seen)
+
+
+def test_mixup_mixes_the_live_teachers_outputs(hub_exp, tmp_path, monkeypatch, recipe_train):
+    """With mixup the live teacher on its own front end sees the unmixed view, and its outputs
+    are mixed with the batch's λ and pairing, as cached outputs are."""
+    hparams = load_composed(
+        [HP / "common.yaml", HP / "student/xvector_small.yaml", HP / "kd/sp.yaml"],
+        {
+            **hub_exp["overrides"],
+            "output_folder": str(tmp_path / "s"),
+            "number_of_epochs": 1,
+            "mixup_alpha": 0.4,
+        },
+    )
+    teacher = load_any_teacher(hparams)
+    original = ClassificationBrain.teacher_forward
+    checked = []
+
+    def checking_teacher_forward(self, ids, feats, lens, placeholder=False, **kwargs):
+        got = original(self, ids, feats, lens, placeholder, **kwargs)
+        plain = teacher(*self.view_waveforms)
+        mixed = kwargs["mixing"].outputs(plain)
+        assert torch.allclose(got["embedding"], mixed["embedding"], atol=1e-6)
+        checked.append(not torch.allclose(got["embedding"], plain["embedding"], atol=1e-4))
+        return got
+
+    monkeypatch.setattr(ClassificationBrain, "teacher_forward", checking_teacher_forward)
+    datasets = recipe_train.dataio_prepare(hparams)
+    brain = recipe_train.make_brain(hparams, {"device": "cpu", "noprogressbar": True}, teacher)
+    brain.fit(
+        hparams["epoch_counter"],
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=hparams["train_dataloader_options"],
+        valid_loader_kwargs=hparams["eval_dataloader_options"],
+    )
+    assert checked and any(checked)  # some batch was mixed
