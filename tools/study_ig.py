@@ -17,7 +17,10 @@ crop) and prints:
   rank correlation of the (t, f) cells, both averaged over the crops.
 
     python tools/study_ig.py --teacher_folder exp/librispeech/teacher/ecapa_tiny/none/seed1 \\
-        --data_folder data/librispeech --crops 8 --repeats 3
+        --data_folder data/librispeech --crops 8 --repeats 5
+
+``--compare_caches A B`` instead compares the ``ig_weight`` maps of two IML-KD teacher caches
+(e.g. ``ig_views`` per_view and shared) view by view: the same MRE (B against A) and Spearman ρ.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from scipy.stats import spearmanr
 from torch import Tensor
 
 from kd_modules.attribution import IntegratedInput, segment_gaps
+from kd_modules.cache import TeacherCache
 from kd_modules.dataio import read_audio
 from kd_modules.teacher import IntegratedTeacher, Teacher
 
@@ -50,8 +54,9 @@ VARIANTS = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher_folder", type=Path, required=True, help="a stage-2 run folder")
-    parser.add_argument("--data_folder", type=Path, required=True, help="holds train.json")
+    parser.add_argument("--teacher_folder", type=Path, help="a stage-2 run folder")
+    parser.add_argument("--data_folder", type=Path, help="holds train.json")
+    parser.add_argument("--compare_caches", type=Path, nargs=2, help="two IML-KD caches")
     parser.add_argument("--crops", type=int, default=8, help="training crops (one batch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (interleaved)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="rule:steps")
@@ -155,8 +160,29 @@ def study(
     return rows
 
 
+def compare_caches(first: Path, second: Path) -> tuple[int, float, float]:
+    """(views compared, mean relative error of second's maps against first's, mean Spearman ρ)
+    over every (utterance, view) both IML-KD caches store."""
+    a, b = TeacherCache(first), TeacherCache(second)
+    errors, rhos = [], []
+    for utt in sorted(set(a.index) & set(b.index)):
+        for view in range(min(a.meta["n_views"], b.meta["n_views"])):
+            reference = a.read(utt, view)[0]["ig_weight"].float().unsqueeze(0)
+            weight = b.read(utt, view)[0]["ig_weight"].float().unsqueeze(0)
+            error, rho = agreement(weight, reference)
+            errors.append(error)
+            rhos.append(rho)
+    return len(errors), statistics.mean(errors), statistics.mean(rhos)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.compare_caches:
+        count, error, rho = compare_caches(*args.compare_caches)
+        print(f"{count} views: MRE {error:.3f}, Spearman {rho:.3f}")
+        return
+    if args.teacher_folder is None or args.data_folder is None:
+        raise SystemExit("give --teacher_folder and --data_folder (or --compare_caches A B)")
     torch.set_num_threads(args.threads)
     with open(args.teacher_folder / "hyperparams.yaml") as stream:
         hparams = load_hyperpyyaml(stream)

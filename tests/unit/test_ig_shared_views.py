@@ -21,6 +21,7 @@ from kd_modules.cache_build import SharedViewMaps, build_teacher_cache
 from kd_modules.dataio import read_audio
 from kd_modules.hparams import load_composed
 from kd_modules.teacher import IntegratedTeacher, Teacher
+from tools import study_ig
 
 HP = SPEAKER_VERIFICATION / "hparams"
 CLIPS = (  # (path under librispeech_subset, seconds read): two 3 s segments and a 1.5 s one
@@ -173,3 +174,24 @@ def test_the_paper_variant_keeps_the_method_notes_steps_whatever_the_default():
     assert (default["steps"], default["rule"]) == (16, "gausslegendre")  # README's study
     paper = settings("imlkd_paper", ig_steps=2, ig_rule="riemann_left", ig_views="shared")
     assert paper == {**default, "steps": 20, "rule": "riemann_right"}
+
+
+def test_study_compares_the_shared_maps_with_the_per_view_ones(setup, built, tmp_path):
+    replay, teacher = setup["hparams"]["view_replay"], setup["teacher"]
+    per_view = build_teacher_cache(
+        teacher,
+        list(setup["signals"]),
+        setup["signals"].__getitem__,
+        replay.features,
+        replay.make_view,
+        tmp_path / "per_view",
+        {"test": "per_view"},
+        n_views=VIEWS,
+        shard_seconds=math.inf,
+        dtype="float32",
+        targets=setup["targets"],
+    )
+    shared = built[1].folder
+    assert study_ig.compare_caches(per_view, per_view) == (3 * VIEWS, 0.0, pytest.approx(1))
+    count, error, rho = study_ig.compare_caches(per_view, shared)
+    assert count == 3 * VIEWS and 0 < error < 1 and 0.5 < rho < 1, (error, rho)
