@@ -2,7 +2,8 @@
 hub-format ECAPA folder (the layout of speechbrain/spkrec-ecapa-voxceleb, seeded random weights,
 the digits as its label encoder's classes) is the teacher; stage 2 is skipped, stage 3 caches it
 on its own front end, the KD students (logit KD through the label map, embedding KD through a
-learned projection) train from it and are evaluated, and their run records name the source."""
+learned projection) train from it and are evaluated, their run records name the source, and
+stage 8 reports them without a teacher row of its own."""
 
 from __future__ import annotations
 
@@ -46,8 +47,6 @@ def test_a_hub_folder_teaches_through_run_sh(tmp_path):
         exp,
         "--data_dir",
         tmp_path / "data",
-        "--stop_stage",
-        "7",
         "--extra_args",
         "--number_of_epochs 2 --num_workers 0",
     )
@@ -65,3 +64,5 @@ def test_a_hub_folder_teaches_through_run_sh(tmp_path):
         source = record["teacher_source"]
         assert source["source"] == str(tmp_path / "hub") and source["trust_teacher_code"] is False
         assert set(source["sha256"]) >= {"hyperparams.yaml", "embedding_model.ckpt"}
+    report = (exp / "fsdd" / "RESULTS.md").read_text()
+    assert "embedding_cosine" in report
