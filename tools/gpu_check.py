@@ -122,6 +122,7 @@ class GroupResult:
     busy_pct: float | None = None
     peak_mib: float = float("nan")
     finite: bool = True
+    skipped: str = "–"  # optimiser steps the fp16 scaler skipped, of all ("2/200")
     error: str = ""
 
     @property
@@ -131,12 +132,14 @@ class GroupResult:
 
 # ----- the device: precision, GPU busy %, memory -------------------------------------------------
 class Precision:
-    """Autocast (and for fp16 a gradient scaler) of one precision on one device."""
+    """Autocast (and for fp16 a gradient scaler) of one precision on one device; counts the
+    optimiser steps and those the scaler skipped (their gradients were not finite)."""
 
     def __init__(self, name: str, device: torch.device) -> None:
         self.name, self.device, self.dtype = name, device, PRECISIONS[name]
         enabled = self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
+        self.steps = self.skipped = 0
 
     def autocast(self):
         """The forward's context: autocast to the dtype, or nothing in fp32."""
@@ -148,8 +151,11 @@ class Precision:
         """Backward and one optimiser step (scaled in fp16)."""
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.step(optimizer)
         self.scaler.update()
+        self.steps += 1
+        self.skipped += self.scaler.is_enabled() and self.scaler.get_scale() < scale
 
 
 def unsupported_reason(precision: Precision) -> str:
@@ -520,8 +526,11 @@ RUNNERS = dict(zip(GROUPS, (speaker_teacher, tagger_teacher, classifier_teacher,
 
 
 # ----- running and reporting ---------------------------------------------------------------------
-def run_group(ctx: Context, precision: Precision, group: str, poison: bool) -> GroupResult:
-    """Run one group; its throughput counts the steps after the first (warm-up)."""
+def run_group(ctx: Context, precision_name: str, group: str, poison: bool) -> GroupResult:
+    """Run one group (a fresh gradient scaler); its throughput counts the steps after the first
+    (warm-up). More than half of the optimiser steps skipped by the fp16 scaler (gradients not
+    finite) fails it as a non-finite loss does."""
+    precision = Precision(precision_name, ctx.device)
     result = GroupResult(precision.name, group)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -539,6 +548,11 @@ def run_group(ctx: Context, precision: Precision, group: str, poison: bool) -> G
         elapsed = stamps[-1] - stamps[0] if timed > 0 else stamps[-1] - start
         result.samples_per_s = per_step * max(timed, 1) / max(elapsed, 1e-9)
         result.finite = bool(finite) and all(finite)
+        if precision.scaler.is_enabled() and precision.steps:
+            result.skipped = f"{precision.skipped}/{precision.steps}"
+            if precision.skipped > precision.steps / 2:
+                result.finite = False
+                result.error = f"the fp16 scaler skipped {result.skipped} steps (gradients)"
     except FloatingPointError as error:  # the library's own stop on a non-finite term (FRAMI)
         result.finite, result.error = False, str(error).splitlines()[0]
     except Exception as error:  # a failing group is reported, the others still run
@@ -557,7 +571,7 @@ def table_line(result: GroupResult) -> str:
     return (
         f"| {result.precision} | {result.group} | {result.samples_per_s:.1f} | {busy} | "
         f"{result.peak_mib:.0f} | {'yes' if result.finite and not result.error else 'no'} | "
-        f"{status} |"
+        f"{result.skipped} | {status} |"
     )
 
 
@@ -565,6 +579,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (tiny sizes)")
     parser.add_argument("--steps", type=int, help="steps a group (default: 200 on CUDA, 2 on CPU)")
+    parser.add_argument(
+        "--sizes", choices=("realistic", "tiny"), help="default: realistic on CUDA, tiny on CPU"
+    )
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--inject_nonfinite", choices=GROUPS, help="a NaN in this group's input")
@@ -582,13 +599,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if device.type == "cpu":
         torch.set_num_threads(1)
-    sizes = TINY if device.type == "cpu" else REALISTIC
+    tiny = args.sizes == "tiny" or (args.sizes is None and device.type == "cpu")
+    sizes = TINY if tiny else REALISTIC
     steps = args.steps or (2 if device.type == "cpu" else 200)
     torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu_check on {name}: {steps} steps a group, {'tiny' if sizes is TINY else 'realistic'}")
-    print("| precision | group | samples/s | GPU busy % | peak MiB | finite | status |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| precision | group | samples/s | GPU busy % | peak MiB | finite | scaler skips | status |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as workdir:
         ctx = Context(device, sizes, real_clips(), steps, Path(workdir))
@@ -596,10 +616,11 @@ def main(argv: list[str] | None = None) -> int:
             precision = Precision(precision_name, device)
             reason = unsupported_reason(precision)
             if reason:
-                print(f"| {precision_name} | (all) | – | – | – | – | skipped on {name}: {reason} |")
+                skipped = f"skipped on {name}: {reason}"
+                print(f"| {precision_name} | (all) | – | – | – | – | – | {skipped} |")
                 continue
             for group in args.groups:
-                result = run_group(ctx, precision, group, group == args.inject_nonfinite)
+                result = run_group(ctx, precision_name, group, group == args.inject_nonfinite)
                 print(table_line(result), flush=True)
                 results.append(result)
     failed = [r for r in results if not r.ok]

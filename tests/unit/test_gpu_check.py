@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 from conftest import REPO
 
 from tools import gpu_check
@@ -19,7 +20,7 @@ def table(text: str) -> dict[tuple[str, str], list[str]]:
     rows = {}
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 7 and cells[1] in gpu_check.GROUPS:
+        if len(cells) == 8 and cells[1] in gpu_check.GROUPS:
             rows[(cells[0], cells[1])] = cells[2:]
     return rows
 
@@ -29,9 +30,9 @@ def test_every_group_runs_and_prints_its_line(capsys):
     out = capsys.readouterr().out
     rows = table(out)
     assert set(rows) == {(p, g) for p in CPU_PRECISIONS for g in gpu_check.GROUPS}
-    for samples_per_s, busy, peak_mib, finite, status in rows.values():
+    for samples_per_s, busy, peak_mib, finite, skips, status in rows.values():
         assert float(samples_per_s) > 0 and float(peak_mib) > 0
-        assert (busy, finite, status) == ("n/a", "yes", "ok")  # no GPU to sample here
+        assert (busy, finite, skips, status) == ("n/a", "yes", "–", "ok")  # no GPU, no fp16
     assert out.splitlines()[-1] == "gpu_check: 12 of 12 groups passed"
 
 
@@ -40,9 +41,9 @@ def test_a_nonfinite_loss_fails_the_check(group, capsys):
     argv = ["--device", "cpu", "--precisions", "fp32", "--groups", "classifier teacher", group]
     assert gpu_check.main([*argv, "--inject_nonfinite", group]) == 1
     rows = table(capsys.readouterr().out)
-    finite, status = rows[("fp32", group)][3:]
+    finite, _, status = rows[("fp32", group)][3:]
     assert finite == "no" and status.startswith("NON-FINITE")
-    assert rows[("fp32", "classifier teacher")][3:] == ["yes", "ok"]  # the others still run
+    assert rows[("fp32", "classifier teacher")][3:] == ["yes", "–", "ok"]  # the others still run
 
 
 @pytest.mark.slow
@@ -58,3 +59,13 @@ def test_the_wrapper_exits_with_the_checks_status():
         [*command, "--inject_nonfinite", "tagger teacher"], capture_output=True, env=env
     )
     assert failed.returncode == 1
+
+
+def test_the_steps_the_fp16_scaler_skips_are_counted():
+    """A step whose scaled gradients overflow is skipped (and counted); the next one is not."""
+    precision = gpu_check.Precision("fp16", torch.device("cpu"))
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    precision.step(layer(torch.ones(1, 2)).sum() * 1e36, optimizer)  # x 65536: past float32
+    precision.step(layer(torch.ones(1, 2)).sum(), optimizer)
+    assert (precision.steps, precision.skipped) == (2, 1)
