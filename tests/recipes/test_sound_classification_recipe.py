@@ -1,7 +1,8 @@
 """End to end: ``run.sh`` as a user runs it, on 300 real FSDD clips, every stage 0-8, then again.
 
-One module-scoped run (2 epochs everywhere, about 1.5 minutes on 2 CPU cores) is shared by the
-tests; a second, identical command checks that a finished experiment resumes without retraining.
+One module-scoped run (2 epochs everywhere; every library method a classifier can take, IML-KD's
+maps at 2 steps) is shared by the tests; a second, identical command checks that a finished
+experiment resumes without retraining.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ import pytest
 from conftest import FSDD_CLIPS, RECIPE, run_recipe
 
 from kd_modules.results import REQUIRED_FIELDS
+from kd_modules.stages.status import yaml_value
 from kd_modules.teacher import Teacher
 
 pytestmark = pytest.mark.slow
 
 TAKES = range(5, 10)  # takes 5-9 of every speaker and digit: 6 x 10 x 5 = 300 clips
-KD_METHODS = ("kd", "fitnets", "sp")
+PAPER_METHODS = ("kd", "fitnets", "sp")
+# the other library methods (issue 19): every one whose inputs a classifier has
+MATRIX_METHODS = ("dkd", "mlkd", "embedding_cosine", "iusp", "frami_reuse", "imlkd")
+KD_METHODS = (*PAPER_METHODS, *MATRIX_METHODS)
 TEACHER = ("teacher", "xvector_large", "none")
 STUDENTS = [("student", "xvector_small", method) for method in ("none", *KD_METHODS)]
 RUNS = [TEACHER, *STUDENTS]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 1200
 
 
 @dataclass
@@ -88,6 +94,8 @@ def experiment(tmp_path_factory) -> Experiment:
         str(root / "fsdd"),
         "--split",
         "seeded",
+        "--methods",
+        " ".join(KD_METHODS),
         "--device",
         "cpu",
         "--exp_dir",
@@ -95,9 +103,10 @@ def experiment(tmp_path_factory) -> Experiment:
         "--data_dir",
         str(data_dir),
         "--extra_args",
-        "--number_of_epochs 2 --num_workers 0",
+        # IML-KD's maps: one whole-clip segment, 2 steps (8 cached views of 240 clips)
+        "--number_of_epochs 2 --num_workers 0 --ig_steps 2 --ig_durations_s [5.0]",
     ]
-    first = run_recipe(RECIPE, *command)
+    first = run_recipe(RECIPE, *command, timeout_s=TIMEOUT_S)
     return Experiment(root, exp_dir, data_dir, command, first)
 
 
@@ -178,25 +187,30 @@ def test_teacher_is_larger_than_every_student(experiment: Experiment):
 
 def test_kd_students_name_the_teacher_and_read_its_cache(experiment: Experiment):
     caches = sorted((experiment.exp_dir / "cache").iterdir())
-    assert len(caches) == len(KD_METHODS)  # one per tapped-feature set
-    fingerprints = {cache.name.split("-")[0] for cache in caches}
-    assert len(fingerprints) == 1, caches
-    fingerprint = fingerprints.pop()
+    tap_sets = {
+        json.dumps(yaml_value(RECIPE / "hparams" / "kd" / f"{m}.yaml", "teacher_taps"))
+        for m in KD_METHODS
+        if m != "imlkd"
+    }
+    # one per tapped-feature set, and IML-KD's own (the teacher's outputs on x~ and the maps)
+    assert len(caches) == len(tap_sets) + 1
     teacher_dir = experiment.run_dir(*TEACHER)
-    assert Teacher.from_experiment(teacher_dir, max_key="accuracy").fingerprint == fingerprint
+    fingerprint = Teacher.from_experiment(teacher_dir, max_key="accuracy").fingerprint
 
     for run in RUNS:
         folder = experiment.run_dir(*run)
         results = json.loads((folder / "results.json").read_text())
         info = json.loads((folder / "train_info.json").read_text())
         if run[2] in KD_METHODS:
-            assert results["teacher_fingerprint"] == fingerprint
+            assert results["teacher_fingerprint"] == fingerprint  # IML-KD's too: the same model
             assert info["teacher_fingerprint"] == fingerprint
             cache = Path(info["teacher_cache"])  # use_cache defaults to true
             assert cache.parent == experiment.exp_dir / "cache" and cache in caches
-            assert cache.name.startswith(f"{fingerprint}-")
             meta = json.loads((cache / "meta.json").read_text())
-            assert meta["fingerprint"] == fingerprint
+            assert cache.name.startswith(f"{meta['fingerprint']}-")
+            integrated = run[2] == "imlkd"  # keyed by the teacher and the IG settings
+            assert (meta["fingerprint"] == fingerprint) != integrated, run
+            assert ("ig_weight" in meta["names"]) == integrated, run
         else:
             assert results["teacher_fingerprint"] is None
             assert info["teacher_fingerprint"] is None and info["teacher_cache"] is None
