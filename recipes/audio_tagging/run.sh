@@ -47,6 +47,8 @@ exp="$exp_dir/sonyc_ust"
 set_kd_flags
 kd_methods=$(methods_of kd)              # real-data KD: stages 3 and 5
 datafree_methods=$(methods_of datafree)  # their kd YAML names a synthesiser: stage 6
+[ -z "$teacher_source" ] || [ -z "$datafree_methods" ] || die "--methods $datafree_methods: \
+data-free KD inverts the teacher on the student's features, not --teacher_source's own front end"
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 run_args() {

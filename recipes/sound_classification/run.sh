@@ -68,6 +68,8 @@ set_kd_flags  # device (auto resolved), cache_flag, unfinished_args
 augment_flag=$([ "$augment" = true ] && echo True || echo False)
 kd_methods=$(methods_of kd)              # real-data KD: stages 3 and 5
 datafree_methods=$(methods_of datafree)  # their kd YAML names a synthesiser: stage 6
+[ -z "$teacher_source" ] || [ -z "$datafree_methods" ] || die "--methods $datafree_methods: \
+data-free KD inverts the teacher on the student's features, not --teacher_source's own front end"
 if [ "$default_teacher" = true ]; then
     # Data-free KD needs the statistics-pooling teacher (FRAMI reuses its pooled states): with a
     # data-free method in --methods the default is xvector_large, as in the data-free tables.

@@ -66,3 +66,24 @@ def test_a_hub_folder_teaches_through_run_sh(tmp_path):
         assert set(source["sha256"]) >= {"hyperparams.yaml", "embedding_model.ckpt"}
     report = (exp / "fsdd" / "RESULTS.md").read_text()
     assert "embedding_cosine" in report
+
+
+def test_data_free_methods_refuse_a_teacher_source(tmp_path):
+    """Data-free KD inverts the teacher on the student's features: one line, before any stage."""
+    done = run_recipe(
+        RECIPE,
+        "--python",
+        sys.executable,
+        "--data_root",
+        tmp_path,
+        "--teacher_source",
+        tmp_path / "hub",
+        "--methods",
+        "kd frami",
+        check=False,
+    )
+    assert done.returncode != 0 and "stage 0" not in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        "run.sh: --methods frami: data-free KD inverts the teacher on the student's features, "
+        "not --teacher_source's own front end"
+    )
