@@ -592,17 +592,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The check as the command line asks; the exit status. The caller's torch threads and
+    random state are restored (the tests call it in their own process)."""
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"gpu_check: --device {args.device} but torch sees no CUDA device", file=sys.stderr)
         return 1
+    threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # the CI machine's cores are shared
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            return run_check(args, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_check(args: argparse.Namespace, device: torch.device) -> int:
+    """Print the table of every precision and group; 1 when any group failed, else 0."""
     tiny = args.sizes == "tiny" or (args.sizes is None and device.type == "cpu")
     sizes = TINY if tiny else REALISTIC
     steps = args.steps or (2 if device.type == "cpu" else 200)
-    torch.manual_seed(0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu_check on {name}: {steps} steps a group, {'tiny' if sizes is TINY else 'realistic'}")
     print(
