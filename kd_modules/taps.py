@@ -3,6 +3,10 @@
 Usage: ``taps = FeatureTaps(student, {"hint": "embedding_model.blocks.5"})``, then after
 ``logits = student(x)``: ``out = {"logits": logits, **taps.features}``; ``out["hint"]`` keeps the
 graph, so the KD loss trains the student through it.
+
+A path ending in ``#transpose`` (``"encoder.mfa#transpose"``) records the output with dims 1 and
+2 swapped: channels-first frames ``(B, C, T)`` (ECAPA's blocks) as time-first ``(B, T, C)``, the
+layout the teacher cache stores per clip (padded along time) and the frame losses default to.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import difflib
 
 from torch import Tensor, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+TRANSPOSE = "#transpose"  # path suffix: record the output (B, C, T, ...) as (B, T, C, ...)
 
 
 class FeatureTaps:
@@ -34,7 +40,10 @@ class FeatureTaps:
             model = model.module
         self.capture = capture
         self._features: dict[str, Tensor] = {}
-        modules = {name: _resolve(model, path) for name, path in paths.items()}
+        modules = {
+            name: _resolve(model, path.removesuffix(TRANSPOSE)) for name, path in paths.items()
+        }
+        self._transposed = {name for name, path in paths.items() if path.endswith(TRANSPOSE)}
         self._handles = [model.register_forward_pre_hook(lambda *_: self.clear())]
         for name, module in modules.items():
             self._handles.append(
@@ -45,14 +54,19 @@ class FeatureTaps:
         if self.capture == "output":
 
             def hook(module, args, output):
-                self._features[name] = _first(output)
+                self._features[name] = self._layout(name, _first(output))
 
         else:
 
             def hook(module, args, kwargs, output):
-                self._features[name] = _first(args if args else tuple(kwargs.values()))
+                captured = _first(args if args else tuple(kwargs.values()))
+                self._features[name] = self._layout(name, captured)
 
         return hook
+
+    def _layout(self, name: str, x: Tensor) -> Tensor:
+        """``x`` as recorded: dims 1 and 2 swapped for a ``#transpose`` path."""
+        return x.transpose(1, 2) if name in self._transposed else x
 
     @property
     def features(self) -> dict[str, Tensor]:

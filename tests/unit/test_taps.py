@@ -155,3 +155,34 @@ def test_sound_classification_methods_ask_roles_the_statistics_pooling_teacher_d
     teachers = ["xvector_large"] + (["cnn"] if method in ("sp", "fitnets") else [])
     for arch in teachers:
         assert roles <= set(yaml_mapping(SOUND_HP / f"teacher/{arch}.yaml", "tap_points")), arch
+
+
+def test_a_transpose_path_records_channels_first_frames_time_first():
+    """``#transpose``: ECAPA's (B, C, T) layers recorded as (B, T, C), the layout the teacher
+    cache pads along time; the graph is kept, and every tap point of the speaker teachers'
+    YAML resolves on a real ECAPA-TDNN."""
+    from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+
+    from kd_modules.stages.status import yaml_value
+
+    torch.manual_seed(0)
+    ecapa = ECAPA_TDNN(
+        20, channels=[8, 8, 8, 8, 24], attention_channels=4, se_channels=4, lin_neurons=6
+    )
+    model = nn.ModuleDict({"encoder": ecapa})
+    x = torch.randn(2, 30, 20, requires_grad=True)
+    paths = {"raw": "encoder.mfa", "frames": "encoder.mfa#transpose"}
+    paths["post"] = "encoder.asp_bn#transpose"
+    with FeatureTaps(model, paths) as taps:
+        ecapa(x, torch.ones(2))
+        feats = taps.features
+        assert feats["raw"].shape == (2, 24, 30) and feats["frames"].shape == (2, 30, 24)
+        torch.testing.assert_close(feats["frames"], feats["raw"].transpose(1, 2))
+        assert feats["post"].shape == (2, 1, 48)
+        feats["frames"].sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    teachers = SOUND_HP.parents[1] / "speaker_verification" / "hparams" / "teacher"
+    for arch in ("ecapa_tiny.yaml", "ecapa_c1024.yaml"):
+        tap_points = yaml_value(teachers / arch, "tap_points")
+        assert set(tap_points) == {"hint", "frames", "pre", "post"}
+        FeatureTaps(model, tap_points).remove()  # every path resolves
