@@ -135,8 +135,12 @@ report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-grad
     $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
         --title "Speaker verification: $dataset ($(json_field "$data/.done" data_root), seeds $seeds)" \
         "${readme_flag[@]}"
-    $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
-        --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
+    if [ -n "$teacher_source" ]; then  # IML-KD is refused with it; the figure needs stage 2's
+        log "stage 8: no IML-KD comparison or integrated-gradients figure with --teacher_source"
+    else
+        $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
+            --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
+    fi
 }
 
 export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
