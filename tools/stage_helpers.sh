@@ -365,13 +365,14 @@ cache_stage() {
 }
 
 # student_stages TDIR METHODS ARGS...: stage 4 (each student alone) and stage 5 (each student
-# with each method), per architecture and seed.
+# with each method), per architecture and seed. A recipe sets students_alone=false for data
+# without labels (a student alone has nothing to learn there): stages 4 and 7 leave it out.
 student_stages() {
     local tdir=$1 methods=$2 arch seed method sdir
     shift 2
     for arch in $students; do
         for seed in $seeds; do
-            if want 4; then
+            if want 4 && [ "${students_alone:-true}" = true ]; then
                 sdir=$(student_folder "$arch" none "$seed")
                 log "stage 4: student $arch alone${log_scope:-}, seed $seed -> $sdir"
                 # shellcheck disable=SC2046
@@ -402,9 +403,11 @@ evaluation_stage() {
     [ -n "${teacher_source:-}" ] ||  # a --teacher_source teacher was not trained here
         evaluate_once "$tdir" train.py $(yaml "teacher/$teacher.yaml" none) "$@" --role teacher \
             --seed "$teacher_seed" $teacher_args
+    local alone=none
+    [ "${students_alone:-true}" = true ] || alone=""
     for arch in $students; do
         for seed in $seeds; do
-            for method in none $methods; do
+            for method in $alone $methods; do
                 local teacher_flag=()
                 # shellcheck disable=SC2206  # kd_args: a word list on purpose
                 [ "$method" = none ] || teacher_flag=(--teacher_folder "$tdir" $kd_args)

@@ -6,8 +6,9 @@ Data prepared without labels (``data_info.json`` ``labelled: false``, e.g. the s
 a logit term has no shared classes and is refused by the teacher side). A student alone has
 nothing to learn there and is refused in one line. Validation has no speaker-ID accuracy: its
 loss is the KD terms on the held-out segments, from the live teacher, which anneals the learning
-rate and keeps the checkpoint (``negative_kd_loss``, higher is better). With a teacher cache and
-no live teacher the validation loss is 0 (the cache covers the training segments only).
+rate and keeps the checkpoint (``negative_kd_loss``, higher is better). The cache covers the
+training segments only: a run from it validates with ``validation_teacher`` (the live teacher the
+recipe also hands over); without one the validation loss is 0.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class UnlabelledSpeakerBrain(SpeakerBrain):
     """A :class:`SpeakerBrain` without the AAM term: the KD terms are the whole loss."""
 
     task_term = "no_labels"
+    validation_teacher = None  # the live teacher of a run whose training reads the cache
+
+    def live_teacher(self):
+        """The teacher validation runs live: the Brain's own, else ``validation_teacher``."""
+        teacher = self.teacher or self.validation_teacher
+        return teacher.to(self.device) if teacher is not None else None
 
     def on_fit_start(self) -> None:
         """Refuse a run without KD terms; say once that the AAM term is dropped."""
@@ -46,11 +53,12 @@ class UnlabelledSpeakerBrain(SpeakerBrain):
     def teacher_outputs(self, batch, stage: sb.Stage, feats, lens, placeholder: bool):
         """As in training, and in validation from the live teacher too (the KD loss on held-out
         segments is the one validation signal without labels)."""
-        if stage != sb.Stage.VALID or self.teacher is None:
+        teacher = self.live_teacher() if stage == sb.Stage.VALID else None
+        if teacher is None:
             return super().teacher_outputs(batch, stage, feats, lens, placeholder)
-        if getattr(self.teacher, "own_front_end", False):
+        if getattr(teacher, "own_front_end", False):
             feats, lens = self.view_waveforms
-        return self.teacher(feats, lens)
+        return teacher(feats, lens)
 
     def compute_objectives(self, predictions, batch, stage: sb.Stage) -> torch.Tensor:
         """The weighted KD terms on ``distilled`` (training and validation); 0 in testing (no

@@ -79,8 +79,11 @@ def labelled(data_folder: str) -> bool:
 def make_brain(hparams: dict, run_opts, teacher=None, cache=None, checkpoints: bool = True):
     """The run's SpeakerBrain (UnlabelledSpeakerBrain, KD terms only, when stage 1 prepared the
     data without labels: ``--dataset folder``); the cache, when given, replaces the live teacher."""
-    brain_class = SpeakerBrain if labelled(hparams["data_folder"]) else UnlabelledSpeakerBrain
-    return build_brain(brain_class, hparams, run_opts, teacher, cache, checkpoints)
+    if labelled(hparams["data_folder"]):
+        return build_brain(SpeakerBrain, hparams, run_opts, teacher, cache, checkpoints)
+    brain = build_brain(UnlabelledSpeakerBrain, hparams, run_opts, teacher, cache, checkpoints)
+    brain.validation_teacher = teacher  # validation's KD loss: the cache has training views only
+    return brain
 
 
 def write_verification_results(brain, hparams: dict, datasets: dict, train_info: dict) -> None:
