@@ -62,6 +62,8 @@ check_kd_options
     die "--standin_librispeech / --standin_vctk are the sources of --standin true: give it too"
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+students_alone=true  # stages 4 and 7: --dataset folder has no labels to train a student alone on
+[ "$dataset" != folder ] || students_alone=false
 data="$data_dir/$dataset"
 data_info="$data/data_info.json"  # stage 1's facts: the training speakers (kd_modules.data_info)
 exp="$exp_dir/$dataset"
