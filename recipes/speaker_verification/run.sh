@@ -71,10 +71,15 @@ set_kd_flags
 
 yaml() { echo "hparams/common.yaml hparams/$1 hparams/kd/$2.yaml"; }
 teacher_dim=$(stage_status value "hparams/teacher/$teacher.yaml" embedding_dim)
+teacher_widths=""  # the tapped layers' widths the feature KD methods map to (kd/fitnets.yaml...)
+for key in hint_dim frames_dim pooled_dim; do
+    width=$(stage_status value "hparams/teacher/$teacher.yaml" "$key")
+    [ -z "$width" ] || teacher_widths+=" --teacher_$key $width"
+done
 run_args() {
     echo "--data_folder $data --dataset $dataset --n_speakers $n_speakers --exp_root $exp_dir" \
         "--device $device --sample_rate $sample_rate --teacher_embedding_dim $teacher_dim" \
-        "$extra_args"
+        "$teacher_widths $extra_args"
 }
 tdir="$exp/teacher/$teacher/none/seed$teacher_seed"
 student_folder() { echo "$exp/student/$1/$2/seed$3"; }
