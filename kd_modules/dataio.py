@@ -28,6 +28,7 @@ import torch
 import torchaudio.functional
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.data_pipeline import provides, takes
+from speechbrain.utils.data_utils import pad_right_to
 
 logger = logging.getLogger(__name__)
 
@@ -312,8 +313,31 @@ def segment_pipeline(sample_rate: int) -> Callable[[str, int, int], torch.Tensor
     return read_segment
 
 
+def pad_every_dim(
+    tensors: list[torch.Tensor], mode: str = "constant", value: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack tensors of one rank, right-padding every dimension to the batch's largest.
+
+    SpeechBrain's ``batch_pad_right`` pads the first dimension only and refuses the rest; a cached
+    channels-first teacher tap ``(C, T)`` of views of different lengths (segments shorter than the
+    crop) differs in its last one. Returns ``(B, *max_shape)`` and each tensor's relative length
+    along its first dimension, as ``batch_pad_right`` does (so 1-D signals and ``(T, F)`` features
+    batch exactly as before).
+    """
+    if len({t.ndim for t in tensors}) > 1:
+        raise IndexError("All tensors must have same number of dimensions")
+    max_shape = [max(t.shape[dim] for t in tensors) for dim in range(tensors[0].ndim)]
+    padded = [pad_right_to(t, max_shape, mode=mode, value=value) for t in tensors]
+    return torch.stack([tensor for tensor, _ in padded]), torch.tensor(
+        [float(valid[0]) for _, valid in padded]
+    )
+
+
 class SkipBadCollate:
     """collate_fn that drops examples whose ``sig`` is empty, then pads with PaddedBatch.
+
+    Padding is :func:`pad_every_dim` unless ``padding_func`` is given: cached channels-first
+    teacher outputs of views of different lengths batch too.
 
     Every batch records ``skipped`` (how many were dropped), ``skipped_ids`` and ``placeholder``.
     When every example of a batch is bad, the batch is a placeholder instead of nothing: the same
@@ -335,7 +359,7 @@ class SkipBadCollate:
         self.signal_key = signal_key
         self.id_key = id_key
         self.placeholder_samples = placeholder_samples
-        self.padded_batch_kwargs = padded_batch_kwargs
+        self.padded_batch_kwargs = {"padding_func": pad_every_dim, **padded_batch_kwargs}
 
     def __call__(self, examples: list[dict]) -> PaddedBatch:
         good = [ex for ex in examples if ex[self.signal_key].numel() > 0]

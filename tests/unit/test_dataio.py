@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.lobes.features import Fbank
 
 from kd_modules.dataio import (
     AudioReadError,
@@ -178,6 +180,30 @@ def test_collate_makes_a_zero_placeholder_when_every_example_is_bad(tmp_path):
         (["utt2", "utt3"], False),
         (["utt4"], False),
     ]
+
+
+def test_collate_pads_channels_first_outputs_of_views_of_different_lengths():
+    """A cached ECAPA tap is (C, T): two crops of 1.0 s and 0.7 s of a real clip batch into
+    (2, C, T_max), zero-padded in time, while the signals batch as SpeechBrain's own padding does
+    (batch_pad_right refuses this batch: it pads only the first dimension)."""
+    clip = read_audio(CLIP, 16000)
+    crops = [clip[:16000], clip[16000:27200]]
+    fbank = Fbank(n_mels=24)
+    frames = [fbank(crop[None])[0].T for crop in crops]  # (24, 101) and (24, 71)
+    examples = [
+        {"id": f"v{i}", "sig": c, "teacher_frames": f}
+        for i, (c, f) in enumerate(zip(crops, frames))
+    ]
+    with pytest.raises(OSError, match="same dimensions except for the first"):
+        PaddedBatch(examples)
+    batch = SkipBadCollate()(examples)
+    assert batch.teacher_frames.data.shape == (2, 24, 101)
+    assert torch.equal(batch.teacher_frames.data[1, :, :71], frames[1])
+    assert not batch.teacher_frames.data[1, :, 71:].any()
+    signals = PaddedBatch([{k: v for k, v in ex.items() if k == "sig"} for ex in examples]).sig
+    assert torch.equal(batch.sig.data, signals.data) and torch.equal(
+        batch.sig.lengths, signals.lengths
+    )
 
 
 # --- truncated FLAC and stale conversion temp files -----------------------------------------
