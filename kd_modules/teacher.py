@@ -197,6 +197,13 @@ def attributed_score(outputs: dict, key: str, targets: torch.Tensor) -> torch.Te
 UTTERANCE_COSINE = "utterance_cosine"  # IntegratedTeacher's label-free score_key
 
 
+def float32(device: torch.device) -> torch.autocast:
+    """Autocast off on ``device``: IML-KD's maps are integrated gradients in float32 whatever the
+    caller's AMP (under fp16 the ECAPA statistics pooling's variance of the near-baseline steps
+    underflows and the maps come out NaN, measured by tools/gpu_check.py)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class IntegratedTeacher:
     """IML-KD's teacher: its outputs on the *integrated input* of each batch, and that input's
     weight map.
@@ -248,14 +255,14 @@ class IntegratedTeacher:
             out = model(x, torch.ones(x.shape[0], device=x.device))
             return attributed_score(out, key, targets[rows])
 
-        with torch.enable_grad():
+        with torch.enable_grad(), float32(feats.device):
             return self.integrated.maps(score, feats.detach().float(), lens)
 
     def label_free_maps(self, feats: torch.Tensor, lens: torch.Tensor) -> list[torch.Tensor]:
         """The IG maps ``A_d`` ``(B, T, F)`` of ``cos(e(segment), e(utterance))``: each segment's
         embedding against its whole utterance's ``(B, E)`` (computed once, no gradient)."""
         model = self.teacher.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), float32(feats.device):
             whole = model(feats.detach().float(), lens)["embedding"].reshape(feats.shape[0], -1)
 
         def score(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -263,7 +270,7 @@ class IntegratedTeacher:
             out = model(x, torch.ones(x.shape[0], device=x.device))["embedding"]
             return F.cosine_similarity(out.reshape(x.shape[0], -1), whole[rows], dim=1)
 
-        with torch.enable_grad():
+        with torch.enable_grad(), float32(feats.device):
             return self.integrated.maps(score, feats.detach().float(), lens)
 
     def __call__(self, feats: torch.Tensor, lens: torch.Tensor | None, targets=None) -> dict:

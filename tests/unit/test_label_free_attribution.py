@@ -60,3 +60,15 @@ def test_label_free_teacher_needs_no_labels_and_keys_its_own_cache():
     again = label_free(feats, lens, torch.tensor([4, 3, 2]))  # labels, when given, are ignored
     assert torch.equal(outputs["ig_weight"], again["ig_weight"])
     assert label_free.fingerprint != true_class.fingerprint
+
+
+def test_maps_are_float32_integrated_gradients_under_a_callers_fp16_autocast():
+    """A live IML-KD run with --precision fp16 computes the maps inside the Brain's autocast:
+    they must be the float32 maps (fp16 ECAPA pooling gave NaN maps)."""
+    label_free, true_class, feats, lens = fbank_teacher()
+    targets = torch.tensor([0, 1, 2])
+    for teacher in (label_free, true_class):
+        expected = teacher.maps(feats, lens, targets)
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = teacher.maps(feats, lens, targets)
+        assert all(g.dtype == torch.float32 and torch.equal(g, e) for g, e in zip(got, expected))
