@@ -148,13 +148,13 @@ report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-grad
         $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
             --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
     fi
+    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
+        --title "KD methods x speaker verification ($dataset)"  # + .csv, .png: kd_modules.matrix
 }
 
 export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
     export_stage "$tdir" "$methods" --test_manifest "$data/test.json" \
         --trials_file "$data/trials.txt" --calibration_manifest "$data/train.json"
-    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
-        --title "KD methods x speaker verification ($dataset)"  # + .csv, .png: kd_modules.matrix
 }
 
 # ----- the stages ----------------------------------------------------------------------------
