@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,7 +161,8 @@ def main(
     if args.matrix:
         runs = collect_reportable(args.exp_dir)
         matrix = write_matrix(runs, args.out, args.title or "KD methods x tasks")
-        print(f"{len(matrix.methods)} methods x {len(matrix.columns)} columns -> {args.out}")
+        summary = f"{len(matrix.methods)} methods x {len(matrix.columns)} columns -> {args.out}"
+        print(summary, file=sys.stderr)  # stdout stays the recipes' results table
         return
     if len(args.exp_dir) > 1:
         parser.error("one exp_dir without --matrix (RESULTS.md reports one experiment folder)")

@@ -109,11 +109,11 @@ kd_stages() {  # 2-7, on the prepared data (its output count sizes every tagger)
 report_stage() {  # 8: RESULTS.md, the IUSP table and the frame-similarity figure
     want 8 || return 0
     log "stage 8: collecting results into $exp/RESULTS.md"
+    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
+        --title "KD methods x audio tagging (SONYC-UST)"  # + .csv, .png (kd_modules.matrix)
     $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
         --title "Audio tagging: SONYC-UST ($(json_field "$data/.done" data_root), seeds $seeds)"
     $python local/report.py "$exp" --out "$exp/RESULTS.md" --figure "$exp/frame_similarity.png"
-    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
-        --title "KD methods x audio tagging (SONYC-UST)"  # + .csv, .png: kd_modules.matrix
 }
 
 export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each

@@ -203,6 +203,9 @@ evaluate_stage() {  # 7: every run of every fold, once (data-free students by sy
 report_stage() {  # 8: RESULTS.md (and the synthesis grid when there are data-free runs)
     want 8 || return 0
     log "stage 8: collecting results into $exp_dir/$dataset/RESULTS.md"
+    $python -m kd_modules.results --matrix "$exp_dir/$dataset" \
+        --out "$exp_dir/$dataset/RESULTS_MATRIX.md" \
+        --title "KD methods x sound classification ($dataset)"  # + .csv, .png (kd_modules.matrix)
     local readme_flag=() data_split=$split data_folds=$folds  # the data the runs trained on
     [ "$update_readme" = true ] && readme_flag=(--readme README.md)
     if [ -f "$data_info" ]; then
@@ -212,9 +215,6 @@ report_stage() {  # 8: RESULTS.md (and the synthesis grid when there are data-fr
     local title="Sound classification: $dataset ($data_split split, folds $data_folds, seeds $seeds)"
     $python local/report.py "$exp_dir/$dataset" --out "$exp_dir/$dataset/RESULTS.md" \
         --title "$title" "${readme_flag[@]}"  # the library's table + this recipe's data-free rows
-    $python -m kd_modules.results --matrix "$exp_dir/$dataset" \
-        --out "$exp_dir/$dataset/RESULTS_MATRIX.md" \
-        --title "KD methods x sound classification ($dataset)"  # + .csv, .png: kd_modules.matrix
     if [ -n "$datafree_methods" ]; then  # synthetic spectrograms per class beside real ones
         $python -m kd_modules.synthesis.figures "$exp_dir/$dataset" \
             --labels "$data/labels.json" --out "$exp_dir/$dataset/synthesis_grid.png"

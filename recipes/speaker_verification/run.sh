@@ -137,6 +137,8 @@ kd_stages() {  # 2-7, on the prepared data (its speaker count names the classifi
 report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-gradients figure
     want 8 || return 0
     log "stage 8: collecting results into $exp/RESULTS.md"
+    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
+        --title "KD methods x speaker verification ($dataset)"  # + .csv, .png (kd_modules.matrix)
     local readme_flag=()
     [ "$update_readme" = true ] && readme_flag=(--readme README.md)
     $python -m kd_modules.results "$exp" --out "$exp/RESULTS.md" \
@@ -148,8 +150,6 @@ report_stage() {  # 8: RESULTS.md, the IML-KD comparison and the integrated-grad
         $python local/report.py "$exp" --out "$exp/RESULTS.md" --data_folder "$data" \
             --figure "$exp/integrated_gradients.png" --teacher_folder "$tdir"
     fi
-    $python -m kd_modules.results --matrix "$exp" --out "$exp/RESULTS_MATRIX.md" \
-        --title "KD methods x speaker verification ($dataset)"  # + .csv, .png: kd_modules.matrix
 }
 
 export_runs() {  # 9: the students (and the teacher with --export_teacher true), once each
