@@ -334,7 +334,7 @@ def plot_matrix(matrix: Matrix, path: str | Path, title: str) -> None:
     bar = fig.colorbar(image, ax=ax)
     bar.set_label("improvement over the student alone\n(points; EER: −% relative change)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the colour bar's label in full
     plt.close(fig)
 
 
@@ -342,6 +342,7 @@ def write_matrix(runs: list[dict], out: str | Path, title: str) -> Matrix:
     """Write ``out`` (Markdown) and, beside it, the same stem's ``.csv`` and ``.png``."""
     out = Path(out)
     matrix = matrix_cells(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)  # e.g. --out results/RESULTS_MATRIX.md
     out.write_text(f"# {title}\n\n{matrix_markdown(matrix)}")
     write_matrix_csv(matrix, out.with_suffix(".csv"))
     plot_matrix(matrix, out.with_suffix(".png"), title)

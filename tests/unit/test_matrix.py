@@ -120,7 +120,7 @@ def test_heat_map_colours_say_better_as_positive_on_every_task(exp: Path):
 
 
 def test_cli_writes_the_table_csv_and_heat_map(exp: Path, tmp_path: Path):
-    out = tmp_path / "RESULTS_MATRIX.md"
+    out = tmp_path / "results" / "RESULTS_MATRIX.md"  # a folder --out creates
     results.main(["--matrix", str(exp / "sound_classification"), str(exp), "--out", str(out)])
     text = out.read_text()
     header = next(line for line in text.splitlines() if line.startswith("| method"))
