@@ -30,15 +30,16 @@ def test_every_role_of_hub_ecapa_yaml_feeds_its_kd_term(tmp_path):
     torch.manual_seed(0)
     encoder = ECAPA_TDNN(80, channels=[16, 16, 16, 16, 48], attention_channels=8, lin_neurons=12)
     student = SpeakerEmbeddingModel(encoder, embedding_dim=12, n_speakers=10)
-    paths = {"hint": "encoder.blocks.2", "frames": "encoder.mfa"}
-    student_taps = FeatureTaps(student, {**paths, "pre": "encoder.mfa", "post": "encoder.asp_bn"})
+    paths = {"hint": "encoder.blocks.2#transpose", "frames": "encoder.mfa#transpose"}
+    pooled = {"pre": "encoder.mfa#transpose", "post": "encoder.asp_bn#transpose"}
+    student_taps = FeatureTaps(student, {**paths, **pooled})  # time-first, as hub_ecapa.yaml
     objective = KDObjective(
         {
-            "fitnets": FitNetsHint("hint", 16, 32, layout="channels_first"),
-            "sp": SimilarityPreserving("frames", time_dim=2),
-            "iusp": IUSP("frames", layout="bct"),
-            "reuse_pre": FitNetsHint("pre", 48, 96, layout="channels_first"),
-            "reuse_post": FitNetsHint("post", 96, 192, layout="channels_first"),
+            "fitnets": FitNetsHint("hint", 16, 32),
+            "sp": SimilarityPreserving("frames"),
+            "iusp": IUSP("frames"),
+            "reuse_pre": FitNetsHint("pre", 48, 96),
+            "reuse_post": FitNetsHint("post", 96, 192),
         },
         {"fitnets": 1.0, "sp": 1.0, "iusp": 1.0, "reuse_pre": 1.0, "reuse_post": 1.0},
     )
@@ -47,9 +48,9 @@ def test_every_role_of_hub_ecapa_yaml_feeds_its_kd_term(tmp_path):
     feats, frame_lens = front_end.features_and_lengths(wavs, lens)
     student_out = {**student(feats, frame_lens), **student_taps.features}
     teacher_out = teacher(wavs, lens)
-    assert teacher_out["hint"].shape[:2] == (3, 32) and teacher_out["frames"].shape[1] == 96
-    assert teacher_out["post"].shape[:2] == (3, 192)
-    assert teacher_out["frames"].shape[2] == student_out["frames"].shape[2]  # one frame grid
+    assert teacher_out["hint"].shape[::2] == (3, 32) and teacher_out["frames"].shape[2] == 96
+    assert teacher_out["post"].shape[::2] == (3, 192)
+    assert teacher_out["frames"].shape[1] == student_out["frames"].shape[1]  # one frame grid
     terms = objective(student_out, teacher_out, frame_lens, None)
     assert all(torch.isfinite(value) and value > 0 for value in terms.values()), terms
     sum(terms.values()).backward()
