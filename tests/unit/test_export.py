@@ -18,10 +18,16 @@ import onnx
 import pytest
 import soundfile as sf
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
+from run_folders import (
+    FSDD,
+    RATE,
+    SIZE_KEYS,
+    finished_run,
+    real_clips,
+    recipe_files,
+    run_overrides,
+)
 
-from kd_modules.checkpoints import Checkpointer
-from kd_modules.dataio import read_audio
 from kd_modules.export import (
     DeployableFrontEnd,
     DeployedModel,
@@ -34,18 +40,8 @@ from kd_modules.export.parity import reference_outputs
 from kd_modules.export.quantize import quantise
 from kd_modules.export.runtime import load_torchscript, onnx_runner, onnx_session, torch_runner
 from kd_modules.export.snippets import snippet
-from kd_modules.hparams import compose_yaml, load_composed
+from kd_modules.hparams import load_composed
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "tests" / "samples"
-FSDD = SAMPLES / "fsdd" / "free-spoken-digit-dataset" / "recordings"
-ESC_CLIP = SAMPLES / "esc50" / "ESC-50-master" / "audio" / "4-183992-A-0.flac"
-RATE = 16000
-SIZE_KEYS = {
-    "sound_classification": "n_classes",
-    "audio_tagging": "n_outputs",
-    "speaker_verification": "n_speakers",
-}
 STUDENTS = [
     ("sound_classification", "student/xvector_small"),
     ("audio_tagging", "student/cnn_small"),
@@ -65,28 +61,10 @@ TEACHERS = [
 ]
 
 
-def _files(recipe: str, arch: str) -> list[Path]:
-    hparams = REPO / "recipes" / recipe / "hparams"
-    return [hparams / "common.yaml", hparams / f"{arch}.yaml", hparams / "kd" / "none.yaml"]
-
-
-def _overrides(tmp_path: Path, recipe: str) -> dict:
-    return {
-        "data_folder": str(tmp_path / "data"),
-        "output_folder": str(tmp_path / "run"),
-        SIZE_KEYS[recipe]: 10,
-    }
-
-
 def _recipe(tmp_path: Path, recipe: str, arch: str) -> dict:
     torch.manual_seed(0)
-    return load_composed(_files(recipe, arch), _overrides(tmp_path, recipe))
-
-
-def _clips() -> list[torch.Tensor]:
-    """Real clips of four lengths, off the 160-sample hop grid: FSDD digits and ESC-50 (a dog)."""
-    digits = [read_audio(path, RATE) for path in sorted(FSDD.glob("*.flac"))[:3]]
-    return [digits[0], digits[1][:7322], digits[2][:4801], read_audio(ESC_CLIP, RATE)[:12017]]
+    overrides = run_overrides(tmp_path, recipe, tmp_path / "data", 10)
+    return load_composed(recipe_files(recipe, arch), overrides)
 
 
 def _speechbrain_float64(front_end):
@@ -118,7 +96,7 @@ def test_deployable_front_end_equals_speechbrain_on_real_clips(tmp_path, recipe)
     front_end = _recipe(tmp_path, recipe, arch)["front_end"]
     exact = _speechbrain_float64(front_end)
     stft, conv = DeployableFrontEnd(front_end, "stft"), DeployableFrontEnd(front_end, "conv")
-    clips = _clips()
+    clips = real_clips()
     own_error = conv_error = 0.0
     for clip in clips:
         reference = front_end(clip[None], torch.ones(1))
@@ -144,7 +122,7 @@ def _export_and_check(tmp_path: Path, recipe: str, arch: str) -> dict:
     model on real clips of four lengths, batched and alone (goal 1e-4)."""
     hparams = _recipe(tmp_path, recipe, arch)
     model, front_end = hparams["model"].eval(), hparams["front_end"]
-    clips = _clips()
+    clips = real_clips()
     example = example_batch([clips[2], clips[1]])
     scripted = DeployedModel(DeployableFrontEnd(front_end, "stft"), model, recipe)
     deployed = DeployedModel(DeployableFrontEnd(front_end, "conv"), model, recipe)
@@ -178,7 +156,7 @@ def test_deployed_model_is_deterministic_and_ignores_padding(tmp_path):
     model = hparams["model"].eval()
     front_end = DeployableFrontEnd(hparams["front_end"], "conv")
     deployed = DeployedModel(front_end, model, "sound_classification")
-    clip = _clips()[0]
+    clip = real_clips()[0]
     with torch.no_grad():
         feats = hparams["front_end"](clip[None], torch.ones(1))
         noisy = [model(feats, torch.ones(1))["logits"] for _ in range(2)]
@@ -191,7 +169,7 @@ def test_parity_failure_raises(tmp_path):
     check raises, naming the runner and the way it was run."""
     hparams = _recipe(tmp_path, "audio_tagging", "student/crnn")
     model, front_end = hparams["model"].eval(), hparams["front_end"]
-    clips = _clips()
+    clips = real_clips()
     deployed = DeployedModel(DeployableFrontEnd(front_end, "conv"), model, "audio_tagging")
     export_onnx(deployed, tmp_path / "m.onnx", example_batch(clips[1:3]), deployed.output_name)
     with torch.no_grad():
@@ -204,15 +182,8 @@ def test_parity_failure_raises(tmp_path):
 
 
 def _finished_run(tmp_path: Path, recipe: str, arch: str) -> Path:
-    """A run folder as training leaves it: the resolved hyperparams.yaml and a checkpoint."""
-    run = tmp_path / "run"
-    run.mkdir()
-    text = resolve_references(compose_yaml(_files(recipe, arch)), _overrides(tmp_path, recipe))
-    (run / "hyperparams.yaml").write_text(text.getvalue())
-    torch.manual_seed(0)
-    model = load_hyperpyyaml((run / "hyperparams.yaml").read_text())["model"]
-    Checkpointer(run / "save", recoverables={"model": model}).save_checkpoint(meta={"accuracy": 1})
-    return run
+    """A seeded run of ``arch`` with 10 outputs."""
+    return finished_run(tmp_path, recipe, arch, tmp_path / "data", 10, {"accuracy": 1})
 
 
 def _manifest(path: Path, clips: list[Path]) -> Path:
@@ -272,7 +243,7 @@ def test_int8_model_loads_runs_and_is_smaller(exported):
     session = onnx_session(run / "model.int8.onnx", threads=1)
     ops = {node.op_type for node in onnx.load(str(run / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    clips = _clips()
+    clips = real_clips()
     probabilities = onnx_runner(session)(*(t.numpy() for t in example_batch(clips)))
     assert probabilities.shape == (len(clips), 10)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
@@ -320,7 +291,7 @@ def test_readme_snippet_runs_without_torch(tmp_path, recipe):
     hparams = _recipe(tmp_path, recipe, arch)
     front_end = DeployableFrontEnd(hparams["front_end"], "conv")
     deployed = DeployedModel(front_end, hparams["model"], recipe)
-    clips = _clips()
+    clips = real_clips()
     export_onnx(deployed, tmp_path / "model.onnx", example_batch(clips[1:3]), deployed.output_name)
     sf.write(tmp_path / "clip.wav", clips[0].numpy(), RATE, subtype="FLOAT")
     labels = [f"label{i}" for i in range(10)]
@@ -345,7 +316,7 @@ def test_int8_ecapa_leaves_the_node_onnx_runtime_aborts_on_in_float(tmp_path):
     hparams = _recipe(tmp_path, "speaker_verification", "student/ecapa_tiny")
     front_end = DeployableFrontEnd(hparams["front_end"], "conv")
     deployed = DeployedModel(front_end, hparams["model"], "speaker_verification")
-    clips = _clips()
+    clips = real_clips()
     export_onnx(deployed, tmp_path / "m.onnx", example_batch(clips[1:3]), deployed.output_name)
     in_float = quantise(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", clips)
     assert in_float == ["/model/encoder/fc/conv/Conv"]

@@ -17,29 +17,20 @@ import socket
 from pathlib import Path
 
 import pytest
+import run_folders
 import torch
 from conftest import REPO
-from hyperpyyaml import load_hyperpyyaml, resolve_references
+from hyperpyyaml import load_hyperpyyaml
+from run_folders import real_clips
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from kd_modules.checkpoints import Checkpointer
-from kd_modules.dataio import read_audio
 from kd_modules.export.run import load_run
-from kd_modules.hparams import OneLineError, compose_yaml
+from kd_modules.hparams import OneLineError
 from kd_modules.hub.export import HubExportError, export_hub
 from kd_modules.hub.teacher import load_hub_teacher
 from kd_modules.hub.trust import check_hyperparams
 from tools.export_hub import main as export_hub_main
 
-SAMPLES = REPO / "tests" / "samples"
-FSDD = SAMPLES / "fsdd" / "free-spoken-digit-dataset" / "recordings"
-ESC_CLIP = SAMPLES / "esc50" / "ESC-50-master" / "audio" / "4-183992-A-0.flac"
-RATE = 16000
-SIZE_KEYS = {
-    "sound_classification": "n_classes",
-    "audio_tagging": "n_outputs",
-    "speaker_verification": "n_speakers",
-}
 RUNS = [
     ("sound_classification", "student/xvector_small"),
     ("sound_classification", "teacher/ensemble"),
@@ -92,30 +83,10 @@ def write_class_names(recipe: str, data_folder: Path) -> list[str]:
     return names
 
 
-def finished_run(tmp_path: Path, recipe: str, arch: str, n_classes: int = 5) -> Path:
-    """A run folder as training leaves it: the resolved hyperparams.yaml and a checkpoint."""
-    hparams = REPO / "recipes" / recipe / "hparams"
-    files = [hparams / "common.yaml", hparams / f"{arch}.yaml", hparams / "kd" / "none.yaml"]
-    overrides = {
-        "data_folder": str(tmp_path / "data" / "set" / "fold1"),
-        "output_folder": str(tmp_path / "run"),
-        SIZE_KEYS[recipe]: n_classes,
-    }
-    run = tmp_path / "run"
-    run.mkdir()
-    text = resolve_references(compose_yaml(files), overrides).getvalue()
-    (run / "hyperparams.yaml").write_text(text)
-    torch.manual_seed(0)
-    model = load_hyperpyyaml(text)["model"]
+def finished_run(tmp_path: Path, recipe: str, arch: str) -> Path:
+    """A seeded run of ``arch`` (5 classes), its data folder where write_class_names writes."""
     meta = {"accuracy": 1.0, "coarse_micro_auprc": 1.0, "eer": 1.0}
-    Checkpointer(run / "save", recoverables={"model": model}).save_checkpoint(meta=meta)
-    return run
-
-
-def real_clips() -> list[torch.Tensor]:
-    """Real clips of four lengths: three FSDD digits and an ESC-50 dog bark."""
-    digits = [read_audio(path, RATE) for path in sorted(FSDD.glob("*.flac"))[:3]]
-    return [digits[0], digits[1][:7322], digits[2][:4801], read_audio(ESC_CLIP, RATE)[:12017]]
+    return run_folders.finished_run(tmp_path, recipe, arch, tmp_path / "data/set/fold1", 5, meta)
 
 
 def recipe_outputs(run: Path, wavs: torch.Tensor) -> dict:
